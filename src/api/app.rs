@@ -1,0 +1,102 @@
+//! `WeComApp`: one WeCom app's credentials and the state its links share (quota).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::SecretKeyRef;
+
+/// One WeCom app (self-built app in the 可调用应用 list, or an authorised third-party app)
+/// whose credentials the links in this namespace use.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "acquisition.wecom.dev",
+    version = "v1alpha1",
+    kind = "WeComApp",
+    namespaced,
+    status = "WeComAppStatus",
+    shortname = "wxapp",
+    category = "wecom",
+    printcolumn = r#"{"name":"Corp ID","type":"string","jsonPath":".spec.corpId"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Quota","type":"integer","jsonPath":".status.quota.balance"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WeComAppSpec {
+    /// The corp id (企业ID), `ww...`. Also the receive id checked on callbacks of a
+    /// self-built app.
+    pub corp_id: String,
+    /// The Secret key holding the app secret. Must be the secret of a self-built app in the
+    /// 可调用应用 list (or an authorised third-party app); the 客户联系 system-app secret is
+    /// refused by WeCom (48002).
+    pub secret_ref: SecretKeyRef,
+    /// Callback settings: where the callback Token and EncodingAESKey live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackSpec>,
+    /// Base URL of the WeCom API. Defaults to https://qyapi.weixin.qq.com; point it at
+    /// `wecom-acq simulate` to try the controller without a WeCom account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base_url: Option<String>,
+    /// Request budget for this app, in requests per minute, shared by all its links.
+    /// Defaults to 600, well under WeCom's published 10,000 per minute per API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+}
+
+/// Callback (指令回调) settings of an app.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackSpec {
+    /// Secret key holding the callback Token (letters and digits, at most 32).
+    pub token_ref: SecretKeyRef,
+    /// Secret key holding the EncodingAESKey (exactly 43 characters).
+    pub aes_key_ref: SecretKeyRef,
+    /// Receive id to check on callbacks. Defaults to `corpId` (self-built apps); set it to
+    /// the suite id for third-party instruction callbacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive_id: Option<String>,
+}
+
+/// Observed state of a WeComApp.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WeComAppStatus {
+    /// The quota as A8 last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<AppQuota>,
+    /// `Ready`, `QuotaLow`, `QuotaExhausted`, `QuotaExpiringSoon`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::link::conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The generation the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The customer-acquisition quota of the corp.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppQuota {
+    /// Cumulative quota used so far (WeCom's `total`).
+    pub total: u64,
+    /// Remaining quota.
+    pub balance: u64,
+    /// Per-batch remaining quota and expiry (R10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batches: Vec<QuotaBatchStatus>,
+    /// When A8 was last asked (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<String>,
+}
+
+/// One quota batch.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaBatchStatus {
+    /// Expiry (RFC 3339; midnight of the expiry day, China time).
+    pub expire_date: String,
+    /// Remaining quota of the batch.
+    pub balance: u64,
+}

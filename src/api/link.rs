@@ -1,0 +1,243 @@
+//! `AcquisitionLink`: one WeCom customer-acquisition link (获客链接).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A customer-acquisition link, kept in line with WeCom by the controller.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "acquisition.wecom.dev",
+    version = "v1alpha1",
+    kind = "AcquisitionLink",
+    namespaced,
+    status = "AcquisitionLinkStatus",
+    shortname = "acql",
+    category = "wecom",
+    printcolumn = r#"{"name":"Link ID","type":"string","jsonPath":".status.linkId"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Customers","type":"integer","jsonPath":".status.customers.total"}"#,
+    printcolumn = r#"{"name":"Quota","type":"integer","jsonPath":".status.quota.balance"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","priority":1,"jsonPath":".status.url"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AcquisitionLinkSpec {
+    /// The WeComApp (same namespace) whose credentials manage this link.
+    pub app_ref: AppRef,
+    /// The link's display name in WeCom: 1 to 30 characters.
+    pub link_name: String,
+    /// Members and departments customers are handed to. Always sent whole on update (a
+    /// full replacement, never a delta).
+    pub range: LinkRangeSpec,
+    /// Customers add the member without verification. WeCom's default is true.
+    #[serde(default = "default_true")]
+    pub skip_verify: bool,
+    /// Priority assignment; only some business categories support it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_option: Option<PriorityOptionSpec>,
+    /// Mark the customer's source on the member's side. WeCom's default is true; unset
+    /// leaves WeCom's value alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark_source: Option<bool>,
+    /// customer_channel values to publish URLs for (`status.channelUrls`). Conversion
+    /// callbacks only fire for visits through a URL with a channel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    /// What happens to the WeCom link when this object is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// What happens when the link is deleted in WeCom (admin console or WeCom itself).
+    #[serde(default)]
+    pub on_remote_delete: RemoteDeletePolicy,
+    /// Adopt this existing WeCom link instead of creating one. Immutable once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_id: Option<String>,
+}
+
+pub(crate) fn default_true() -> bool {
+    true
+}
+
+/// Reference to a WeComApp in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRef {
+    /// Name of the WeComApp.
+    pub name: String,
+}
+
+/// Who receives the customers of a link: at most 500 people after department expansion.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkRangeSpec {
+    /// Member userids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_list: Vec<String>,
+    /// Department ids (their members and sub-departments count toward the 500).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub department_list: Vec<u64>,
+}
+
+/// Priority assignment for customers who are already a member's friend.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PriorityOptionSpec {
+    /// 1: prefer any member who is already the customer's friend; 2: prefer such a member
+    /// from `priorityUserList`.
+    pub priority_type: u32,
+    /// Members preferred with type 2 (required then, at most 1000).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub priority_user_list: Vec<String>,
+}
+
+/// What happens to the WeCom link when the AcquisitionLink is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete the WeCom link (A5).
+    #[default]
+    Delete,
+    /// Leave the WeCom link as it is.
+    Orphan,
+}
+
+/// What happens when WeCom says the link was deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RemoteDeletePolicy {
+    /// Create a new link and publish its new URLs (shared QR codes change).
+    #[default]
+    Recreate,
+    /// Mark the link `Ready=False, RemoteDeleted` and stop.
+    Orphan,
+}
+
+/// How the controller came to manage the link.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum LinkOrigin {
+    /// The controller created it.
+    Created,
+    /// It existed and was adopted (`spec.linkId`, or found after an interrupted create).
+    Adopted,
+}
+
+/// Observed state of an AcquisitionLink.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AcquisitionLinkStatus {
+    /// The WeCom link id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_id: Option<String>,
+    /// The link URL (https://work.weixin.qq.com/ca/...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Whether the controller created or adopted the link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<LinkOrigin>,
+    /// One entry per `spec.channels` value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channel_urls: Vec<ChannelUrl>,
+    /// Customers added through the link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customers: Option<CustomerCount>,
+    /// Clicks and new customers over the statistics window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistics: Option<LinkStatistics>,
+    /// The app's quota, as last seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaSummary>,
+    /// `Ready` (the link exists and matches the spec) and `Synced` (the last pass
+    /// succeeded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When WeCom was last observed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<String>,
+    /// Consecutive failed passes; drives the back-off and survives restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    /// The last `acquisition.wecom.dev/reconcile-requested-at` value handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+}
+
+/// URLs of one customer_channel.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelUrl {
+    /// The customer_channel value.
+    pub channel: String,
+    /// `URL?customer_channel=CHANNEL`.
+    pub url: String,
+    /// `weixin://biz/ww/profile/{urlencode(URL?customer_channel=CHANNEL)}`, which opens
+    /// WeChat directly on mobile.
+    pub scheme_url: String,
+}
+
+/// Customers added through the link (A6, and add_external_contact callbacks in between).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerCount {
+    /// All customers.
+    pub total: u64,
+    /// Customers per customer_channel (`""` for none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_channel: BTreeMap<String, u64>,
+    /// When A6 was last counted in full (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_at: Option<String>,
+}
+
+/// A7 statistics over a window of whole days (at most 30).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkStatistics {
+    /// Length of the window in days.
+    pub window_days: u32,
+    /// Distinct customers who clicked the link.
+    pub click_customers: u64,
+    /// New customers through the link.
+    pub new_customers: u64,
+    /// First day of the window (YYYY-MM-DD, China time).
+    pub from: String,
+    /// Last day of the window, included (YYYY-MM-DD, China time).
+    pub to: String,
+}
+
+/// The quota of the link's app.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaSummary {
+    /// Remaining quota.
+    pub balance: u64,
+    /// Cumulative quota used.
+    pub total: u64,
+}
+
+/// Schema of a standard `metav1.Condition` list, keyed by type.
+pub(crate) fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    serde_json::from_value(serde_json::json!({
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "required": ["lastTransitionTime", "message", "reason", "status", "type"],
+            "properties": {
+                "lastTransitionTime": { "type": "string", "format": "date-time" },
+                "message": { "type": "string" },
+                "observedGeneration": { "type": "integer", "format": "int64" },
+                "reason": { "type": "string" },
+                "status": { "type": "string" },
+                "type": { "type": "string" }
+            }
+        }
+    }))
+    .unwrap_or_default()
+}

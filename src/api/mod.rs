@@ -1,0 +1,47 @@
+//! The custom resources of group `acquisition.wecom.dev`, version `v1alpha1`: types only,
+//! no logic. `crds/` is generated from them by `wecom-acq crd`.
+
+pub mod app;
+pub mod link;
+
+pub use app::*;
+pub use link::*;
+
+pub const GROUP: &str = "acquisition.wecom.dev";
+
+/// Annotation holding the WeCom link id, so it survives a lost status.
+pub const LINK_ID_ANNOTATION: &str = "acquisition.wecom.dev/link-id";
+/// Annotation set before A3 (create): a pass that finds it without a link id first looks
+/// for the link it may already have made.
+pub const CREATE_PENDING_ANNOTATION: &str = "acquisition.wecom.dev/create-pending";
+/// `"true"` stops all writes to WeCom.
+pub const PAUSED_ANNOTATION: &str = "acquisition.wecom.dev/paused";
+/// Any new value forces a pass; the value is echoed in status.
+pub const RECONCILE_REQUESTED_ANNOTATION: &str = "acquisition.wecom.dev/reconcile-requested-at";
+/// Finalizer guarding the remote link.
+pub const LINK_FINALIZER: &str = "acquisition.wecom.dev/link";
+/// Field manager for status writes.
+pub const FIELD_MANAGER: &str = "wecom-acq";
+
+/// A reference to one key of a Secret in the same namespace as the referring object.
+#[derive(
+    serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the same namespace.
+    pub name: String,
+    /// Key inside the Secret's data.
+    pub key: String,
+}
+
+/// Both CRDs as one multi-document YAML stream, exactly as `crds/` holds them.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    let mut out = String::new();
+    for crd in [WeComApp::crd(), AcquisitionLink::crd()] {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}

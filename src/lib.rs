@@ -1,0 +1,8 @@
+//! A Kubernetes controller that makes WeCom customer-acquisition links (获客链接)
+//! declarative, with the WeCom client, callback crypto and a WeCom simulator it is tested
+//! against.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod telemetry;
+pub mod wecom;

@@ -1,0 +1,45 @@
+//! `wecom-acq`: the controller, its WeCom simulator, and tools around them.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use wecom_acq::telemetry::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wecom-acq",
+    version,
+    about = "Declarative WeCom customer-acquisition links for Kubernetes"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level or filter (RUST_LOG wins when set).
+    #[arg(long, global = true, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the CustomResourceDefinitions (YAML, both kinds) to stdout.
+    Crd,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, &cli.log_level);
+    match cli.command {
+        Command::Crd => match wecom_acq::api::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+    }
+}

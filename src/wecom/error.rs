@@ -1,0 +1,296 @@
+//! WeCom error codes, their classification, and the one error type of the client.
+//!
+//! Decisions are made on `errcode`, never on `errmsg` (WECOM-NOTES "Tokens and errors").
+//! No variant ever carries a secret or an access token: URLs are scrubbed by
+//! [`crate::wecom::redact`] before they are stored here.
+
+use std::fmt;
+
+/// The WeCom APIs this project calls. `name()` is the last path segment, the key the
+/// simulator's `/_sim/calls` counts under and the `api` label of metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Api {
+    GetToken,
+    /// A1
+    ListLink,
+    /// A2
+    GetLink,
+    /// A3
+    CreateLink,
+    /// A4
+    UpdateLink,
+    /// A5
+    DeleteLink,
+    /// A6
+    Customer,
+    /// A7
+    Statistic,
+    /// A8
+    Quota,
+}
+
+impl Api {
+    pub const ALL: [Api; 9] = [
+        Api::GetToken,
+        Api::ListLink,
+        Api::GetLink,
+        Api::CreateLink,
+        Api::UpdateLink,
+        Api::DeleteLink,
+        Api::Customer,
+        Api::Statistic,
+        Api::Quota,
+    ];
+
+    /// Path below the base URL, without the query string.
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::GetToken => "/cgi-bin/gettoken",
+            Api::ListLink => "/cgi-bin/externalcontact/customer_acquisition/list_link",
+            Api::GetLink => "/cgi-bin/externalcontact/customer_acquisition/get",
+            Api::CreateLink => "/cgi-bin/externalcontact/customer_acquisition/create_link",
+            Api::UpdateLink => "/cgi-bin/externalcontact/customer_acquisition/update_link",
+            Api::DeleteLink => "/cgi-bin/externalcontact/customer_acquisition/delete_link",
+            Api::Customer => "/cgi-bin/externalcontact/customer_acquisition/customer",
+            Api::Statistic => "/cgi-bin/externalcontact/customer_acquisition/statistic",
+            Api::Quota => "/cgi-bin/externalcontact/customer_acquisition_quota",
+        }
+    }
+
+    /// gettoken and A8 are GETs (R3, G2); everything else is a POST with a JSON body.
+    pub fn is_get(self) -> bool {
+        matches!(self, Api::GetToken | Api::Quota)
+    }
+
+    /// The last path segment.
+    pub fn name(self) -> &'static str {
+        self.path().rsplit('/').next().unwrap_or_default()
+    }
+
+    pub fn from_name(name: &str) -> Option<Api> {
+        Api::ALL.into_iter().find(|api| api.name() == name)
+    }
+
+    /// A3, A4 and A5 change WeCom; the rest only read.
+    pub fn is_mutating(self) -> bool {
+        matches!(self, Api::CreateLink | Api::UpdateLink | Api::DeleteLink)
+    }
+}
+
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Error codes the project decides on.
+pub mod codes {
+    pub const SYSTEM_BUSY: i64 = -1;
+    pub const OK: i64 = 0;
+    pub const DATA_VERSION_CONFLICT: i64 = 6000;
+    pub const INVALID_CREDENTIAL: i64 = 40001;
+    pub const INVALID_ACCESS_TOKEN: i64 = 40014;
+    pub const INVALID_CORPID: i64 = 40013;
+    pub const INVALID_PARAMETER_VALUE: i64 = 40035;
+    pub const INVALID_PARAMETER: i64 = 40058;
+    pub const MISSING_ACCESS_TOKEN: i64 = 41001;
+    pub const ACCESS_TOKEN_EXPIRED: i64 = 42001;
+    pub const FREQUENCY_LIMIT: i64 = 45009;
+    pub const CONCURRENCY_LIMIT: i64 = 45033;
+    pub const NO_PERMISSION: i64 = 48002;
+    pub const OUTSIDE_VISIBLE_RANGE: i64 = 60011;
+    pub const IP_NOT_TRUSTED: i64 = 60020;
+    pub const NO_EXTERNAL_CONTACT: i64 = 84061;
+    pub const INVALID_LINK_ID: i64 = 301002;
+}
+
+/// What a caller should do about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Back off with jitter and try again (-1, 6000, 45009, 45033, timeouts, 5xx, I/O).
+    Retryable,
+    /// The access token was revoked or expired: drop it, refresh, retry once (40014, 42001).
+    TokenInvalid,
+    /// Nothing will change until the spec or the configuration does.
+    Terminal,
+}
+
+/// Classifies a WeCom errcode. Unknown codes are terminal: hammering WeCom with a request
+/// it refuses for a reason we do not know only gets the caller's IP blocked.
+pub fn classify(errcode: i64) -> ErrorClass {
+    use codes::*;
+    match errcode {
+        SYSTEM_BUSY | DATA_VERSION_CONFLICT | FREQUENCY_LIMIT | CONCURRENCY_LIMIT => {
+            ErrorClass::Retryable
+        }
+        INVALID_ACCESS_TOKEN | ACCESS_TOKEN_EXPIRED => ErrorClass::TokenInvalid,
+        _ => ErrorClass::Terminal,
+    }
+}
+
+/// A short, stable, human reason for an errcode: the text users see in conditions.
+pub fn describe(errcode: i64) -> &'static str {
+    use codes::*;
+    match errcode {
+        SYSTEM_BUSY => "WeCom is busy",
+        DATA_VERSION_CONFLICT => "data version conflict",
+        INVALID_CREDENTIAL => "the app secret was refused (check secretRef and corpId)",
+        INVALID_CORPID => "invalid corpId",
+        INVALID_ACCESS_TOKEN => "access token invalid",
+        INVALID_PARAMETER_VALUE => "invalid parameter value",
+        INVALID_PARAMETER => {
+            "invalid parameter (link name 1-30 characters, range not empty and at most 500 people, statistics window at most 30 days)"
+        }
+        41000..=41999 => "a required parameter is missing",
+        ACCESS_TOKEN_EXPIRED => "access token expired",
+        FREQUENCY_LIMIT => "API frequency limit reached",
+        CONCURRENCY_LIMIT => "API concurrency limit reached",
+        NO_PERMISSION => {
+            "no permission: grant the app the customer-acquisition (获客助手) permission; the 客户联系 system-app secret is not accepted"
+        }
+        OUTSIDE_VISIBLE_RANGE => "a member or department is outside the app's visible range",
+        IP_NOT_TRUSTED => "the caller's IP is not in the app's trusted IP list",
+        NO_EXTERNAL_CONTACT => "no external-contact relationship",
+        INVALID_LINK_ID => "invalid or unknown link id",
+        _ => "unrecognised WeCom error",
+    }
+}
+
+/// The error of every WeCom call. Display says which API failed and why; none of the
+/// variants holds a secret, a token or an unscrubbed URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WeComError {
+    /// WeCom answered with a non-zero errcode.
+    #[error("WeCom {api} failed: errcode {errcode} ({}): {errmsg}", describe(*errcode))]
+    Api {
+        api: Api,
+        errcode: i64,
+        errmsg: String,
+    },
+    /// HTTP status other than 200.
+    #[error("WeCom {api} answered HTTP {status}")]
+    Http { api: Api, status: u16 },
+    /// Connection refused, reset, DNS, TLS...
+    #[error("WeCom {api} request failed: {message}")]
+    Transport { api: Api, message: String },
+    /// No answer within the request timeout.
+    #[error("WeCom {api} timed out")]
+    Timeout { api: Api },
+    /// The body was not the JSON WeCom documents.
+    #[error("WeCom {api} answer could not be decoded: {message}")]
+    Decode { api: Api, message: String },
+    /// Retries ran out on a retryable error; `last` is the final one.
+    #[error("WeCom {api} still failing after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        api: Api,
+        attempts: u32,
+        last: Box<WeComError>,
+    },
+}
+
+impl WeComError {
+    pub fn api(&self) -> Api {
+        match self {
+            WeComError::Api { api, .. }
+            | WeComError::Http { api, .. }
+            | WeComError::Transport { api, .. }
+            | WeComError::Timeout { api }
+            | WeComError::Decode { api, .. }
+            | WeComError::RetriesExhausted { api, .. } => *api,
+        }
+    }
+
+    /// The WeCom errcode when WeCom gave one.
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            WeComError::Api { errcode, .. } => Some(*errcode),
+            WeComError::RetriesExhausted { last, .. } => last.errcode(),
+            _ => None,
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            WeComError::Api { errcode, .. } => classify(*errcode),
+            WeComError::Http { status, .. } if *status >= 500 || *status == 429 => {
+                ErrorClass::Retryable
+            }
+            WeComError::Http { .. } => ErrorClass::Terminal,
+            WeComError::Transport { .. } | WeComError::Timeout { .. } => ErrorClass::Retryable,
+            WeComError::Decode { .. } => ErrorClass::Terminal,
+            // The retry loop gave up; the caller may still back off and try on a later pass.
+            WeComError::RetriesExhausted { .. } => ErrorClass::Retryable,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.class() == ErrorClass::Retryable
+    }
+
+    /// A label for metrics: the errcode, or the kind of failure.
+    pub fn metric_label(&self) -> String {
+        match self {
+            WeComError::Api { errcode, .. } => errcode.to_string(),
+            WeComError::Http { status, .. } => format!("http_{status}"),
+            WeComError::Transport { .. } => "transport".into(),
+            WeComError::Timeout { .. } => "timeout".into(),
+            WeComError::Decode { .. } => "decode".into(),
+            WeComError::RetriesExhausted { last, .. } => last.metric_label(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_the_notes() {
+        for code in [-1, 6000, 45009, 45033] {
+            assert_eq!(classify(code), ErrorClass::Retryable, "{code}");
+        }
+        for code in [40014, 42001] {
+            assert_eq!(classify(code), ErrorClass::TokenInvalid, "{code}");
+        }
+        for code in [
+            40058, 40035, 41001, 41017, 48002, 60011, 60020, 84061, 301002, 40001, 99999,
+        ] {
+            assert_eq!(classify(code), ErrorClass::Terminal, "{code}");
+        }
+    }
+
+    #[test]
+    fn http_and_transport_errors_are_classified() {
+        let api = Api::GetLink;
+        assert!(WeComError::Http { api, status: 502 }.is_retryable());
+        assert!(WeComError::Http { api, status: 429 }.is_retryable());
+        assert!(!WeComError::Http { api, status: 404 }.is_retryable());
+        assert!(WeComError::Timeout { api }.is_retryable());
+        assert!(
+            WeComError::Transport {
+                api,
+                message: "reset".into()
+            }
+            .is_retryable()
+        );
+    }
+
+    #[test]
+    fn api_names_are_the_last_path_segment() {
+        assert_eq!(Api::Quota.name(), "customer_acquisition_quota");
+        assert_eq!(Api::GetLink.name(), "get");
+        assert_eq!(Api::from_name("create_link"), Some(Api::CreateLink));
+        assert!(Api::Quota.is_get() && Api::GetToken.is_get() && !Api::ListLink.is_get());
+    }
+
+    #[test]
+    fn display_names_api_and_code() {
+        let e = WeComError::Api {
+            api: Api::CreateLink,
+            errcode: 40058,
+            errmsg: "invalid".into(),
+        };
+        let s = e.to_string();
+        assert!(s.contains("create_link") && s.contains("40058"), "{s}");
+    }
+}

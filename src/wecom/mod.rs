@@ -1,0 +1,7 @@
+//! The WeCom side: wire types, error codes, and the redaction every error passes through.
+
+pub mod error;
+pub mod redact;
+pub mod types;
+
+pub use error::{Api, ErrorClass, WeComError};
