@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod metrics;
 pub mod reconcile;
 pub mod telemetry;
 pub mod wecom;

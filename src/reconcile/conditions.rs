@@ -1,0 +1,122 @@
+//! Conditions as Kubernetes API conventions want them: one per type, `lastTransitionTime`
+//! moving only when the status flips, stable messages (no timestamps) so that an unchanged
+//! outcome writes nothing.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+pub const SYNCED: &str = "Synced";
+pub const QUOTA_LOW: &str = "QuotaLow";
+pub const QUOTA_EXHAUSTED: &str = "QuotaExhausted";
+pub const QUOTA_EXPIRING_SOON: &str = "QuotaExpiringSoon";
+
+/// Reasons, shared with the ArgoCD health script and the docs.
+pub mod reason {
+    pub const AVAILABLE: &str = "Available";
+    pub const IN_SYNC: &str = "InSync";
+    pub const CREATING: &str = "Creating";
+    pub const DELETING: &str = "Deleting";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const PERMISSION_DENIED: &str = "PermissionDenied";
+    pub const WECOM_ERROR: &str = "WeComError";
+    pub const REMOTE_DELETED: &str = "RemoteDeleted";
+    pub const CREATE_INCOMPLETE: &str = "CreateIncomplete";
+    pub const QUOTA_EXHAUSTED: &str = "QuotaExhausted";
+    pub const PAUSED: &str = "Paused";
+    pub const RETRYABLE_ERROR: &str = "RetryableError";
+    pub const APP_NOT_READY: &str = "AppNotReady";
+    pub const CREDENTIALS_READY: &str = "CredentialsReady";
+    pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const BALANCE_OK: &str = "BalanceOk";
+    pub const BALANCE_LOW: &str = "BalanceLow";
+    pub const BALANCE_EXHAUSTED: &str = "BalanceExhausted";
+    pub const NO_BATCH_EXPIRING: &str = "NoBatchExpiring";
+    pub const BATCH_EXPIRING: &str = "BatchExpiring";
+}
+
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+/// Sets one condition, keeping `lastTransitionTime` when the status does not change.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    let message = message.into();
+    if let Some(existing) = conditions.iter_mut().find(|c| c.type_ == type_) {
+        if existing.status != status {
+            existing.last_transition_time = now.clone();
+        }
+        existing.status = status;
+        existing.reason = reason.to_string();
+        existing.message = message;
+        existing.observed_generation = generation;
+    } else {
+        conditions.push(Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            observed_generation: generation,
+            last_transition_time: now.clone(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let mut c = Vec::new();
+        set(
+            &mut c,
+            READY,
+            false,
+            reason::CREATING,
+            "creating",
+            Some(1),
+            &at(10),
+        );
+        set(
+            &mut c,
+            READY,
+            false,
+            reason::RETRYABLE_ERROR,
+            "busy",
+            Some(1),
+            &at(20),
+        );
+        assert_eq!(c[0].last_transition_time, at(10));
+        assert_eq!(c[0].reason, reason::RETRYABLE_ERROR);
+        set(
+            &mut c,
+            READY,
+            true,
+            reason::AVAILABLE,
+            "ok",
+            Some(2),
+            &at(30),
+        );
+        assert_eq!(c[0].last_transition_time, at(30));
+        assert_eq!(c.len(), 1);
+        assert!(is_true(&c, READY));
+    }
+}

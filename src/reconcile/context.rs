@@ -1,0 +1,302 @@
+//! What every reconcile pass shares: the Kubernetes client, the per-app WeCom clients,
+//! the event recorder, metrics, caches of both kinds, and the cadences.
+
+use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
+use kube::{
+    Api, Resource, ResourceExt,
+    runtime::{
+        events::{Event, EventType, Recorder},
+        reflector::{ObjectRef, Store},
+    },
+};
+
+use crate::{
+    api::{AcquisitionLink, SecretKeyRef, WeComApp},
+    metrics::Metrics,
+    wecom::client::{ClientConfig, RetryPolicy, Secret, WeComClient},
+};
+
+/// The WeCom API base URL when a WeComApp does not name one.
+pub const DEFAULT_API_BASE_URL: &str = "https://qyapi.weixin.qq.com";
+/// Request budget when a WeComApp does not set one: well under WeCom's 10,000/minute.
+pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 600;
+
+/// How often slow-changing facts are refreshed.
+#[derive(Debug, Clone)]
+pub struct Cadence {
+    /// Observe each link (A2) at least this often; callbacks make it faster.
+    pub resync: Duration,
+    /// Recount customers (A6).
+    pub customers: Duration,
+    /// Refresh statistics (A7).
+    pub statistics: Duration,
+    /// Refresh the quota (A8), once per app.
+    pub quota: Duration,
+    /// After an interrupted create found nothing, wait this long before creating again
+    /// (A1 may lag behind A3).
+    pub create_grace: Duration,
+    /// Statistics window in days (at most 30).
+    pub statistics_days: u32,
+}
+
+impl Default for Cadence {
+    fn default() -> Self {
+        Cadence {
+            resync: Duration::from_secs(300),
+            customers: Duration::from_secs(1800),
+            statistics: Duration::from_secs(3600),
+            quota: Duration::from_secs(600),
+            create_grace: Duration::from_secs(5),
+            statistics_days: 30,
+        }
+    }
+}
+
+/// Why an app's WeCom client could not be built. Messages say what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("WeComApp {namespace}/{name} not found: create it or fix spec.appRef")]
+    NotFound { namespace: String, name: String },
+    #[error("Secret {namespace}/{name} (referenced by WeComApp {app}) not found")]
+    SecretNotFound {
+        namespace: String,
+        name: String,
+        app: String,
+    },
+    #[error("Secret {namespace}/{name} has no key {key:?} (referenced by WeComApp {app})")]
+    SecretKeyMissing {
+        namespace: String,
+        name: String,
+        key: String,
+        app: String,
+    },
+    #[error("WeComApp {namespace}/{name}: {message}")]
+    Invalid {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+    #[error("reading Secret {namespace}/{name}: {source}")]
+    Kube {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+}
+
+struct CachedClient {
+    fingerprint: u64,
+    client: WeComClient,
+    checked_at: Instant,
+    generation: Option<i64>,
+}
+
+/// One WeCom client per WeComApp, rebuilt only when its configuration or secret changes, so
+/// that the token cache and the request budget are shared by every link of the app.
+pub struct AppClients {
+    kube: kube::Client,
+    metrics: Arc<Metrics>,
+    clients: Mutex<HashMap<(String, String), CachedClient>>,
+    /// How long a secret read stays trusted before it is read again.
+    secret_ttl: Duration,
+}
+
+impl AppClients {
+    pub fn new(kube: kube::Client, metrics: Arc<Metrics>) -> Self {
+        AppClients {
+            kube,
+            metrics,
+            clients: Mutex::new(HashMap::new()),
+            secret_ttl: Duration::from_secs(60),
+        }
+    }
+
+    /// Reads one key of a Secret in `namespace`.
+    pub async fn read_secret(
+        &self,
+        namespace: &str,
+        reference: &SecretKeyRef,
+        app: &str,
+    ) -> Result<String, AppError> {
+        let api: Api<KubeSecret> = Api::namespaced(self.kube.clone(), namespace);
+        let secret = api
+            .get_opt(&reference.name)
+            .await
+            .map_err(|source| AppError::Kube {
+                namespace: namespace.into(),
+                name: reference.name.clone(),
+                source,
+            })?
+            .ok_or_else(|| AppError::SecretNotFound {
+                namespace: namespace.into(),
+                name: reference.name.clone(),
+                app: app.into(),
+            })?;
+        let from_data = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&reference.key))
+            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string());
+        let from_string = secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(&reference.key))
+            .map(|s| s.trim().to_string());
+        from_data
+            .or(from_string)
+            .ok_or_else(|| AppError::SecretKeyMissing {
+                namespace: namespace.into(),
+                name: reference.name.clone(),
+                key: reference.key.clone(),
+                app: app.into(),
+            })
+    }
+
+    /// The client of `app`, built or reused.
+    pub async fn client_for(&self, app: &WeComApp) -> Result<WeComClient, AppError> {
+        let namespace = app.namespace().unwrap_or_default();
+        let name = app.name_any();
+        let key = (namespace.clone(), name.clone());
+        if let Ok(clients) = self.clients.lock()
+            && let Some(cached) = clients.get(&key)
+            && cached.generation == app.metadata.generation
+            && cached.checked_at.elapsed() < self.secret_ttl
+        {
+            return Ok(cached.client.clone());
+        }
+        let secret = self
+            .read_secret(&namespace, &app.spec.secret_ref, &name)
+            .await?;
+        if secret.is_empty() {
+            return Err(AppError::Invalid {
+                namespace,
+                name,
+                message: format!(
+                    "the app secret in Secret {} key {} is empty",
+                    app.spec.secret_ref.name, app.spec.secret_ref.key
+                ),
+            });
+        }
+        let base_url = app
+            .spec
+            .api_base_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_API_BASE_URL.to_string());
+        let rpm = app
+            .spec
+            .requests_per_minute
+            .unwrap_or(DEFAULT_REQUESTS_PER_MINUTE);
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&app.spec.corp_id, &base_url, rpm, &secret).hash(&mut hasher);
+        let fingerprint = hasher.finish();
+        let mut clients = self.clients.lock().map_err(|_| AppError::Invalid {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            message: "internal: client cache poisoned".into(),
+        })?;
+        if let Some(cached) = clients.get_mut(&key)
+            && cached.fingerprint == fingerprint
+        {
+            cached.checked_at = Instant::now();
+            cached.generation = app.metadata.generation;
+            return Ok(cached.client.clone());
+        }
+        let client = WeComClient::new(ClientConfig {
+            base_url,
+            corp_id: app.spec.corp_id.clone(),
+            secret: Secret::new(secret),
+            requests_per_minute: rpm,
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(10),
+            observer: Some(self.metrics.clone()),
+        })
+        .map_err(|e| AppError::Invalid {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+        clients.insert(
+            key,
+            CachedClient {
+                fingerprint,
+                client: client.clone(),
+                checked_at: Instant::now(),
+                generation: app.metadata.generation,
+            },
+        );
+        Ok(client)
+    }
+
+    /// Forgets an app's client (the app was deleted).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.remove(&(namespace.to_string(), name.to_string()));
+        }
+    }
+}
+
+/// Everything a reconcile pass needs.
+pub struct Context {
+    pub kube: kube::Client,
+    pub apps: AppClients,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub cadence: Cadence,
+    pub app_store: Store<WeComApp>,
+    pub link_store: Store<AcquisitionLink>,
+    /// When each link's customers and statistics were last refreshed (in memory: a restart
+    /// refreshes once).
+    pub slow_facts: Mutex<HashMap<String, SlowFacts>>,
+    /// When each app's quota was last asked, and whether a callback asked for it sooner.
+    pub quota_checks: Mutex<HashMap<String, Instant>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SlowFacts {
+    pub link_id: String,
+    pub customers_at: Option<Instant>,
+    pub statistics_at: Option<Instant>,
+}
+
+impl Context {
+    pub fn app(&self, namespace: &str, name: &str) -> Option<Arc<WeComApp>> {
+        self.app_store.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Publishes a Kubernetes Event about `obj`. A failure to publish is logged, never fatal.
+    pub async fn publish<K>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(%err, reason, "could not publish event");
+        }
+    }
+
+    /// Forces the next quota check of an app (a quota callback arrived).
+    pub fn expire_quota_check(&self, namespace: &str, name: &str) {
+        if let Ok(mut checks) = self.quota_checks.lock() {
+            checks.remove(&format!("{namespace}/{name}"));
+        }
+    }
+}

@@ -1,0 +1,982 @@
+//! The AcquisitionLink reconciler: observe (A2), diff, at most one mutating call (A3, A4 or
+//! A5), report - Crossplane's managed-resource shape.
+//!
+//! Creation is crash-safe: a `create-pending` annotation is written (with the object's
+//! resourceVersion, so a racing writer gets a 409) before A3, and the new id is written
+//! right after. A pass that finds the marker without an id looks for the link the
+//! interrupted pass may have made (A1 + A2) before it creates anything.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use futures::TryStreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::EventType,
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+use serde_json::{Value, json};
+
+use super::{
+    conditions::{self, READY, SYNCED, reason},
+    context::{AppError, Context, SlowFacts},
+    plan::{self, DesiredLink},
+};
+use crate::{
+    api::{
+        AcquisitionLink, AcquisitionLinkStatus, CREATE_PENDING_ANNOTATION, CustomerCount,
+        DeletionPolicy, LINK_FINALIZER, LINK_ID_ANNOTATION, LinkOrigin, LinkStatistics,
+        PAUSED_ANNOTATION, QuotaSummary, RECONCILE_REQUESTED_ANNOTATION, RemoteDeletePolicy,
+        WeComApp,
+    },
+    wecom::{ErrorClass, WeComError, client::WeComClient, error::codes, types::RemoteLink},
+};
+
+/// Errors that end a pass without a status-level answer; the error policy retries them.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    WeCom(#[from] WeComError),
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error("deletion of {0} is waiting: {1}")]
+    DeletionBlocked(String, String),
+    #[error("finalizer handling failed: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::WeCom(_) => "wecom",
+            Error::App(_) => "app",
+            Error::DeletionBlocked(..) => "deletion_blocked",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn unix_now() -> i64 {
+    k8s_openapi::jiff::Timestamp::now().as_second()
+}
+
+fn jitter() -> f64 {
+    0.5 + rand::random::<f64>() * 0.5
+}
+
+/// Requeue at rest: the resync interval, spread by up to 10% so links do not pulse together.
+fn at_rest(ctx: &Context) -> Action {
+    Action::requeue(
+        ctx.cadence
+            .resync
+            .mul_f64(0.9 + rand::random::<f64>() * 0.1),
+    )
+}
+
+/// Entry point for the controller.
+pub async fn reconcile(link: Arc<AcquisitionLink>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let namespace = link.namespace().unwrap_or_default();
+    let api: Api<AcquisitionLink> = Api::namespaced(ctx.kube.clone(), &namespace);
+    let result = finalizer(&api, LINK_FINALIZER, link, |event| async {
+        match event {
+            Finalizer::Apply(link) => apply(&link, &ctx).await,
+            Finalizer::Cleanup(link) => cleanup(&link, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|err| match err {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.metric_label(),
+    };
+    ctx.metrics
+        .observe_reconcile("AcquisitionLink", label, started.elapsed());
+    result
+}
+
+/// Error policy: back off with jitter.
+pub fn error_policy(link: Arc<AcquisitionLink>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(link = %link.name_any(), namespace = ?link.namespace(), %error, "reconcile failed");
+    let failures = link.status.as_ref().and_then(|s| s.failures).unwrap_or(0) + 1;
+    Action::requeue(plan::retry_delay(failures, jitter()))
+}
+
+/// One pass's view of the object and the status it is building.
+struct Pass<'a> {
+    ctx: &'a Context,
+    link: &'a AcquisitionLink,
+    api: Api<AcquisitionLink>,
+    generation: Option<i64>,
+    old: AcquisitionLinkStatus,
+    new: AcquisitionLinkStatus,
+    now: Time,
+}
+
+impl<'a> Pass<'a> {
+    fn new(link: &'a AcquisitionLink, ctx: &'a Context) -> Self {
+        let namespace = link.namespace().unwrap_or_default();
+        let old = link.status.clone().unwrap_or_default();
+        let mut new = old.clone();
+        new.last_handled_reconcile_at = link
+            .annotations()
+            .get(RECONCILE_REQUESTED_ANNOTATION)
+            .cloned();
+        Pass {
+            ctx,
+            link,
+            api: Api::namespaced(ctx.kube.clone(), &namespace),
+            generation: link.metadata.generation,
+            old,
+            new,
+            now: now(),
+        }
+    }
+
+    fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.link.namespace().unwrap_or_default(),
+            self.link.name_any()
+        )
+    }
+
+    fn set(&mut self, type_: &str, status: bool, reason: &str, message: impl Into<String>) {
+        let generation = self.generation;
+        let now = self.now.clone();
+        conditions::set(
+            &mut self.new.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            generation,
+            &now,
+        );
+    }
+
+    /// The previous pass ended with this Synced reason for the same generation.
+    fn previous_synced_reason(&self) -> Option<&str> {
+        conditions::find(&self.old.conditions, SYNCED)
+            .filter(|c| c.observed_generation == self.generation && c.status == "False")
+            .map(|c| c.reason.as_str())
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, note: String) {
+        self.ctx
+            .publish(self.link, type_, reason, reason, note)
+            .await;
+    }
+
+    /// Publishes an Event only when the Synced/Ready reason is new, so repeated passes with
+    /// the same outcome do not flood `kubectl describe`.
+    async fn event_on_change(&self, type_: EventType, reason: &str, note: String) {
+        let before = conditions::find(&self.old.conditions, SYNCED).map(|c| c.reason.as_str());
+        let before_ready = conditions::find(&self.old.conditions, READY).map(|c| c.reason.as_str());
+        if before != Some(reason) && before_ready != Some(reason) {
+            self.event(type_, reason, note).await;
+        }
+    }
+
+    /// Writes the status when it changed. `lastSyncTime` moves only together with a real
+    /// change, so a pass on an in-sync link writes nothing.
+    async fn write_status(mut self) -> Result<(), Error> {
+        self.new.observed_generation = self.generation;
+        let mut old_cmp = self.old.clone();
+        old_cmp.last_sync_time = None;
+        let mut new_cmp = self.new.clone();
+        new_cmp.last_sync_time = None;
+        let ready = conditions::find(&self.new.conditions, READY).map(|c| c.status.clone());
+        self.ctx
+            .metrics
+            .set_link_ready(&self.key(), Some(ready.as_deref().unwrap_or("Unknown")));
+        if old_cmp == new_cmp {
+            return Ok(());
+        }
+        self.new.last_sync_time = Some(self.now.0.to_string());
+        let patch = status_patch(&self.old, &self.new);
+        self.api
+            .patch_status(
+                &self.link.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// A merge patch turning `old` into `new`: fields that disappeared are set to null, which a
+/// plain serialisation of `new` would not do.
+fn status_patch(old: &AcquisitionLinkStatus, new: &AcquisitionLinkStatus) -> Value {
+    let old = serde_json::to_value(old).unwrap_or(Value::Null);
+    let mut new = serde_json::to_value(new).unwrap_or(Value::Null);
+    if let (Value::Object(old), Value::Object(new)) = (&old, &mut new) {
+        for key in old.keys() {
+            if !new.contains_key(key) {
+                new.insert(key.clone(), Value::Null);
+            }
+        }
+    }
+    json!({ "status": new })
+}
+
+fn is_paused(link: &AcquisitionLink) -> bool {
+    link.annotations()
+        .get(PAUSED_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
+
+/// The link id this object manages: status first, then the annotation (status lost), then
+/// the spec (adoption).
+fn known_link_id(link: &AcquisitionLink) -> Option<String> {
+    link.spec
+        .link_id
+        .clone()
+        .or_else(|| link.status.as_ref().and_then(|s| s.link_id.clone()))
+        .or_else(|| link.annotations().get(LINK_ID_ANNOTATION).cloned())
+        .filter(|id| !id.is_empty())
+}
+
+fn create_pending_since(link: &AcquisitionLink) -> Option<i64> {
+    link.annotations()
+        .get(CREATE_PENDING_ANNOTATION)
+        .map(|v| v.parse::<i64>().unwrap_or(0))
+}
+
+/// Reasons that wait for a spec change (or a reconcile request) instead of calling WeCom.
+fn is_terminal_reason(reason: &str) -> bool {
+    matches!(
+        reason,
+        reason::INVALID_SPEC
+            | reason::PERMISSION_DENIED
+            | reason::WECOM_ERROR
+            | reason::REMOTE_DELETED
+            | reason::CREATE_INCOMPLETE
+    )
+}
+
+/// The condition reason for a terminal WeCom error.
+fn terminal_reason(err: &WeComError) -> &'static str {
+    match err.errcode() {
+        Some(
+            codes::INVALID_PARAMETER
+            | codes::INVALID_PARAMETER_VALUE
+            | codes::OUTSIDE_VISIBLE_RANGE,
+        )
+        | Some(codes::NO_EXTERNAL_CONTACT | codes::INVALID_LINK_ID) => reason::INVALID_SPEC,
+        Some(41000..=41999) => reason::INVALID_SPEC,
+        Some(
+            codes::NO_PERMISSION
+            | codes::IP_NOT_TRUSTED
+            | codes::INVALID_CREDENTIAL
+            | codes::INVALID_CORPID,
+        ) => reason::PERMISSION_DENIED,
+        _ => reason::WECOM_ERROR,
+    }
+}
+
+/// A stable message for a WeCom error: the API, the errcode and our description, never
+/// WeCom's errmsg (it carries request ids that change on every call).
+fn stable_message(err: &WeComError) -> String {
+    match err.errcode() {
+        Some(code) => format!(
+            "WeCom {} refused the request: errcode {code} ({}); fix the spec or the app, or set annotation {RECONCILE_REQUESTED_ANNOTATION} to retry",
+            err.api(),
+            crate::wecom::error::describe(code)
+        ),
+        None => err.to_string(),
+    }
+}
+
+enum Observed {
+    Exists(RemoteLink),
+    Gone,
+}
+
+/// A2 by id. An error on A2 for a known id is only a hint: the link is gone only when A1
+/// no longer lists it (WECOM-NOTES: the code for a deleted link is undocumented).
+async fn observe(client: &WeComClient, link_id: &str) -> Result<Observed, WeComError> {
+    match client.get_link(link_id).await {
+        Ok(remote) => Ok(Observed::Exists(remote)),
+        Err(err) if err.class() == ErrorClass::Retryable => Err(err),
+        Err(err) => {
+            if list_contains(client, link_id).await? {
+                Err(err)
+            } else {
+                Ok(Observed::Gone)
+            }
+        }
+    }
+}
+
+async fn list_contains(client: &WeComClient, link_id: &str) -> Result<bool, WeComError> {
+    let ids: Vec<String> = client.list_links().try_collect().await?;
+    Ok(ids.iter().any(|id| id == link_id))
+}
+
+async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
+    let mut pass = Pass::new(link, ctx);
+    let forced = pass.new.last_handled_reconcile_at.is_some()
+        && pass.new.last_handled_reconcile_at != pass.old.last_handled_reconcile_at;
+
+    // Validate: the CEL rules already refuse most of this at admission.
+    if let Err(message) = plan::validate(&link.spec) {
+        pass.set(READY, false, reason::INVALID_SPEC, message.clone());
+        pass.set(SYNCED, false, reason::INVALID_SPEC, message.clone());
+        pass.event_on_change(EventType::Warning, reason::INVALID_SPEC, message)
+            .await;
+        pass.write_status().await?;
+        return Ok(Action::await_change());
+    }
+
+    // Resolve the app (same namespace only: no cross-namespace secrets).
+    let namespace = link.namespace().unwrap_or_default();
+    let app_name = &link.spec.app_ref.name;
+    let app = match ctx.app(&namespace, app_name) {
+        Some(app) => app,
+        None => {
+            let message = AppError::NotFound {
+                namespace: namespace.clone(),
+                name: app_name.clone(),
+            }
+            .to_string();
+            return app_not_ready(pass, message).await;
+        }
+    };
+    let client = match ctx.apps.client_for(&app).await {
+        Ok(client) => client,
+        Err(err) => return app_not_ready(pass, err.to_string()).await,
+    };
+    pass.new.quota = app
+        .status
+        .as_ref()
+        .and_then(|s| s.quota.as_ref())
+        .map(|q| QuotaSummary {
+            balance: q.balance,
+            total: q.total,
+        });
+
+    // A terminal outcome for this generation waits for a change instead of hammering WeCom.
+    if !forced
+        && let Some(previous) = pass.previous_synced_reason()
+        && is_terminal_reason(previous)
+        && !(previous == reason::CREATE_INCOMPLETE && create_pending_since(link).is_none())
+    {
+        pass.write_status().await?;
+        return Ok(at_rest(ctx));
+    }
+
+    let result = match known_link_id(link) {
+        Some(link_id) => match observe(&client, &link_id).await {
+            Ok(Observed::Exists(remote)) => sync_existing(&mut pass, &client, remote).await,
+            Ok(Observed::Gone) => remote_deleted(&mut pass, &client, &app, &link_id).await,
+            Err(err) => Err(Error::WeCom(err)),
+        },
+        None => create(&mut pass, &client, &app, None).await,
+    };
+    match result {
+        Ok(action) => {
+            pass.new.failures = None;
+            pass.write_status().await?;
+            Ok(action)
+        }
+        Err(Error::WeCom(err)) => wecom_failure(pass, err).await,
+        Err(other) => Err(other),
+    }
+}
+
+async fn app_not_ready(mut pass: Pass<'_>, message: String) -> Result<Action, Error> {
+    if pass.new.link_id.is_none() {
+        pass.set(READY, false, reason::APP_NOT_READY, message.clone());
+    }
+    pass.set(SYNCED, false, reason::APP_NOT_READY, message.clone());
+    pass.event_on_change(EventType::Warning, reason::APP_NOT_READY, message)
+        .await;
+    pass.write_status().await?;
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// Classifies a WeCom failure into the status and the next attempt.
+async fn wecom_failure(mut pass: Pass<'_>, err: WeComError) -> Result<Action, Error> {
+    match err.class() {
+        ErrorClass::Retryable | ErrorClass::TokenInvalid => {
+            let failures = pass.old.failures.unwrap_or(0).saturating_add(1);
+            pass.new.failures = Some(failures);
+            let message = format!("{err}; retrying with back-off");
+            pass.set(
+                SYNCED,
+                false,
+                reason::RETRYABLE_ERROR,
+                crate::wecom::redact::scrub(&message),
+            );
+            pass.write_status().await?;
+            Ok(Action::requeue(plan::retry_delay(failures, jitter())))
+        }
+        ErrorClass::Terminal => {
+            let reason = terminal_reason(&err);
+            let message = stable_message(&err);
+            pass.new.failures = None;
+            pass.set(READY, false, reason, message.clone());
+            pass.set(SYNCED, false, reason, message);
+            pass.event_on_change(
+                EventType::Warning,
+                reason,
+                crate::wecom::redact::scrub(&err.to_string()),
+            )
+            .await;
+            let ctx = pass.ctx;
+            pass.write_status().await?;
+            Ok(at_rest(ctx))
+        }
+    }
+}
+
+/// The link exists: fix drift with one A4 carrying the whole desired link, then report.
+async fn sync_existing(
+    pass: &mut Pass<'_>,
+    client: &WeComClient,
+    remote: RemoteLink,
+) -> Result<Action, Error> {
+    let link = pass.link;
+    let desired = DesiredLink::from_spec(&link.spec);
+    let changes = plan::diff(&desired, &remote);
+    record_identity(pass, &remote.link_id, &remote.url).await?;
+    if pass.new.origin.is_none() {
+        pass.new.origin = Some(if link.spec.link_id.is_some() {
+            LinkOrigin::Adopted
+        } else {
+            LinkOrigin::Created
+        });
+    }
+    if !changes.is_empty() {
+        let listed = changes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        if is_paused(link) {
+            pass.set(
+                READY,
+                false,
+                reason::PAUSED,
+                format!("link differs from the spec ({listed}) and is paused"),
+            );
+            pass.set(
+                SYNCED,
+                false,
+                reason::PAUSED,
+                format!("annotation {PAUSED_ANNOTATION} is \"true\": no writes to WeCom"),
+            );
+            return Ok(at_rest(pass.ctx));
+        }
+        client
+            .update_link(&desired.update_request(&remote.link_id))
+            .await?;
+        let spec_changed = pass.old.observed_generation != pass.generation;
+        let (reason, verb) = if spec_changed {
+            ("Updated", "updated to the new spec")
+        } else {
+            ("DriftCorrected", "drifted in WeCom and was corrected")
+        };
+        pass.event(
+            EventType::Normal,
+            reason,
+            format!("link {} {verb}: {listed}", remote.link_id),
+        )
+        .await;
+    }
+    pass.set(
+        READY,
+        true,
+        reason::AVAILABLE,
+        format!("link {} matches the spec", remote.link_id),
+    );
+    if is_paused(link) {
+        pass.set(
+            SYNCED,
+            false,
+            reason::PAUSED,
+            format!("annotation {PAUSED_ANNOTATION} is \"true\": no writes to WeCom"),
+        );
+    } else {
+        pass.set(SYNCED, true, reason::IN_SYNC, "the last pass succeeded");
+    }
+    refresh_slow_facts(pass, client, &remote.link_id).await?;
+    Ok(at_rest(pass.ctx))
+}
+
+/// Puts the id and URLs in status and makes sure the id annotation is there.
+async fn record_identity(pass: &mut Pass<'_>, link_id: &str, url: &str) -> Result<(), Error> {
+    pass.new.link_id = Some(link_id.to_string());
+    pass.new.url = Some(url.to_string());
+    pass.new.channel_urls = plan::channel_urls(url, &pass.link.spec.channels);
+    let annotations = pass.link.annotations();
+    if annotations.get(LINK_ID_ANNOTATION).map(String::as_str) != Some(link_id)
+        || annotations.contains_key(CREATE_PENDING_ANNOTATION)
+    {
+        let patch = json!({ "metadata": { "annotations": {
+            LINK_ID_ANNOTATION: link_id,
+            CREATE_PENDING_ANNOTATION: Value::Null,
+        }}});
+        pass.api
+            .patch(
+                &pass.link.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Customers (A6) and statistics (A7) on their own cadence.
+async fn refresh_slow_facts(
+    pass: &mut Pass<'_>,
+    client: &WeComClient,
+    link_id: &str,
+) -> Result<(), Error> {
+    let key = pass.key();
+    let ctx = pass.ctx;
+    let mut facts = ctx
+        .slow_facts
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key).cloned())
+        .filter(|f| f.link_id == link_id)
+        .unwrap_or_else(|| SlowFacts {
+            link_id: link_id.to_string(),
+            ..Default::default()
+        });
+    let due =
+        |at: Option<std::time::Instant>, every: Duration| at.is_none_or(|t| t.elapsed() >= every);
+    if due(facts.customers_at, ctx.cadence.customers) || pass.new.customers.is_none() {
+        let mut count = CustomerCount {
+            counted_at: Some(pass.now.0.to_string()),
+            ..Default::default()
+        };
+        let mut customers = std::pin::pin!(client.customers(link_id));
+        while let Some(customer) = customers.try_next().await? {
+            count.total += 1;
+            *count.by_channel.entry(customer.state).or_default() += 1;
+        }
+        let unchanged = pass
+            .new
+            .customers
+            .as_ref()
+            .is_some_and(|c| c.total == count.total && c.by_channel == count.by_channel);
+        if !unchanged {
+            pass.new.customers = Some(count);
+        }
+        facts.customers_at = Some(std::time::Instant::now());
+    }
+    if due(facts.statistics_at, ctx.cadence.statistics) || pass.new.statistics.is_none() {
+        let window = plan::stats_window(unix_now(), ctx.cadence.statistics_days);
+        let stats = client
+            .statistic(link_id, window.start_time, window.end_time)
+            .await?;
+        pass.new.statistics = Some(LinkStatistics {
+            window_days: window.days,
+            click_customers: stats.click_link_customer_cnt,
+            new_customers: stats.new_customer_cnt,
+            from: window.from,
+            to: window.to,
+        });
+        facts.statistics_at = Some(std::time::Instant::now());
+    }
+    if let Ok(mut map) = ctx.slow_facts.lock() {
+        map.insert(key, facts);
+    }
+    Ok(())
+}
+
+/// WeCom no longer has the link: recreate it or mark it orphaned, per spec.
+async fn remote_deleted(
+    pass: &mut Pass<'_>,
+    client: &WeComClient,
+    app: &WeComApp,
+    link_id: &str,
+) -> Result<Action, Error> {
+    let link = pass.link;
+    let adopted = link.spec.link_id.is_some() || pass.old.origin == Some(LinkOrigin::Adopted);
+    let old_url = pass.old.url.clone().unwrap_or_default();
+    if adopted || link.spec.on_remote_delete == RemoteDeletePolicy::Orphan {
+        let why = if adopted {
+            "the link was adopted (spec.linkId), so it is not recreated"
+        } else {
+            "onRemoteDelete is Orphan"
+        };
+        let message = format!(
+            "link {link_id} was deleted in WeCom; {why}. Delete this object, or set onRemoteDelete: Recreate"
+        );
+        pass.set(READY, false, reason::REMOTE_DELETED, message.clone());
+        pass.set(SYNCED, false, reason::REMOTE_DELETED, message.clone());
+        pass.event_on_change(EventType::Warning, reason::REMOTE_DELETED, message)
+            .await;
+        return Ok(at_rest(pass.ctx));
+    }
+    pass.event(
+        EventType::Warning,
+        reason::REMOTE_DELETED,
+        format!("link {link_id} ({old_url}) was deleted in WeCom; recreating it (onRemoteDelete: Recreate)"),
+    )
+    .await;
+    pass.new.link_id = None;
+    pass.new.url = None;
+    pass.new.channel_urls.clear();
+    pass.new.customers = None;
+    pass.new.statistics = None;
+    pass.new.origin = None;
+    create(pass, client, app, Some((link_id.to_string(), old_url))).await
+}
+
+/// Links that an interrupted create may have made: same name and range, created after the
+/// marker (with a minute of clock slack), not claimed by another AcquisitionLink.
+async fn find_orphans(
+    pass: &Pass<'_>,
+    client: &WeComClient,
+    since: i64,
+) -> Result<Vec<RemoteLink>, Error> {
+    let desired = DesiredLink::from_spec(&pass.link.spec);
+    let me = pass.link.metadata.uid.clone();
+    let claimed: BTreeSet<String> = pass
+        .ctx
+        .link_store
+        .state()
+        .iter()
+        .filter(|other| other.metadata.uid != me)
+        .filter_map(|other| known_link_id(other))
+        .collect();
+    let ids: Vec<String> = client.list_links().try_collect().await?;
+    let mut found = Vec::new();
+    for id in ids.into_iter().filter(|id| !claimed.contains(id)) {
+        match client.get_link(&id).await {
+            Ok(remote) if desired.matches_identity(&remote) && remote.create_time >= since - 60 => {
+                found.push(remote)
+            }
+            Ok(_) => {}
+            Err(err) if err.is_retryable() => return Err(err.into()),
+            Err(_) => {}
+        }
+    }
+    Ok(found)
+}
+
+/// No link yet: check quota, guard with the marker, A3, persist the id at once.
+async fn create(
+    pass: &mut Pass<'_>,
+    client: &WeComClient,
+    app: &WeComApp,
+    replacing: Option<(String, String)>,
+) -> Result<Action, Error> {
+    let link = pass.link;
+    let ctx = pass.ctx;
+    if is_paused(link) {
+        pass.set(
+            READY,
+            false,
+            reason::PAUSED,
+            "no link exists yet and the object is paused",
+        );
+        pass.set(
+            SYNCED,
+            false,
+            reason::PAUSED,
+            format!("annotation {PAUSED_ANNOTATION} is \"true\": no writes to WeCom"),
+        );
+        return Ok(at_rest(ctx));
+    }
+    let exhausted = app.status.as_ref().is_some_and(|s| {
+        conditions::is_true(&s.conditions, conditions::QUOTA_EXHAUSTED)
+            || s.quota.as_ref().is_some_and(|q| q.balance == 0)
+    });
+    if exhausted {
+        let message = format!(
+            "the acquisition quota of WeComApp {} is exhausted; the link is created when quota returns",
+            app.name_any()
+        );
+        pass.set(READY, false, reason::QUOTA_EXHAUSTED, message.clone());
+        pass.set(SYNCED, false, reason::QUOTA_EXHAUSTED, message.clone());
+        pass.event_on_change(EventType::Warning, reason::QUOTA_EXHAUSTED, message)
+            .await;
+        return Ok(Action::requeue(ctx.cadence.quota));
+    }
+
+    if let Some(since) = create_pending_since(link) {
+        let found = find_orphans(pass, client, since).await?;
+        match found.as_slice() {
+            [one] => {
+                let remote = one.clone();
+                record_identity(pass, &remote.link_id, &remote.url).await?;
+                pass.new.origin = Some(LinkOrigin::Created);
+                pass.event(
+                    EventType::Normal,
+                    "Adopted",
+                    format!(
+                        "found link {} made by an interrupted create and adopted it",
+                        remote.link_id
+                    ),
+                )
+                .await;
+                return sync_existing(pass, client, remote).await;
+            }
+            [] => {
+                let age = unix_now() - since;
+                let grace = ctx.cadence.create_grace.as_secs() as i64;
+                if age < grace {
+                    pass.set(
+                        READY,
+                        false,
+                        reason::CREATING,
+                        "checking whether an interrupted create made the link",
+                    );
+                    return Ok(Action::requeue(Duration::from_secs(
+                        (grace - age).max(1) as u64
+                    )));
+                }
+            }
+            many => {
+                let ids: Vec<&str> = many.iter().map(|l| l.link_id.as_str()).collect();
+                let message = format!(
+                    "an interrupted create left several candidate links ({}); delete the extra ones in WeCom, set spec.linkId to the one to keep, or remove annotation {CREATE_PENDING_ANNOTATION}",
+                    ids.join(", ")
+                );
+                pass.set(READY, false, reason::CREATE_INCOMPLETE, message.clone());
+                pass.set(SYNCED, false, reason::CREATE_INCOMPLETE, message.clone());
+                pass.event_on_change(EventType::Warning, reason::CREATE_INCOMPLETE, message)
+                    .await;
+                return Ok(at_rest(ctx));
+            }
+        }
+    }
+
+    // The marker, with the resourceVersion we read: if someone else wrote the object since,
+    // this is a 409 and nothing is created in this pass.
+    let marker = json!({ "metadata": {
+        "resourceVersion": link.resource_version(),
+        "annotations": {
+            CREATE_PENDING_ANNOTATION: unix_now().to_string(),
+            LINK_ID_ANNOTATION: Value::Null,
+        }
+    }});
+    match pass
+        .api
+        .patch(
+            &link.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&marker),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        Err(err) => return Err(err.into()),
+    }
+
+    let desired = DesiredLink::from_spec(&link.spec);
+    let created = match client.create_link(&desired.create_request()).await {
+        Ok(created) => created,
+        Err(err) => {
+            // A definitive WeCom answer means no link was made: drop the marker. A timeout
+            // or a lost connection may have made one: keep it, the next pass looks.
+            if err.errcode().is_some() {
+                let clear = json!({ "metadata": { "annotations": { CREATE_PENDING_ANNOTATION: Value::Null } } });
+                let _ = pass
+                    .api
+                    .patch(
+                        &link.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&clear),
+                    )
+                    .await;
+            }
+            return Err(err.into());
+        }
+    };
+
+    // Persist the id at once, retrying within the pass: losing it would orphan the link.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match record_identity(pass, &created.link_id, &created.url).await {
+            Ok(()) => break,
+            Err(err) if attempt < 4 => {
+                tracing::warn!(%err, link_id = %created.link_id, "could not record the new link id yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    pass.new.origin = Some(LinkOrigin::Created);
+    pass.new.failures = None;
+    // Persist the id in status right away as well, before any slower work.
+    let early = status_patch(&pass.old, &AcquisitionLinkStatus { ..pass.new.clone() });
+    pass.api
+        .patch_status(
+            &link.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&early),
+        )
+        .await?;
+    pass.old = pass.new.clone();
+
+    match replacing {
+        Some((old_id, old_url)) => {
+            pass.event(
+                EventType::Warning,
+                "Recreated",
+                format!(
+                    "link {old_id} was replaced by {}: the URL changed from {old_url} to {}; shared QR codes and URLs must be updated",
+                    created.link_id, created.url
+                ),
+            )
+            .await
+        }
+        None => pass.event(EventType::Normal, "Created", format!("created link {} ({})", created.link_id, created.url)).await,
+    }
+    pass.set(
+        READY,
+        true,
+        reason::AVAILABLE,
+        format!("link {} matches the spec", created.link_id),
+    );
+    pass.set(SYNCED, true, reason::IN_SYNC, "the last pass succeeded");
+    refresh_slow_facts(pass, client, &created.link_id).await?;
+    Ok(at_rest(ctx))
+}
+
+/// Deletion: A5 for `Delete` (a link already gone is success), nothing for `Orphan`.
+async fn cleanup(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
+    let namespace = link.namespace().unwrap_or_default();
+    let key = format!("{namespace}/{}", link.name_any());
+    ctx.metrics.set_link_ready(&key, None);
+    if let Ok(mut facts) = ctx.slow_facts.lock() {
+        facts.remove(&key);
+    }
+    let link_id = known_link_id(link);
+    if link.spec.deletion_policy == DeletionPolicy::Orphan {
+        if let Some(id) = &link_id {
+            ctx.publish(
+                link,
+                EventType::Normal,
+                "Orphaned",
+                "Delete",
+                format!("left link {id} in WeCom (deletionPolicy: Orphan)"),
+            )
+            .await;
+        }
+        return Ok(Action::await_change());
+    }
+    if link_id.is_none() && create_pending_since(link).is_none() {
+        return Ok(Action::await_change());
+    }
+    let Some(app) = ctx.app(&namespace, &link.spec.app_ref.name) else {
+        ctx.publish(
+            link,
+            EventType::Warning,
+            "Orphaned",
+            "Delete",
+            format!(
+                "WeComApp {} is gone, so link {} cannot be deleted in WeCom; it is left as it is",
+                link.spec.app_ref.name,
+                link_id.as_deref().unwrap_or("(unknown)")
+            ),
+        )
+        .await;
+        return Ok(Action::await_change());
+    };
+    if is_paused(link) {
+        return Err(Error::DeletionBlocked(
+            key,
+            format!(
+                "remove annotation {PAUSED_ANNOTATION} to let the controller delete the WeCom link"
+            ),
+        ));
+    }
+    let client = ctx.apps.client_for(&app).await?;
+    let targets: Vec<String> = match link_id {
+        Some(id) => vec![id],
+        None => {
+            let pass = Pass::new(link, ctx);
+            let since = create_pending_since(link).unwrap_or(0);
+            find_orphans(&pass, &client, since)
+                .await?
+                .into_iter()
+                .map(|l| l.link_id)
+                .collect()
+        }
+    };
+    for id in targets {
+        match client.delete_link(&id).await {
+            Ok(()) => {}
+            Err(err) if err.errcode().is_some() && err.class() == ErrorClass::Terminal => {
+                if list_contains(&client, &id).await? {
+                    return Err(err.into());
+                }
+            }
+            Err(err) => return Err(err.into()),
+        }
+        ctx.publish(
+            link,
+            EventType::Normal,
+            "Deleted",
+            "Delete",
+            format!("deleted link {id} in WeCom"),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_patch_nulls_removed_fields() {
+        let old = AcquisitionLinkStatus {
+            link_id: Some("a".into()),
+            url: Some("u".into()),
+            ..Default::default()
+        };
+        let new = AcquisitionLinkStatus {
+            link_id: Some("b".into()),
+            ..Default::default()
+        };
+        let patch = status_patch(&old, &new);
+        assert_eq!(patch["status"]["linkId"], "b");
+        assert!(patch["status"]["url"].is_null());
+        assert!(patch["status"].as_object().unwrap().contains_key("url"));
+    }
+
+    #[test]
+    fn terminal_reasons_follow_errcodes() {
+        let e = |code| WeComError::Api {
+            api: crate::wecom::Api::CreateLink,
+            errcode: code,
+            errmsg: String::new(),
+        };
+        assert_eq!(terminal_reason(&e(40058)), reason::INVALID_SPEC);
+        assert_eq!(terminal_reason(&e(60011)), reason::INVALID_SPEC);
+        assert_eq!(terminal_reason(&e(48002)), reason::PERMISSION_DENIED);
+        assert_eq!(terminal_reason(&e(12345)), reason::WECOM_ERROR);
+        assert!(!stable_message(&e(40058)).contains("hint"));
+    }
+}
