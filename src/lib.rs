@@ -4,6 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod callback;
+pub mod controller;
+pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod telemetry;

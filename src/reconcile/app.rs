@@ -1,0 +1,362 @@
+//! The WeComApp reconciler: checks the credentials, asks A8 once per app on its cadence
+//! (shared by all the app's links), and reports quota conditions.
+
+use std::{sync::Arc, time::Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{controller::Action, events::EventType},
+};
+use serde_json::json;
+
+use super::{
+    conditions::{self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, READY, reason},
+    context::Context,
+    link::Error,
+};
+use crate::{
+    api::{AppQuota, QuotaBatchStatus, WeComApp, WeComAppStatus},
+    wecom::{ErrorClass, types::QuotaResponse},
+};
+
+/// Balance under which `QuotaLow` is set (WeCom's balance_low threshold).
+pub const LOW_BALANCE: u64 = 20;
+/// A batch expiring within this many days sets `QuotaExpiringSoon` (WeCom warns from 14).
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
+fn rfc3339(unix: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(unix)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// The app's quota status from an A8 answer.
+pub fn quota_status(quota: &QuotaResponse, now: &Time) -> AppQuota {
+    AppQuota {
+        total: quota.total,
+        balance: quota.balance,
+        batches: quota
+            .quota_list
+            .iter()
+            .map(|b| QuotaBatchStatus {
+                expire_date: rfc3339(b.expire_date),
+                balance: b.balance,
+            })
+            .collect(),
+        observed_at: Some(now.0.to_string()),
+    }
+}
+
+/// Sets QuotaLow, QuotaExhausted and QuotaExpiringSoon from a quota reading.
+pub fn set_quota_conditions(
+    status: &mut WeComAppStatus,
+    quota: &QuotaResponse,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let c = &mut status.conditions;
+    let balance = quota.balance;
+    if balance == 0 {
+        conditions::set(
+            c,
+            QUOTA_EXHAUSTED,
+            true,
+            reason::BALANCE_EXHAUSTED,
+            "the acquisition quota is used up: no new link is created until quota is added",
+            generation,
+            now,
+        );
+    } else {
+        conditions::set(
+            c,
+            QUOTA_EXHAUSTED,
+            false,
+            reason::BALANCE_OK,
+            format!("{balance} remaining"),
+            generation,
+            now,
+        );
+    }
+    if balance < LOW_BALANCE {
+        conditions::set(
+            c,
+            QUOTA_LOW,
+            true,
+            reason::BALANCE_LOW,
+            format!("only {balance} remaining (below {LOW_BALANCE}): buy more quota"),
+            generation,
+            now,
+        );
+    } else {
+        conditions::set(
+            c,
+            QUOTA_LOW,
+            false,
+            reason::BALANCE_OK,
+            format!("{balance} remaining"),
+            generation,
+            now,
+        );
+    }
+    let horizon = now.0.as_second() + EXPIRY_WARNING_DAYS * 86_400;
+    let expiring: Vec<_> = quota
+        .quota_list
+        .iter()
+        .filter(|b| b.balance > 0 && b.expire_date <= horizon)
+        .collect();
+    if let Some(first) = expiring.iter().min_by_key(|b| b.expire_date) {
+        let amount: u64 = expiring.iter().map(|b| b.balance).sum();
+        let day = super::plan::stats_window(first.expire_date, 1).to;
+        conditions::set(
+            c,
+            QUOTA_EXPIRING_SOON,
+            true,
+            reason::BATCH_EXPIRING,
+            format!(
+                "{amount} quota expire within {EXPIRY_WARNING_DAYS} days, the first batch on {day}: use or renew it"
+            ),
+            generation,
+            now,
+        );
+    } else {
+        conditions::set(
+            c,
+            QUOTA_EXPIRING_SOON,
+            false,
+            reason::NO_BATCH_EXPIRING,
+            format!("no batch expires within {EXPIRY_WARNING_DAYS} days"),
+            generation,
+            now,
+        );
+    }
+}
+
+pub async fn reconcile(app: Arc<WeComApp>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&app, &ctx).await;
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.metric_label(),
+    };
+    ctx.metrics
+        .observe_reconcile("WeComApp", label, started.elapsed());
+    result
+}
+
+pub fn error_policy(app: Arc<WeComApp>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(app = %app.name_any(), namespace = ?app.namespace(), %error, "reconcile failed");
+    Action::requeue(super::plan::retry_delay(
+        2,
+        0.5 + rand::random::<f64>() * 0.5,
+    ))
+}
+
+async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error> {
+    let namespace = app.namespace().unwrap_or_default();
+    let name = app.name_any();
+    let key = format!("{namespace}/{name}");
+    let api: Api<WeComApp> = Api::namespaced(ctx.kube.clone(), &namespace);
+    let old = app.status.clone().unwrap_or_default();
+    let mut new = old.clone();
+    let generation = app.metadata.generation;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+
+    let due = ctx
+        .quota_checks
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key).copied())
+        .is_none_or(|at| at.elapsed() >= ctx.cadence.quota)
+        || old.observed_generation != generation;
+    let mut requeue = ctx.cadence.quota;
+    match ctx.apps.client_for(app).await {
+        Err(err) => {
+            let reason = match err {
+                super::context::AppError::SecretNotFound { .. }
+                | super::context::AppError::SecretKeyMissing { .. } => reason::SECRET_NOT_FOUND,
+                _ => reason::CREDENTIALS_INVALID,
+            };
+            conditions::set(
+                &mut new.conditions,
+                READY,
+                false,
+                reason,
+                err.to_string(),
+                generation,
+                &now,
+            );
+            requeue = std::time::Duration::from_secs(60);
+        }
+        Ok(_) if !due => {}
+        Ok(client) => match client.quota().await {
+            Ok(quota) => {
+                if let Ok(mut checks) = ctx.quota_checks.lock() {
+                    checks.insert(key.clone(), Instant::now());
+                }
+                conditions::set(
+                    &mut new.conditions,
+                    READY,
+                    true,
+                    reason::CREDENTIALS_READY,
+                    "credentials accepted by WeCom",
+                    generation,
+                    &now,
+                );
+                new.quota = Some(quota_status(&quota, &now));
+                set_quota_conditions(&mut new, &quota, generation, &now);
+                ctx.metrics
+                    .set_quota_balance(&namespace, &name, quota.balance);
+            }
+            Err(err) => {
+                let reason = match err.class() {
+                    ErrorClass::Retryable => reason::RETRYABLE_ERROR,
+                    _ if err.errcode() == Some(crate::wecom::error::codes::NO_PERMISSION) => {
+                        reason::PERMISSION_DENIED
+                    }
+                    _ => reason::CREDENTIALS_INVALID,
+                };
+                let message = match err.errcode() {
+                    Some(code) => format!(
+                        "WeCom {} failed: errcode {code} ({})",
+                        err.api(),
+                        crate::wecom::error::describe(code)
+                    ),
+                    None => crate::wecom::redact::scrub(&err.to_string()),
+                };
+                conditions::set(
+                    &mut new.conditions,
+                    READY,
+                    false,
+                    reason,
+                    message,
+                    generation,
+                    &now,
+                );
+                requeue = super::plan::retry_delay(2, 1.0);
+            }
+        },
+    }
+    new.observed_generation = generation;
+    publish_transitions(ctx, app, &old, &new).await;
+    if new != old {
+        let patch = json!({ "status": new });
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// Events for quota transitions (QuotaLow, QuotaExhausted, QuotaRestored, QuotaExpiringSoon).
+pub async fn publish_transitions(
+    ctx: &Context,
+    app: &WeComApp,
+    old: &WeComAppStatus,
+    new: &WeComAppStatus,
+) {
+    let flipped_on = |type_: &str| {
+        conditions::is_true(&new.conditions, type_) && !conditions::is_true(&old.conditions, type_)
+    };
+    let message = |type_: &str| {
+        conditions::find(&new.conditions, type_)
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
+    };
+    if flipped_on(QUOTA_EXHAUSTED) {
+        ctx.publish(
+            app,
+            EventType::Warning,
+            "QuotaExhausted",
+            "QuotaCheck",
+            message(QUOTA_EXHAUSTED),
+        )
+        .await;
+    } else if flipped_on(QUOTA_LOW) {
+        ctx.publish(
+            app,
+            EventType::Warning,
+            "QuotaLow",
+            "QuotaCheck",
+            message(QUOTA_LOW),
+        )
+        .await;
+    }
+    if conditions::is_true(&old.conditions, QUOTA_EXHAUSTED)
+        && !conditions::is_true(&new.conditions, QUOTA_EXHAUSTED)
+    {
+        ctx.publish(
+            app,
+            EventType::Normal,
+            "QuotaRestored",
+            "QuotaCheck",
+            message(QUOTA_EXHAUSTED),
+        )
+        .await;
+    }
+    if flipped_on(QUOTA_EXPIRING_SOON) {
+        ctx.publish(
+            app,
+            EventType::Warning,
+            "QuotaExpiringSoon",
+            "QuotaCheck",
+            message(QUOTA_EXPIRING_SOON),
+        )
+        .await;
+    }
+    let ready = |s: &WeComAppStatus| {
+        conditions::find(&s.conditions, READY).map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    if ready(new) != ready(old)
+        && let Some(c) = conditions::find(&new.conditions, READY)
+        && c.status == "False"
+    {
+        ctx.publish(
+            app,
+            EventType::Warning,
+            &c.reason,
+            "CredentialsCheck",
+            c.message.clone(),
+        )
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wecom::types::QuotaBatch;
+
+    fn at(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn quota_conditions_follow_balance_and_expiry() {
+        let now = at(1_790_000_000);
+        let quota = QuotaResponse {
+            total: 5,
+            balance: 10,
+            quota_list: vec![QuotaBatch {
+                expire_date: 1_790_000_000 + 3 * 86_400,
+                balance: 10,
+            }],
+        };
+        let mut status = WeComAppStatus::default();
+        set_quota_conditions(&mut status, &quota, Some(1), &now);
+        assert!(conditions::is_true(&status.conditions, QUOTA_LOW));
+        assert!(!conditions::is_true(&status.conditions, QUOTA_EXHAUSTED));
+        assert!(conditions::is_true(&status.conditions, QUOTA_EXPIRING_SOON));
+        let empty = QuotaResponse {
+            total: 15,
+            balance: 0,
+            quota_list: vec![],
+        };
+        set_quota_conditions(&mut status, &empty, Some(1), &now);
+        assert!(conditions::is_true(&status.conditions, QUOTA_EXHAUSTED));
+        assert!(!conditions::is_true(
+            &status.conditions,
+            QUOTA_EXPIRING_SOON
+        ));
+    }
+}
