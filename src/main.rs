@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions (YAML, both kinds) to stdout, or write one file
     /// per kind with --output-dir.
+    /// Run the controller: watch WeComApps and AcquisitionLinks and keep WeCom in line.
+    Run(wecom_acq::controller::RunArgs),
     Crd {
         /// Write `<plural>.<group>.yaml` per kind into this directory instead of printing.
         #[arg(long, value_name = "DIR")]
@@ -36,6 +38,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, &cli.log_level);
     match cli.command {
+        Command::Run(args) => run_async(wecom_acq::controller::run(args)),
         Command::Crd { output_dir } => {
             let written = match output_dir {
                 None => wecom_acq::api::crd_yaml().map(|yaml| print!("{yaml}")),
@@ -52,6 +55,27 @@ fn main() -> std::process::ExitCode {
                     std::process::ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs an async subcommand on a multi-threaded runtime; errors print as one line.
+fn run_async(job: impl std::future::Future<Output = anyhow::Result<()>>) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(job) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
         }
     }
 }
