@@ -23,10 +23,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the CustomResourceDefinitions (YAML, both kinds) to stdout, or write one file
-    /// per kind with --output-dir.
     /// Run the controller: watch WeComApps and AcquisitionLinks and keep WeCom in line.
     Run(wecom_acq::controller::RunArgs),
+    /// Print the CustomResourceDefinitions (YAML, both kinds) to stdout, or write one file
+    /// per kind with --output-dir.
     Crd {
         /// Write `<plural>.<group>.yaml` per kind into this directory instead of printing.
         #[arg(long, value_name = "DIR")]
