@@ -455,7 +455,7 @@ impl WeComClient {
                 tracing::debug!(
                     corp_id = %self.inner.corp_id,
                     ok = result.is_ok(),
-                    "WeCom access token fetched"
+                    "WeCom access token refresh"
                 );
                 result
             })
