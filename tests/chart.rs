@@ -129,3 +129,71 @@ fn schema_refuses_unknown_keys_at_the_top_and_in_the_main_objects() {
         );
     }
 }
+
+/// The openAPIV3Schema of each kind, from the chart's CRDs.
+fn crd_schemas() -> BTreeMap<String, serde_json::Value> {
+    let mut schemas = BTreeMap::new();
+    for (name, bytes) in yaml_files(&root().join(CHART).join("crds")) {
+        let crd: serde_json::Value = serde_yaml::from_slice(&bytes).unwrap();
+        let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_owned();
+        let schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+        assert!(schema.is_object(), "{name} has no openAPIV3Schema");
+        schemas.insert(kind, schema);
+    }
+    schemas
+}
+
+/// The CEL half of admission (the structural half is in .ci/chart-check) for the resources
+/// this chart's docs ship: the ArgoCD example folder and the health-check fixtures.
+#[test]
+fn argocd_examples_and_fixtures_pass_the_crds_cel_rules() {
+    let schemas = crd_schemas();
+    let mut objects: Vec<(String, serde_json::Value)> = Vec::new();
+    let links = root().join("examples/argocd/links");
+    for (name, bytes) in yaml_files(&links) {
+        let text = String::from_utf8(bytes).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+            objects.push((format!("examples/argocd/links/{name}"), value));
+        }
+    }
+    for (name, bytes) in yaml_files(&root().join("tests/fixtures/argocd")) {
+        let value = serde_json::from_slice(&bytes).unwrap();
+        objects.push((format!("tests/fixtures/argocd/{name}"), value));
+    }
+    let mut checked = 0;
+    for (file, object) in &objects {
+        let kind = object["kind"].as_str().unwrap();
+        let schema = &schemas[kind];
+        if let Err(errors) = kube_cel::Validator::new().validate(schema, object, None) {
+            let errors: Vec<_> = errors.iter().map(ToString::to_string).collect();
+            panic!("{file}: {kind} refused by the CRD's CEL rules: {errors:?}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 25, "only {checked} objects checked");
+}
+
+/// The same rules do refuse a bad link, so the test above can fail.
+#[test]
+fn crds_cel_rules_refuse_a_link_without_members() {
+    let schemas = crd_schemas();
+    let mut link = serde_json::json!({
+        "apiVersion": "acquisition.wecom.dev/v1alpha1",
+        "kind": "AcquisitionLink",
+        "metadata": {"name": "empty"},
+        "spec": {"appRef": {"name": "wecom"}, "linkName": "x", "range": {}}
+    });
+    let validator = kube_cel::Validator::new();
+    assert!(
+        validator
+            .validate(&schemas["AcquisitionLink"], &link, None)
+            .is_err()
+    );
+    link["spec"]["range"]["userList"] = serde_json::json!(["zhangsan"]);
+    assert!(
+        validator
+            .validate(&schemas["AcquisitionLink"], &link, None)
+            .is_ok()
+    );
+}
