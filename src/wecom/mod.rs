@@ -1,6 +1,8 @@
 //! The WeCom side: wire types, error codes, and the redaction every error passes through.
 
+pub mod crypto;
 pub mod error;
+pub mod event;
 pub mod redact;
 pub mod types;
 
