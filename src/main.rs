@@ -25,6 +25,9 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions (YAML, both kinds) to stdout.
     Crd,
+    /// Debug a callback URL: verify and decrypt what WeCom sent (WXBizMsgCrypt).
+    #[command(subcommand)]
+    Callback(wecom_acq::wecom::crypto_cli::CallbackCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,5 +44,6 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        Command::Callback(command) => wecom_acq::wecom::crypto_cli::run(command),
     }
 }
