@@ -830,7 +830,10 @@ impl Store {
                 "apiVersion and kind must be set in an apply configuration",
             ));
         }
-        let applied = Self::ingest_body(rt, applied)?;
+        let mut applied = Self::ingest_body(rt, applied)?;
+        if meta_str(&applied, "name").is_empty() {
+            set_meta(&mut applied, "name", name.into());
+        }
         let applied_name = meta_str(&applied, "name");
         if applied_name != name {
             return Err(ApiError::bad_request(format!(
