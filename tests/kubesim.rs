@@ -348,8 +348,8 @@ async fn finalizers_keep_a_deleted_object_until_the_last_one_goes() {
     assert!(still_there.metadata.deletion_timestamp.is_some());
     assert_eq!(
         still_there.metadata.generation,
-        Some(1),
-        "deletion is not a spec change"
+        Some(2),
+        "marking for deletion bumps generation, as the apiserver's markAsDeleting does"
     );
 
     let no_new = api

@@ -415,6 +415,14 @@ fn start_watch(
         // The current state is at least as fresh as any resourceVersion the client knows.
         resource_version = Some(String::new());
     }
+    if let Some(rv) = resource_version.as_deref()
+        && !rv.is_empty()
+        && rv.parse::<u64>().is_err()
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid resourceVersion {rv:?}: not a number"
+        )));
+    }
     let timeout = query
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())

@@ -164,6 +164,18 @@ fn is_deleting(object: &Value) -> bool {
     !meta_str(object, "deletionTimestamp").is_empty()
 }
 
+/// Sets deletionTimestamp on an object whose finalizers hold its deletion. Like the
+/// apiserver's markAsDeleting, this bumps a tracked generation.
+fn mark_deleting(object: &Value) -> Value {
+    let mut marked = object.clone();
+    if let Some(generation) = meta(object)["generation"].as_i64().filter(|g| *g > 0) {
+        set_meta(&mut marked, "generation", (generation + 1).into());
+    }
+    set_meta(&mut marked, "deletionTimestamp", now_rfc3339().into());
+    set_meta(&mut marked, "deletionGracePeriodSeconds", 0.into());
+    marked
+}
+
 fn path_of(namespace: &str, name: &str) -> String {
     if namespace.is_empty() {
         name.to_string()
@@ -1000,7 +1012,9 @@ impl Store {
         }
         let storage = rt.storage.clone();
         let result = if is_deleting(&new) && finalizers(&new).is_empty() {
-            self.commit(&storage, ChangeKind::Deleted, new, Some(old))
+            // The apiserver deletes the stored object instead of writing the update: the
+            // DELETED event and the response carry the object as it was stored.
+            self.commit(&storage, ChangeKind::Deleted, old.clone(), Some(old))
         } else {
             self.commit(&storage, ChangeKind::Modified, new, Some(old))
         };
@@ -1052,9 +1066,7 @@ impl Store {
             return Ok(rt.present(&old));
         }
         let storage = rt.storage.clone();
-        let mut marked = old.clone();
-        set_meta(&mut marked, "deletionTimestamp", now_rfc3339().into());
-        set_meta(&mut marked, "deletionGracePeriodSeconds", 0.into());
+        let mut marked = mark_deleting(&old);
         if is_namespace {
             marked["status"]["phase"] = "Terminating".into();
         } else if rt.group == "apiextensions.k8s.io" {
@@ -1117,9 +1129,7 @@ impl Store {
         if finalizers(&old).is_empty() {
             self.commit(storage, ChangeKind::Deleted, old.clone(), Some(old));
         } else {
-            let mut marked = old.clone();
-            set_meta(&mut marked, "deletionTimestamp", now_rfc3339().into());
-            set_meta(&mut marked, "deletionGracePeriodSeconds", 0.into());
+            let marked = mark_deleting(&old);
             self.commit(storage, ChangeKind::Modified, marked, Some(old));
         }
     }
