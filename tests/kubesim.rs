@@ -1080,3 +1080,87 @@ async fn stream_of_raw_watch_events_ends_at_timeout_seconds() {
         .unwrap();
     assert!(events.is_empty());
 }
+
+#[tokio::test]
+async fn streaming_list_watcher_gets_initial_events_then_changes() {
+    let (_sim, client) = start().await;
+    let api = links(&client);
+    api.create(&PostParams::default(), &link("s1", "S1"))
+        .await
+        .unwrap();
+    let mut stream = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    assert!(matches!(
+        next_within(&mut stream, "Init").await.unwrap(),
+        watcher::Event::Init
+    ));
+    match next_within(&mut stream, "InitApply").await.unwrap() {
+        watcher::Event::InitApply(o) => assert_eq!(o.name_any(), "s1"),
+        other => panic!("expected InitApply, got {other:?}"),
+    }
+    assert!(matches!(
+        next_within(&mut stream, "InitDone").await.unwrap(),
+        watcher::Event::InitDone
+    ));
+    api.create(&PostParams::default(), &link("s2", "S2"))
+        .await
+        .unwrap();
+    wait_for_apply(&mut stream, "s2", "S2").await;
+}
+
+#[tokio::test]
+async fn leases_and_secrets_follow_their_built_in_rules() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    let (sim, client) = start().await;
+    // Installing the CRDs again leaves them as they are.
+    sim.install_crds().await.unwrap();
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let lease = Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some("wecom-acq-leader".into()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("pod-a".into()),
+            lease_duration_seconds: Some(15),
+            ..Default::default()
+        }),
+    };
+    let first = leases.create(&PostParams::default(), &lease).await.unwrap();
+    assert_eq!(first.metadata.generation, None, "leases have no generation");
+    let mut taken = first.clone();
+    taken.spec.as_mut().unwrap().holder_identity = Some("pod-b".into());
+    leases
+        .replace("wecom-acq-leader", &PostParams::default(), &taken)
+        .await
+        .unwrap();
+    let mut stale = first;
+    stale.spec.as_mut().unwrap().holder_identity = Some("pod-c".into());
+    let err = api_error(
+        leases
+            .replace("wecom-acq-leader", &PostParams::default(), &stale)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 409);
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let mut secret = Secret::default();
+    secret.metadata.name = Some("app-secret".into());
+    secret.string_data = Some([("secret".to_string(), "s3cr3t".to_string())].into());
+    let created = secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    assert_eq!(created.type_.as_deref(), Some("Opaque"));
+    assert!(
+        created.string_data.is_none(),
+        "stringData is folded into data"
+    );
+    assert_eq!(created.data.unwrap()["secret"].0, b"s3cr3t");
+    let typed = secrets
+        .list(&ListParams::default().fields("type=Opaque"))
+        .await
+        .unwrap();
+    assert_eq!(typed.items.len(), 1);
+}

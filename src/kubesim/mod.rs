@@ -56,10 +56,25 @@
 //!   ignored (deletion is as if Background with nothing owned).
 //! - No `dryRun` (refused with 400), no `fieldValidation`, no Table or protobuf output,
 //!   no aggregated discovery, no `/openapi`, no HTTP/2, no TLS.
-//! - Nothing is persisted; history is bounded (default 1000 changes), and watches that
-//!   fall behind the live feed are closed (clients resume as after any closed watch).
-//! - The `/status` of a CRD is written by the emulator itself at creation; later
-//!   status writes by clients are kept as sent.
+//! - Custom resource versions share one storage and differ only in `apiVersion`
+//!   (conversion strategy `None`); no conversion webhooks.
+//! - Validation of built-in kinds is limited to metadata, Secret data encoding,
+//!   events.k8s.io/v1 Events and CRD basics; core/v1 Events and Leases are stored as
+//!   sent. Field selectors: `metadata.name`, `metadata.namespace`, plus `type` on
+//!   Secrets, `status.phase` on Namespaces and the usual Event fields; others are
+//!   refused with 400 as unsupported.
+//! - One global change history instead of per-resource watch caches: a resumed watch
+//!   gets 410 only after [`FaultControl::compact_history`] or once the history window
+//!   (default 1000 changes, [`KubeSim::history_limit`]) has moved past it. Watchers too
+//!   slow for the live feed are closed, as the apiserver closes slow watchers.
+//! - List with `resourceVersion=0` honours `limit` (older apiservers serve the whole
+//!   list from the watch cache then); clients must handle both.
+//! - Bookmarks come every [`KubeSim::bookmark_interval`] (default 10 s), not about
+//!   once a minute; there is no bookmark just before a watch times out.
+//! - Namespace `/finalize` is not served; namespace and CRD cleanup run synchronously
+//!   inside the deleting request instead of in background controllers.
+//! - Nothing is persisted. The `/status` of a CRD is written by the emulator at
+//!   creation (NamesAccepted, Established); later status writes by clients are kept.
 
 mod faults;
 mod patch;
@@ -232,7 +247,8 @@ users:
     }
 
     /// Creates this project's CRDs (WeComApp, AcquisitionLink) through the API, as
-    /// `kubectl apply -f crds/` does, and waits until they are Established.
+    /// `kubectl apply -f crds/` does, and waits until they are Established. CRDs that
+    /// already exist are left as they are.
     pub async fn install_crds(&self) -> anyhow::Result<()> {
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         use kube::CustomResourceExt as _;
@@ -243,9 +259,14 @@ users:
             crate::api::AcquisitionLink::crd(),
         ] {
             let name = crd.metadata.name.clone().unwrap_or_default();
-            api.create(&kube::api::PostParams::default(), &crd)
-                .await
-                .with_context(|| format!("creating CRD {name} in kubesim failed"))?;
+            match api.create(&kube::api::PostParams::default(), &crd).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("creating CRD {name} in kubesim failed"));
+                }
+            }
             let established = kube::runtime::wait::await_condition(
                 api.clone(),
                 &name,

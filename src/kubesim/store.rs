@@ -930,6 +930,28 @@ impl Store {
             ));
         }
 
+        if !scope.status {
+            let mut immutable = Vec::new();
+            let cand_uid = meta_str(&candidate, "uid");
+            if !cand_uid.is_empty() && cand_uid != meta_str(&old, "uid") {
+                immutable.push(FieldError::invalid(
+                    "metadata.uid",
+                    cand_uid,
+                    "field is immutable",
+                ));
+            }
+            let cand_deletion = meta_str(&candidate, "deletionTimestamp");
+            if !cand_deletion.is_empty() && !is_deleting(&old) {
+                immutable.push(FieldError::invalid(
+                    "metadata.deletionTimestamp",
+                    cand_deletion,
+                    "field is immutable; may only be changed via deletion",
+                ));
+            }
+            if !immutable.is_empty() {
+                return Err(ApiError::invalid(&rt.group, &rt.kind, &name, immutable));
+            }
+        }
         let mut new = if scope.status {
             let mut new = old.clone();
             match candidate.get("status") {
@@ -1389,6 +1411,29 @@ mod tests {
         );
         store.compact();
         assert_eq!(store.list(&filter, &exact).unwrap_err().code, 410);
+    }
+
+    #[test]
+    fn updates_cannot_change_uid_or_set_deletion_timestamp() {
+        let (mut store, rt) = store_with_crd();
+        store.create(&rt, Some("default"), thing("a")).unwrap();
+        for patch in [
+            br#"{"metadata":{"uid":"00000000-0000-4000-8000-000000000000"}}"#.as_slice(),
+            br#"{"metadata":{"deletionTimestamp":"2024-01-01T00:00:00Z"}}"#.as_slice(),
+        ] {
+            let err = store
+                .patch(
+                    &rt,
+                    "default",
+                    "a",
+                    PatchKind::Merge,
+                    patch,
+                    WriteScope::default(),
+                    None,
+                )
+                .unwrap_err();
+            assert_eq!(err.code, 422, "{}", err.message);
+        }
     }
 
     #[test]
