@@ -1164,3 +1164,78 @@ async fn leases_and_secrets_follow_their_built_in_rules() {
         .unwrap();
     assert_eq!(typed.items.len(), 1);
 }
+
+#[tokio::test]
+async fn errors_and_discovery_on_the_wire() {
+    let (sim, _client) = start().await;
+    let http = reqwest::Client::new();
+    let base = sim.base_url();
+
+    let missing = http
+        .get(format!(
+            "{base}/apis/acquisition.wecom.dev/v1alpha1/namespaces/default/acquisitionlinks/nope"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let status: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(status["kind"], "Status");
+    assert_eq!(status["apiVersion"], "v1");
+    assert_eq!(status["status"], "Failure");
+    assert_eq!(status["reason"], "NotFound");
+    assert_eq!(status["code"], 404);
+    assert_eq!(status["details"]["kind"], "acquisitionlinks");
+
+    let unknown = http
+        .get(format!("{base}/apis/nope.dev/v1/things"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    let resources: serde_json::Value = http
+        .get(format!("{base}/apis/acquisition.wecom.dev/v1alpha1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = resources["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "wecomapps",
+        "wecomapps/status",
+        "acquisitionlinks",
+        "acquisitionlinks/status",
+    ] {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
+
+    let core: serde_json::Value = http
+        .get(format!("{base}/api/v1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(core["groupVersion"], "v1");
+
+    let wrong_verb = http
+        .put(format!("{base}/api/v1/namespaces/default/secrets"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_verb.status(), 405);
+}

@@ -467,7 +467,7 @@ impl Store {
             .filter(|(path, _)| start.as_ref().is_none_or(|s| path.as_str() > s.as_str()))
             .filter(|(_, o)| filter.matches(o));
         let mut items = Vec::new();
-        let mut last_path = String::new();
+        let mut last_path = start.clone().unwrap_or_default();
         let limit = query.limit.filter(|l| *l > 0);
         for (path, object) in matching.by_ref() {
             if limit.is_some_and(|l| items.len() >= l) {
