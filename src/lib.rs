@@ -4,5 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod kubesim;
 pub mod telemetry;
 pub mod wecom;

@@ -30,6 +30,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         output_dir: Option<std::path::PathBuf>,
     },
+    /// Debug a callback URL: verify and decrypt what WeCom sent (WXBizMsgCrypt).
+    #[command(subcommand)]
+    Callback(wecom_acq::wecom::crypto_cli::CallbackCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,5 +56,6 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Callback(command) => wecom_acq::wecom::crypto_cli::run(command),
     }
 }

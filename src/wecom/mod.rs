@@ -1,9 +1,11 @@
-//! The WeCom side: wire types, error codes, the typed client, and the redaction every
-//! error passes through.
+//! The WeCom side: wire types, error codes, and the redaction every error passes through.
 
 pub mod budget;
 pub mod client;
+pub mod crypto;
+pub mod crypto_cli;
 pub mod error;
+pub mod event;
 pub mod redact;
 pub mod retry;
 pub mod token;
