@@ -4,5 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod sim;
 pub mod telemetry;
 pub mod wecom;

@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions (YAML, both kinds) to stdout.
     Crd,
+    /// Run the WeCom simulator (gettoken, A1-A8, callbacks, admin API under /_sim/).
+    Simulate(wecom_acq::sim::cli::SimulateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,5 +43,20 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        Command::Simulate(args) => run_async(wecom_acq::sim::cli::run(args)),
+    }
+}
+
+/// Runs an async subcommand on a fresh runtime; an error is printed on one line.
+fn run_async(job: impl std::future::Future<Output = anyhow::Result<()>>) -> std::process::ExitCode {
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(job));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
