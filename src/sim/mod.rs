@@ -230,6 +230,7 @@ pub struct SimHandle {
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
     pusher: Option<JoinHandle<()>>,
+    ticker: Option<JoinHandle<()>>,
 }
 
 impl SimHandle {
@@ -255,8 +256,11 @@ impl SimHandle {
         {
             self.server.abort();
         }
-        if let Some(p) = self.pusher.take() {
-            p.abort();
+        for task in [self.pusher.take(), self.ticker.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
     }
 }
@@ -287,6 +291,9 @@ pub async fn spawn(config: SimConfig, addr: SocketAddr) -> anyhow::Result<SimHan
         state: Mutex::new(SimState::new(settings, config.org, config.quota, now)),
         events,
     });
+    let ticker = pusher
+        .as_ref()
+        .map(|_| spawn_ticker(Arc::downgrade(&shared)));
     let app = router(shared);
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -302,6 +309,28 @@ pub async fn spawn(config: SimConfig, addr: SocketAddr) -> anyhow::Result<SimHan
         shutdown: Some(tx),
         server,
         pusher,
+        ticker,
+    })
+}
+
+/// Once a minute, lets the quota notice real time passing while nobody calls (so
+/// `quota_expire_soon` is pushed on an idle simulator too). Ends with the server.
+fn spawn_ticker(shared: std::sync::Weak<Shared>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let events = {
+                let mut state = shared.lock();
+                state.observe_clock();
+                state.take_events()
+            };
+            shared.push(events);
+        }
     })
 }
 

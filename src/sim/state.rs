@@ -3,7 +3,7 @@
 //! frequency limit. Plain data behind one mutex; no I/O, so the HTTP layer stays thin and
 //! every rule can be unit-tested.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
@@ -343,6 +343,11 @@ impl SimState {
         }
     }
 
+    /// Lets the quota notice the time that passed without any request (the idle ticker).
+    pub fn observe_clock(&mut self) {
+        self.tick();
+    }
+
     /// The callbacks produced since the last call.
     pub fn take_events(&mut self) -> Vec<SimEvent> {
         std::mem::take(&mut self.outbox)
@@ -486,6 +491,8 @@ impl SimState {
                 expires_in: (t.expires_at - now) as u64,
             }));
         }
+        // WeCom forgets long-dead tokens (they then answer 40014); keeps the map small.
+        self.tokens.retain(|_, t| t.expires_at > now - 86_400);
         let token = random_alnum(64);
         let ttl = self.settings.token_ttl.as_secs().max(1);
         self.tokens.insert(
@@ -679,17 +686,22 @@ impl SimState {
                 "range.user_list and range.department_list cannot both be empty",
             ));
         }
-        let mut stored = LinkRange::default();
-        for u in &range.user_list {
-            if !stored.user_list.contains(u) {
-                stored.user_list.push(u.clone());
-            }
-        }
-        for d in &range.department_list {
-            if !stored.department_list.contains(d) {
-                stored.department_list.push(*d);
-            }
-        }
+        let mut seen_users = HashSet::new();
+        let mut seen_departments = HashSet::new();
+        let stored = LinkRange {
+            user_list: range
+                .user_list
+                .iter()
+                .filter(|u| seen_users.insert(u.as_str()))
+                .cloned()
+                .collect(),
+            department_list: range
+                .department_list
+                .iter()
+                .copied()
+                .filter(|d| seen_departments.insert(*d))
+                .collect(),
+        };
         if stored.user_list.len() > MAX_RANGE_PEOPLE {
             return Err(ApiFailure::invalid(format!(
                 "range.user_list has {} users, at most {MAX_RANGE_PEOPLE}",
@@ -728,12 +740,12 @@ impl SimState {
                 )));
             }
         }
-        let mut unique = Vec::new();
-        for u in p.priority_userid_list {
-            if !unique.contains(&u) {
-                unique.push(u);
-            }
-        }
+        let mut seen = HashSet::new();
+        let unique: Vec<String> = p
+            .priority_userid_list
+            .into_iter()
+            .filter(|u| seen.insert(u.clone()))
+            .collect();
         if unique.len() > MAX_PRIORITY_USERS {
             return Err(ApiFailure::invalid(format!(
                 "priority_option.priority_userid_list has {} users, at most {MAX_PRIORITY_USERS}",
