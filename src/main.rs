@@ -26,7 +26,7 @@ enum Command {
     /// Print the CustomResourceDefinitions (YAML, both kinds) to stdout.
     Crd,
     /// Run the WeCom simulator (gettoken, A1-A8, callbacks, admin API under /_sim/).
-    Simulate(wecom_acq::sim::cli::SimulateArgs),
+    Simulate(Box<wecom_acq::sim::cli::SimulateArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,7 +43,7 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
-        Command::Simulate(args) => run_async(wecom_acq::sim::cli::run(args)),
+        Command::Simulate(args) => run_async(wecom_acq::sim::cli::run(*args)),
     }
 }
 

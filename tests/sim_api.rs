@@ -269,6 +269,14 @@ async fn malformed_json_is_a_data_format_error() {
 async fn create_validation_uses_wecom_codes() {
     let sim = Sim::default().await;
     let token = sim.token().await;
+    // A corp with a department of 600 people (the built-in one stays under 500).
+    let big: Vec<String> = (1..=600).map(|i| format!("b{i:04}")).collect();
+    sim.admin_ok(
+        M::PUT,
+        "/_sim/org",
+        Some(json!({"departments": [{"id": 3, "users": big}], "users": ["zhangsan", "lisi"]})),
+    )
+    .await;
     let create = |body: Value| {
         let sim = &sim;
         let token = token.clone();
@@ -377,6 +385,7 @@ async fn five_hundred_people_limit_counts_sub_departments_once() {
 async fn put_org_replaces_the_chart() {
     let sim = Sim::default().await;
     let token = sim.token().await;
+    let old_link = sim.create(&token, "old", &["zhangsan"]).await;
     let v = sim
         .admin_ok(
             M::PUT,
@@ -387,6 +396,15 @@ async fn put_org_replaces_the_chart() {
         )
         .await;
     assert_eq!(v["users"], 3);
+    // A link whose people all left the corp cannot receive customers.
+    let (status, err) = sim
+        .admin(
+            M::POST,
+            &format!("/_sim/links/{old_link}/customers"),
+            Some(json!({"count": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
     assert_code(
         &sim.call(
             Api::CreateLink,
@@ -1034,7 +1052,7 @@ async fn console_edit_and_delete_change_what_the_api_sees() {
         .admin(
             M::PATCH,
             &format!("/_sim/links/{id}"),
-            Some(json!({"range": {"department_list": [3]}})),
+            Some(json!({"range": {"user_list": []}})),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

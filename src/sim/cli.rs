@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use super::{DEFAULT_CORP_ID, DEFAULT_SECRET, OrgChart, SimCallback, SimConfig};
+use super::{DEFAULT_CORP_ID, DEFAULT_SECRET, OrgChart, OrgSpec, SimCallback, SimConfig};
 
 /// Flags of `wecom-acq simulate`.
 #[derive(Args, Clone)]
@@ -18,7 +18,8 @@ pub struct SimulateArgs {
     /// The simulated corp id.
     #[arg(long, default_value = DEFAULT_CORP_ID)]
     pub corp_id: String,
-    /// The app secret gettoken accepts.
+    /// The app secret gettoken accepts [default: the demo value "sim-secret", which
+    /// examples/secret.yaml uses].
     #[arg(long, env = "WECOM_SIM_SECRET", default_value = DEFAULT_SECRET, hide_default_value = true, hide_env_values = true)]
     pub secret: String,
     /// Where to push callbacks (e.g. the controller's /callback/{namespace}/{app}).
@@ -39,6 +40,10 @@ pub struct SimulateArgs {
     /// Answer 45009 past this many calls to one API per minute (off by default).
     #[arg(long, value_name = "N")]
     pub rate_limit_per_minute: Option<u32>,
+    /// Replace the built-in org chart with a JSON file shaped like the body of
+    /// PUT /_sim/org: {"departments":[{"id":2,"parent_id":1,"users":["u1"]}],"users":["x"]}.
+    #[arg(long, value_name = "PATH")]
+    pub org_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for SimulateArgs {
@@ -50,6 +55,7 @@ impl std::fmt::Debug for SimulateArgs {
             .field("third_party_suite_id", &self.third_party_suite_id)
             .field("token_ttl_secs", &self.token_ttl_secs)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("org_file", &self.org_file)
             .finish_non_exhaustive()
     }
 }
@@ -75,7 +81,24 @@ impl SimulateArgs {
                 third_party_suite_id: self.third_party_suite_id.clone(),
             }),
         };
+        let org = match &self.org_file {
+            None => OrgChart::builtin(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the org chart {}", path.display()))?;
+                let spec: OrgSpec = serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "{} is not an org chart like the body of PUT /_sim/org",
+                        path.display()
+                    )
+                })?;
+                OrgChart::from_spec(spec).map_err(|e| {
+                    anyhow::anyhow!("the org chart {} is invalid: {e}", path.display())
+                })?
+            }
+        };
         Ok(SimConfig {
+            org,
             corp_id: self.corp_id.clone(),
             secret: self.secret.clone(),
             token_ttl: Duration::from_secs(self.token_ttl_secs),
@@ -102,9 +125,9 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
 fn banner(config: &SimConfig, args: &SimulateArgs) -> String {
     let mut out = String::new();
     let secret_note = if args.secret == DEFAULT_SECRET {
-        format!("the documented demo secret \"{DEFAULT_SECRET}\"")
+        "configured (the default demo value, not shown; see --help)"
     } else {
-        "a secret is configured (not shown)".to_string()
+        "configured (not shown)"
     };
     out.push_str(&format!(
         "  corp id: {}\n  secret: {secret_note}\n  token TTL: {} s\n",
@@ -214,6 +237,28 @@ mod tests {
         assert!(!text.contains("TOPSECRET123"), "{text}");
         assert!(text.contains("zhangsan"));
         assert!(!format!("{:?} {:?}", w.args, c).contains("TOPSECRET123"));
+    }
+
+    #[test]
+    fn org_file_replaces_the_chart_and_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("org.json");
+        std::fs::write(
+            &good,
+            r#"{"departments":[{"id":2,"users":["a","b"]}],"users":["c"]}"#,
+        )
+        .unwrap();
+        let w = Wrap::try_parse_from(["x", "--org-file", good.to_str().unwrap()]).unwrap();
+        let org = w.args.config().unwrap().org;
+        assert_eq!(org.user_count(), 3);
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, r#"{"departments":[{"id":2,"parent_id":7}]}"#).unwrap();
+        let w = Wrap::try_parse_from(["x", "--org-file", bad.to_str().unwrap()]).unwrap();
+        let err = format!("{:#}", w.args.config().unwrap_err());
+        assert!(
+            err.contains("bad.json") && err.contains("parent 7"),
+            "{err}"
+        );
     }
 
     #[test]

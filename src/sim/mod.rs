@@ -58,8 +58,11 @@
 //!   - department 2 "sales" (under 1): `zhaoliu`, `sunqi`, `zhouba`, `wujiu`;
 //!   - department 4 "sales-east" (under 2): `zhengshi`, `lisi` (so department 2 covers 6
 //!     people);
-//!   - department 3 "call-center" (under 1): 600 generated users `u0001`..`u0600`, to
-//!     show the 500-people limit (department 3, or department 1, is refused with 40058).
+//!   - department 3 "call-center" (under 1): 480 generated users `u0001`..`u0480`.
+//!
+//!   Department 1 covers all 488 people, so every built-in range fits the 500-people limit
+//!   (the examples use department 1). To see the limit refused with 40058, load a bigger
+//!   corp, e.g. `PUT /_sim/org` with a department of 600 users, or `--org-file`.
 //! - Quota: one batch of 1000 expiring at midnight (China time) one year after start.
 //!
 //! # Admin API (`/_sim/`, JSON bodies; not part of WeCom)
@@ -78,6 +81,9 @@
 //! | `POST /_sim/clock` | `{"advance_secs":86400}` | moves the simulator's clock forward |
 //! | `GET /_sim/calls`, `DELETE /_sim/calls` | | calls per API (`gettoken`, `list_link`, `get`, `create_link`, `update_link`, `delete_link`, `customer`, `statistic`, `customer_acquisition_quota`) plus `total`; reset |
 //! | `GET /_sim/state` | | links, customers, statistics, quota, org, faults, calls |
+//!
+//! `wecom-acq simulate --org-file org.json` starts with an org chart in the `PUT /_sim/org`
+//! shape instead of the built-in one.
 //!
 //! Bad admin input answers 400 `{"error": "..."}`; an unknown link 404.
 //!

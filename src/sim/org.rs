@@ -71,7 +71,7 @@ const MAX_USERID_BYTES: usize = 64;
 impl OrgChart {
     /// The built-in corp (see the module documentation of [`crate::sim`]).
     pub fn builtin() -> OrgChart {
-        let big: Vec<String> = (1..=600).map(|i| format!("u{i:04}")).collect();
+        let call_center: Vec<String> = (1..=480).map(|i| format!("u{i:04}")).collect();
         let spec = OrgSpec {
             departments: vec![
                 DepartmentSpec {
@@ -92,7 +92,7 @@ impl OrgChart {
                     id: 3,
                     name: Some("call-center".into()),
                     parent_id: Some(ROOT_DEPARTMENT),
-                    users: big,
+                    users: call_center,
                 },
                 DepartmentSpec {
                     id: 4,
@@ -282,6 +282,26 @@ impl OrgChart {
         Ok(out)
     }
 
+    /// The people of a stored range who are still in the chart (the org may have changed
+    /// since the link was made): who receives its customers.
+    pub fn current_members(&self, range: &LinkRange) -> Vec<String> {
+        let known = LinkRange {
+            user_list: range
+                .user_list
+                .iter()
+                .filter(|u| self.has_user(u))
+                .cloned()
+                .collect(),
+            department_list: range
+                .department_list
+                .iter()
+                .copied()
+                .filter(|d| self.has_department(*d))
+                .collect(),
+        };
+        self.expand(&known).unwrap_or_default()
+    }
+
     /// The chart as a [`OrgSpec`]-shaped dump for `/_sim/state`.
     pub fn to_spec(&self) -> OrgSpec {
         OrgSpec {
@@ -322,10 +342,12 @@ mod tests {
         let spec_built = OrgChart::from_spec(OrgChart::builtin().to_spec()).unwrap();
         assert_eq!(spec_built, OrgChart::builtin());
         let org = OrgChart::builtin();
-        for u in ["zhangsan", "lisi", "wangwu", "u0001", "u0600"] {
+        for u in ["zhangsan", "lisi", "wangwu", "u0001", "u0480"] {
             assert!(org.has_user(u), "{u}");
         }
-        assert_eq!(org.department_members(3).len(), 600);
+        assert_eq!(org.department_members(3).len(), 480);
+        // The whole corp fits one link (examples/ use department 1).
+        assert_eq!(org.department_members(1).len(), 488);
     }
 
     #[test]

@@ -859,7 +859,7 @@ impl SimState {
         }
         let members = {
             let link = &self.links[&seq];
-            self.org.expand(&link.range).unwrap_or_default()
+            self.org.current_members(&link.range)
         };
         if members.is_empty() {
             return Err(AdminError::Conflict(format!(
