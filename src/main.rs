@@ -23,8 +23,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the CustomResourceDefinitions (YAML, both kinds) to stdout.
-    Crd,
+    /// Print the CustomResourceDefinitions (YAML, both kinds) to stdout, or write one file
+    /// per kind with --output-dir.
+    Crd {
+        /// Write `<plural>.<group>.yaml` per kind into this directory instead of printing.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<std::path::PathBuf>,
+    },
+    /// Debug a callback URL: verify and decrypt what WeCom sent (WXBizMsgCrypt).
+    #[command(subcommand)]
+    Callback(wecom_acq::wecom::crypto_cli::CallbackCommand),
     /// Run the WeCom simulator (gettoken, A1-A8, callbacks, admin API under /_sim/).
     Simulate(Box<wecom_acq::sim::cli::SimulateArgs>),
 }
@@ -33,16 +41,24 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, &cli.log_level);
     match cli.command {
-        Command::Crd => match wecom_acq::api::crd_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                std::process::ExitCode::SUCCESS
+        Command::Crd { output_dir } => {
+            let written = match output_dir {
+                None => wecom_acq::api::crd_yaml().map(|yaml| print!("{yaml}")),
+                Some(dir) => wecom_acq::api::write_crd_files(&dir).map(|paths| {
+                    for path in paths {
+                        println!("wrote {}", path.display());
+                    }
+                }),
+            };
+            match written {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    std::process::ExitCode::FAILURE
+                }
             }
-            Err(err) => {
-                eprintln!("error: {err}");
-                std::process::ExitCode::FAILURE
-            }
-        },
+        }
+        Command::Callback(command) => wecom_acq::wecom::crypto_cli::run(command),
         Command::Simulate(args) => run_async(wecom_acq::sim::cli::run(*args)),
     }
 }

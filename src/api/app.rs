@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use super::SecretKeyRef;
 
+/// `spec.apiBaseUrl` must start with `http://` or `https://` and name a host.
+pub const API_BASE_URL_PATTERN: &str = "^https?://[^/?#]+";
+/// Highest `spec.requestsPerMinute`: WeCom's published per-API limit per corp.
+pub const REQUESTS_PER_MINUTE_MAX: u32 = 10_000;
+
 /// One WeCom app (self-built app in the 可调用应用 list, or an authorised third-party app)
 /// whose credentials the links in this namespace use.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -14,6 +19,7 @@ use super::SecretKeyRef;
     group = "acquisition.wecom.dev",
     version = "v1alpha1",
     kind = "WeComApp",
+    doc = "One WeCom app's credentials and the state its AcquisitionLinks share (quota).",
     namespaced,
     status = "WeComAppStatus",
     shortname = "wxapp",
@@ -27,6 +33,7 @@ use super::SecretKeyRef;
 pub struct WeComAppSpec {
     /// The corp id (企业ID), `ww...`. Also the receive id checked on callbacks of a
     /// self-built app.
+    #[schemars(length(min = 1))]
     pub corp_id: String,
     /// The Secret key holding the app secret. Must be the secret of a self-built app in the
     /// 可调用应用 list (or an authorised third-party app); the 客户联系 system-app secret is
@@ -35,13 +42,19 @@ pub struct WeComAppSpec {
     /// Callback settings: where the callback Token and EncodingAESKey live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<CallbackSpec>,
-    /// Base URL of the WeCom API. Defaults to https://qyapi.weixin.qq.com; point it at
-    /// `wecom-acq simulate` to try the controller without a WeCom account.
+    /// Base URL of the WeCom API, `http://` or `https://`. Defaults to
+    /// https://qyapi.weixin.qq.com; point it at `wecom-acq simulate` to try the controller
+    /// without a WeCom account. The app secret is sent there: use plain http only for the
+    /// simulator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // A pattern rather than a CEL rule: enforced by every apiserver version, not only
+    // those with CEL validation (v1.25+).
+    #[schemars(pattern(API_BASE_URL_PATTERN))]
     pub api_base_url: Option<String>,
-    /// Request budget for this app, in requests per minute, shared by all its links.
-    /// Defaults to 600, well under WeCom's published 10,000 per minute per API.
+    /// Request budget for this app, in requests per minute (1 to 10000), shared by all its
+    /// links. Defaults to 600, well under WeCom's published 10,000 per minute per API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = REQUESTS_PER_MINUTE_MAX))]
     pub requests_per_minute: Option<u32>,
 }
 
@@ -56,6 +69,7 @@ pub struct CallbackSpec {
     /// Receive id to check on callbacks. Defaults to `corpId` (self-built apps); set it to
     /// the suite id for third-party instruction callbacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub receive_id: Option<String>,
 }
 

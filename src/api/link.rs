@@ -3,16 +3,31 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A customer-acquisition link, kept in line with WeCom by the controller.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Longest `linkName` WeCom accepts, in characters.
+pub const LINK_NAME_MAX_CHARS: u32 = 30;
+/// Most members in `range.userList` (WeCom's limit for the whole range, 40058 beyond).
+pub const USER_LIST_MAX_ITEMS: u32 = 500;
+/// Most members in `priorityOption.priorityUserList`.
+pub const PRIORITY_USER_LIST_MAX_ITEMS: u32 = 1000;
+/// Longest customer_channel value WeCom keeps, in UTF-8 bytes (it cuts longer ones).
+pub const CHANNEL_MAX_BYTES: u32 = 64;
+/// Most `channels` per link. WeCom sets no limit; this one bounds the status size and the
+/// cost of the CEL rule over the list.
+pub const CHANNELS_MAX_ITEMS: u32 = 100;
+/// Longest WeCom userid, in bytes (so also in characters).
+pub const USER_ID_MAX_LEN: u32 = 64;
+
+/// A customer-acquisition link (获客链接), kept in line with WeCom by the controller.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "acquisition.wecom.dev",
     version = "v1alpha1",
     kind = "AcquisitionLink",
+    doc = "One WeCom customer-acquisition link (获客链接), created, kept in line with the spec and deleted by the controller.",
     namespaced,
     status = "AcquisitionLinkStatus",
     shortname = "acql",
@@ -25,36 +40,59 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+// Transition rule: it runs on updates only (oldSelf exists), so setting linkId later to
+// adopt a link stays possible; changing or removing it does not, because the controller
+// would silently start managing another WeCom link.
+#[x_kube(validation = Rule::new(
+    "!has(oldSelf.linkId) || (has(self.linkId) && self.linkId == oldSelf.linkId)"
+).message(
+    "spec.linkId is immutable once set: to manage another WeCom link, create a new AcquisitionLink"
+))]
 pub struct AcquisitionLinkSpec {
     /// The WeComApp (same namespace) whose credentials manage this link.
     pub app_ref: AppRef,
-    /// The link's display name in WeCom: 1 to 30 characters.
+    /// The link's display name in WeCom: 1 to 30 characters (not bytes).
+    #[schemars(length(min = 1, max = LINK_NAME_MAX_CHARS))]
     pub link_name: String,
-    /// Members and departments customers are handed to. Always sent whole on update (a
-    /// full replacement, never a delta).
+    /// Members and departments customers are handed to: at least one of the two lists,
+    /// at most 500 people in all. Always sent whole on update (a full replacement, never a
+    /// delta).
     pub range: LinkRangeSpec,
     /// Customers add the member without verification. WeCom's default is true.
     #[serde(default = "default_true")]
     pub skip_verify: bool,
-    /// Priority assignment; only some business categories support it.
+    /// Priority assignment for customers who are already a member's friend; only some
+    /// business categories support it. Unset: no priority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_option: Option<PriorityOptionSpec>,
     /// Mark the customer's source on the member's side. WeCom's default is true; unset
     /// leaves WeCom's value alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mark_source: Option<bool>,
-    /// customer_channel values to publish URLs for (`status.channelUrls`). Conversion
+    /// customer_channel values to publish URLs for (`status.channelUrls`): at most 100,
+    /// unique, each 1 to 64 bytes in UTF-8 (WeCom cuts longer values). Conversion
     /// callbacks only fire for visits through a URL with a channel.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = CHANNELS_MAX_ITEMS), inner(length(min = 1, max = CHANNEL_MAX_BYTES)))]
+    #[x_kube(
+        merge_strategy = ListMerge::Set,
+        validation = Rule::new("self.all(c, bytes(c).size() <= 64)")
+            .message("each channel must be at most 64 bytes in UTF-8 (a Chinese character takes 3)")
+    )]
     pub channels: Vec<String>,
-    /// What happens to the WeCom link when this object is deleted.
+    /// What happens to the WeCom link when this object is deleted: `Delete` (default)
+    /// deletes it in WeCom, `Orphan` leaves it there.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
-    /// What happens when the link is deleted in WeCom (admin console or WeCom itself).
+    /// What happens when the link is deleted in WeCom (admin console or WeCom itself):
+    /// `Recreate` (default) makes a new link with new URLs, `Orphan` marks this object
+    /// `Ready=False` and stops.
     #[serde(default)]
     pub on_remote_delete: RemoteDeletePolicy,
-    /// Adopt this existing WeCom link instead of creating one. Immutable once set.
+    /// Adopt this existing WeCom link instead of creating one. Can be set later, but never
+    /// changed or removed once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub link_id: Option<String>,
 }
 
@@ -67,30 +105,48 @@ pub(crate) fn default_true() -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct AppRef {
     /// Name of the WeComApp.
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
 
 /// Who receives the customers of a link: at most 500 people after department expansion.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(has(self.userList) && size(self.userList) > 0) || (has(self.departmentList) && size(self.departmentList) > 0)"
+).message("range needs at least one member in userList or one department in departmentList"))]
 pub struct LinkRangeSpec {
-    /// Member userids.
+    /// Member userids: at most 500, unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = USER_LIST_MAX_ITEMS), inner(length(min = 1, max = USER_ID_MAX_LEN)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub user_list: Vec<String>,
-    /// Department ids (their members and sub-departments count toward the 500).
+    /// Department ids, positive and unique (their members and sub-departments count
+    /// toward the 500 people).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(range(min = 1)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub department_list: Vec<u64>,
 }
 
 /// Priority assignment for customers who are already a member's friend.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "self.priorityType != 2 || (has(self.priorityUserList) && size(self.priorityUserList) > 0)"
+).message("priorityType 2 needs a non-empty priorityUserList"))]
 pub struct PriorityOptionSpec {
     /// 1: prefer any member who is already the customer's friend; 2: prefer such a member
     /// from `priorityUserList`.
+    #[schemars(range(min = 1, max = 2))]
     pub priority_type: u32,
-    /// Members preferred with type 2 (required then, at most 1000).
+    /// Members preferred with type 2 (required then): at most 1000, unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = PRIORITY_USER_LIST_MAX_ITEMS),
+        inner(length(min = 1, max = USER_ID_MAX_LEN))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub priority_user_list: Vec<String>,
 }
 
@@ -227,15 +283,36 @@ pub(crate) fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["type"],
         "items": {
+            "description": "One aspect of the object's state (metav1.Condition).",
             "type": "object",
             "required": ["lastTransitionTime", "message", "reason", "status", "type"],
             "properties": {
-                "lastTransitionTime": { "type": "string", "format": "date-time" },
-                "message": { "type": "string" },
-                "observedGeneration": { "type": "integer", "format": "int64" },
-                "reason": { "type": "string" },
-                "status": { "type": "string" },
-                "type": { "type": "string" }
+                "lastTransitionTime": {
+                    "description": "When the status last changed (RFC 3339).",
+                    "type": "string",
+                    "format": "date-time"
+                },
+                "message": {
+                    "description": "Human-readable detail; stable between passes (no timestamps).",
+                    "type": "string"
+                },
+                "observedGeneration": {
+                    "description": "The metadata.generation this condition was set from.",
+                    "type": "integer",
+                    "format": "int64"
+                },
+                "reason": {
+                    "description": "Machine-readable CamelCase reason for the status.",
+                    "type": "string"
+                },
+                "status": {
+                    "description": "True, False or Unknown.",
+                    "type": "string"
+                },
+                "type": {
+                    "description": "The condition type, unique in the list.",
+                    "type": "string"
+                }
             }
         }
     }))

@@ -2,9 +2,11 @@
 //! no logic. `crds/` is generated from them by `wecom-acq crd`.
 
 pub mod app;
+pub mod crdgen;
 pub mod link;
 
 pub use app::*;
+pub use crdgen::{CrdFile, CrdGenError, crd_files, crd_yaml, write_crd_files};
 pub use link::*;
 
 pub const GROUP: &str = "acquisition.wecom.dev";
@@ -30,18 +32,9 @@ pub const FIELD_MANAGER: &str = "wecom-acq";
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret, in the same namespace.
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Key inside the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
     pub key: String,
-}
-
-/// Both CRDs as one multi-document YAML stream, exactly as `crds/` holds them.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    use kube::CustomResourceExt;
-    let mut out = String::new();
-    for crd in [WeComApp::crd(), AcquisitionLink::crd()] {
-        out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
-    }
-    Ok(out)
 }
