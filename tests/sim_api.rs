@@ -1079,6 +1079,50 @@ async fn console_edit_and_delete_change_what_the_api_sees() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// Collects log lines written while a test runs.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn debug_logs_name_the_call_but_never_a_secret_or_token() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // The test runtime is single-threaded: the simulator's tasks log on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let sim = Sim::default().await;
+    let token = sim.token().await;
+    sim.gettoken_raw("wwsimcorp", "wrong-secret-value").await;
+    let id = sim.create(&token, "logged", &["zhangsan"]).await;
+    sim.call(Api::GetLink, Some(&token), json!({"link_id": id}))
+        .await;
+    sim.admin_ok(M::DELETE, &format!("/_sim/links/{id}"), None)
+        .await;
+    sim.handle.shutdown().await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("create_link") && text.contains("errcode=40001"),
+        "{text}"
+    );
+    for secret in ["sim-secret", "wrong-secret-value", token.as_str()] {
+        assert!(!text.contains(secret), "{secret} leaked into:\n{text}");
+    }
+}
+
 #[tokio::test]
 async fn bad_admin_input_is_a_json_400() {
     let sim = Sim::default().await;
@@ -1140,4 +1184,288 @@ async fn expanded_members_are_sorted_sets_of_known_users() {
     let expected: BTreeSet<&str> =
         ["zhaoliu", "sunqi", "zhouba", "wujiu", "zhengshi", "lisi"].into();
     assert_eq!(members, expected);
+}
+
+// ---- callbacks ----
+
+mod callbacks {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::extract::Query;
+    use axum::http::StatusCode as AxumStatus;
+    use axum::routing::post;
+    use serde_json::json;
+    use tokio::sync::mpsc;
+    use wecom_acq::sim::{SimCallback, SimConfig};
+    use wecom_acq::wecom::Api;
+    use wecom_acq::wecom::crypto::{CallbackCrypto, extract_encrypt};
+    use wecom_acq::wecom::event::{CallbackEvent, ChangeType, Envelope, EventFamily, parse_event};
+
+    use super::{DAY, M, Sim, china_midnight};
+
+    const TOKEN: &str = "simCallbackToken";
+    const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+    /// One POST the receiver got.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Received {
+        query: HashMap<String, String>,
+        body: String,
+    }
+
+    /// A tiny callback endpoint that records every POST; the first `failures` answer 500.
+    struct Receiver {
+        url: String,
+        rx: mpsc::UnboundedReceiver<Received>,
+    }
+
+    impl Receiver {
+        async fn start(failures: usize) -> Receiver {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let failures = Arc::new(AtomicUsize::new(failures));
+            let app = Router::new().route(
+                "/cb",
+                post(
+                    move |Query(query): Query<HashMap<String, String>>, body: String| {
+                        let tx = tx.clone();
+                        let failures = failures.clone();
+                        async move {
+                            tx.send(Received { query, body }).unwrap();
+                            let fail = failures
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                    n.checked_sub(1)
+                                })
+                                .is_ok();
+                            if fail {
+                                AxumStatus::INTERNAL_SERVER_ERROR
+                            } else {
+                                AxumStatus::OK
+                            }
+                        }
+                    },
+                ),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            Receiver {
+                url: format!("http://{addr}/cb"),
+                rx,
+            }
+        }
+
+        async fn next(&mut self) -> Received {
+            tokio::time::timeout(Duration::from_secs(15), self.rx.recv())
+                .await
+                .expect("a callback within 15 s")
+                .unwrap()
+        }
+
+        /// The next POST, verified, decrypted and parsed.
+        async fn next_event(&mut self, receive_id: &str) -> CallbackEvent {
+            open(&self.next().await, receive_id)
+        }
+    }
+
+    /// Verifies the signature, decrypts and parses one POST, as the controller will.
+    fn open(r: &Received, receive_id: &str) -> CallbackEvent {
+        let crypto = CallbackCrypto::new(TOKEN, AES_KEY, receive_id).unwrap();
+        let encrypt = extract_encrypt(&r.body).unwrap();
+        let xml = crypto
+            .decrypt_message(
+                &r.query["msg_signature"],
+                &r.query["timestamp"],
+                &r.query["nonce"],
+                &encrypt,
+            )
+            .unwrap();
+        parse_event(&xml).unwrap()
+    }
+
+    async fn sim_with(receiver: &Receiver, suite: Option<&str>) -> Sim {
+        Sim::start(SimConfig {
+            callback: Some(SimCallback {
+                url: receiver.url.clone(),
+                token: TOKEN.into(),
+                aes_key: AES_KEY.into(),
+                third_party_suite_id: suite.map(String::from),
+            }),
+            ..SimConfig::default()
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn console_delete_pushes_a_signed_delete_link_and_api_calls_push_nothing() {
+        let mut receiver = Receiver::start(0).await;
+        let sim = sim_with(&receiver, None).await;
+        let token = sim.token().await;
+        // API calls: create, update, delete. WeCom pushes nothing for them.
+        let by_api = sim.create(&token, "api", &["zhangsan"]).await;
+        sim.ok(
+            Api::UpdateLink,
+            &token,
+            json!({"link_id": by_api, "link_name": "api2"}),
+        )
+        .await;
+        sim.ok(Api::DeleteLink, &token, json!({"link_id": by_api}))
+            .await;
+        let in_console = sim.create(&token, "console", &["lisi"]).await;
+        sim.admin_ok(M::DELETE, &format!("/_sim/links/{in_console}"), None)
+            .await;
+
+        // Delivery is in order, so an event from the API calls would have come first.
+        let got = receiver.next().await;
+        let ts: i64 = got.query["timestamp"].parse().unwrap();
+        assert!((real_now() - ts).abs() < 60, "timestamp is real time");
+        assert!(got.body.contains("<AgentID>"), "{}", got.body);
+        let event = open(&got, "wwsimcorp");
+        assert_eq!(event.envelope, Envelope::SelfBuilt);
+        assert_eq!(event.corp_id, "wwsimcorp");
+        assert_eq!(event.family, EventFamily::CustomerAcquisition);
+        assert_eq!(event.change_type, ChangeType::DeleteLink);
+        assert_eq!(event.link_id.as_deref(), Some(in_console.as_str()));
+        // A wrong receive id is refused: the event is bound to this corp.
+        let crypto = CallbackCrypto::new(TOKEN, AES_KEY, "wwother").unwrap();
+        let encrypt = extract_encrypt(&got.body).unwrap();
+        assert!(
+            crypto
+                .decrypt_message(
+                    &got.query["msg_signature"],
+                    &got.query["timestamp"],
+                    &got.query["nonce"],
+                    &encrypt
+                )
+                .is_err()
+        );
+        sim.handle.shutdown().await;
+    }
+
+    fn real_now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    #[tokio::test]
+    async fn customers_and_quota_thresholds_are_pushed_in_order() {
+        let mut receiver = Receiver::start(0).await;
+        let sim = sim_with(&receiver, None).await;
+        let token = sim.token().await;
+        let expiry = china_midnight(real_now()) + 100 * DAY;
+        sim.admin_ok(
+            M::PUT,
+            "/_sim/quota",
+            Some(json!({"batches": [{"balance": 21, "expire_date": expiry}]})),
+        )
+        .await;
+        let id = sim.create(&token, "q", &["zhangsan", "lisi"]).await;
+        let path = format!("/_sim/links/{id}/customers");
+        let added = sim
+            .admin_ok(M::POST, &path, Some(json!({"count": 2, "state": "chan-a"})))
+            .await;
+        for i in 0..2 {
+            let e = receiver.next_event("wwsimcorp").await;
+            assert_eq!(e.family, EventFamily::ChangeExternalContact);
+            assert_eq!(e.change_type, ChangeType::AddExternalContact);
+            assert_eq!(e.link_id.as_deref(), Some(id.as_str()));
+            assert_eq!(e.state.as_deref(), Some("chan-a"));
+            assert_eq!(e.user_id.as_deref(), added["added"][i]["userid"].as_str());
+            assert_eq!(
+                e.external_user_id.as_deref(),
+                added["added"][i]["external_userid"].as_str()
+            );
+            assert!(e.welcome_code.is_some());
+        }
+        // 21 -> 19 crossed below 20.
+        let low = receiver.next_event("wwsimcorp").await;
+        assert_eq!(low.change_type, ChangeType::BalanceLow);
+        assert_eq!(low.family, EventFamily::CustomerAcquisition);
+
+        sim.admin_ok(M::POST, &path, Some(json!({"count": 19})))
+            .await;
+        for _ in 0..19 {
+            let e = receiver.next_event("wwsimcorp").await;
+            assert_eq!(e.change_type, ChangeType::AddExternalContact);
+        }
+        let exhausted = receiver.next_event("wwsimcorp").await;
+        assert_eq!(exhausted.change_type, ChangeType::BalanceExhausted);
+
+        sim.admin_ok(
+            M::PUT,
+            "/_sim/quota",
+            Some(json!({"batches": [{"balance": 50, "expire_date": expiry}]})),
+        )
+        .await;
+        let increased = receiver.next_event("wwsimcorp").await;
+        assert_eq!(increased.change_type, ChangeType::BalanceIncreased);
+
+        // The clock crossing 14 days before expiry pushes quota_expire_soon.
+        let now = sim.state().await["now"].as_i64().unwrap();
+        sim.advance(expiry - 14 * DAY - now + 1).await;
+        let soon = receiver.next_event("wwsimcorp").await;
+        assert_eq!(soon.change_type, ChangeType::QuotaExpireSoon);
+        assert_eq!(soon.expire_time, Some(expiry));
+        assert_eq!(soon.expire_quota_num, Some(50));
+    }
+
+    #[tokio::test]
+    async fn third_party_envelope_uses_the_suite_id() {
+        let mut receiver = Receiver::start(0).await;
+        let sim = sim_with(&receiver, Some("wwsuite42")).await;
+        let token = sim.token().await;
+        let id = sim.create(&token, "tp", &["zhangsan"]).await;
+        sim.admin_ok(M::DELETE, &format!("/_sim/links/{id}"), None)
+            .await;
+        let got = receiver.next().await;
+        let event = open(&got, "wwsuite42");
+        assert_eq!(event.envelope, Envelope::ThirdParty);
+        assert_eq!(event.suite_id.as_deref(), Some("wwsuite42"));
+        assert_eq!(event.corp_id, "wwsimcorp");
+        assert_eq!(event.change_type, ChangeType::DeleteLink);
+    }
+
+    #[tokio::test]
+    async fn a_refused_callback_is_retried() {
+        let mut receiver = Receiver::start(1).await;
+        let sim = sim_with(&receiver, None).await;
+        let token = sim.token().await;
+        let id = sim.create(&token, "r", &["zhangsan"]).await;
+        sim.admin_ok(M::DELETE, &format!("/_sim/links/{id}"), None)
+            .await;
+        let first = receiver.next().await;
+        let second = receiver.next().await;
+        assert_eq!(first, second, "the same signed message is sent again");
+        assert_eq!(
+            open(&second, "wwsimcorp").link_id.as_deref(),
+            Some(id.as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_callback_key_fails_at_start_without_showing_it() {
+        let err = wecom_acq::sim::spawn(
+            SimConfig {
+                callback: Some(SimCallback {
+                    url: "http://127.0.0.1:1/cb".into(),
+                    token: TOKEN.into(),
+                    aes_key: "too-short-key-SECRETPART".into(),
+                    third_party_suite_id: None,
+                }),
+                ..SimConfig::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .err()
+        .unwrap();
+        let text = format!("{err:#} {err:?}");
+        assert!(text.contains("EncodingAESKey"), "{text}");
+        assert!(!text.contains("SECRETPART"), "{text}");
+    }
 }

@@ -11,7 +11,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::SimCallback;
-use super::events::SimEvent;
+use super::events::{SimChange, SimEvent};
+use crate::wecom::crypto::{CallbackCrypto, post_body};
+use crate::wecom::event::{CallbackEvent, ChangeType, Envelope, EventFamily, render_event};
 
 /// WeCom drops the connection after this long.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,25 +34,85 @@ struct Delivery {
 
 /// Encrypts and signs events for one receiver.
 struct Sealer {
-    callback: SimCallback,
+    crypto: CallbackCrypto,
+    url: String,
     corp_id: String,
+    /// `Some`: third-party envelope, and the suite id is the receive id.
+    suite_id: Option<String>,
 }
 
 impl Sealer {
     fn new(callback: SimCallback, corp_id: String) -> anyhow::Result<Sealer> {
-        Ok(Sealer { callback, corp_id })
+        let receive_id = callback
+            .third_party_suite_id
+            .clone()
+            .unwrap_or_else(|| corp_id.clone());
+        let crypto = CallbackCrypto::new(&callback.token, &callback.aes_key, &receive_id)
+            .context("the simulator's callback settings are not usable")?;
+        // Fail at startup, not at the first event.
+        signed_url(&callback.url, "", "", "")?;
+        Ok(Sealer {
+            crypto,
+            url: callback.url,
+            corp_id,
+            suite_id: callback.third_party_suite_id,
+        })
     }
 
-    fn seal(&self, _event: &SimEvent) -> anyhow::Result<Delivery> {
-        // Placeholder until wecom::crypto lands: the URL is built, the body cannot be yet.
+    /// The event as WeCom words it, in this receiver's envelope.
+    fn callback_event(&self, event: &SimEvent) -> CallbackEvent {
+        let change_type = match event.change {
+            SimChange::DeleteLink => ChangeType::DeleteLink,
+            SimChange::AddExternalContact => ChangeType::AddExternalContact,
+            SimChange::BalanceLow => ChangeType::BalanceLow,
+            SimChange::BalanceExhausted => ChangeType::BalanceExhausted,
+            SimChange::BalanceIncreased => ChangeType::BalanceIncreased,
+            SimChange::QuotaExpireSoon => ChangeType::QuotaExpireSoon,
+        };
+        let family = match event.change {
+            SimChange::AddExternalContact => EventFamily::ChangeExternalContact,
+            _ => EventFamily::CustomerAcquisition,
+        };
+        // WeCom hands a welcome code with each new contact (valid 20 s for a greeting).
+        let welcome_code =
+            (event.change == SimChange::AddExternalContact).then(|| format!("sim{}", nonce()));
+        CallbackEvent {
+            envelope: if self.suite_id.is_some() {
+                Envelope::ThirdParty
+            } else {
+                Envelope::SelfBuilt
+            },
+            corp_id: self.corp_id.clone(),
+            suite_id: self.suite_id.clone(),
+            family,
+            change_type,
+            created_at: event.create_time,
+            link_id: event.link_id.clone(),
+            state: event.state.clone(),
+            user_id: event.user_id.clone(),
+            external_user_id: event.external_user_id.clone(),
+            expire_time: event.expire_time,
+            expire_quota_num: event.expire_quota_num,
+            welcome_code,
+            chat_key: None,
+        }
+    }
+
+    /// Renders, encrypts and signs one event. The URL's timestamp is real time, since
+    /// receivers check freshness against their own clock.
+    fn seal(&self, event: &SimEvent) -> anyhow::Result<Delivery> {
+        let xml = render_event(&self.callback_event(event));
+        let sealed = self
+            .crypto
+            .seal(&xml, &super::unix_now().to_string(), &nonce());
         let url = signed_url(
-            &self.callback.url,
-            "",
-            &super::unix_now().to_string(),
-            &nonce(),
+            &self.url,
+            &sealed.msg_signature,
+            &sealed.timestamp,
+            &sealed.nonce,
         )?;
-        let _ = (&self.corp_id, AGENT_ID, url);
-        anyhow::bail!("callback crypto is not wired yet")
+        let body = post_body(self.crypto.receive_id(), AGENT_ID, &sealed.encrypt);
+        Ok(Delivery { url, body })
     }
 }
 
@@ -128,7 +190,9 @@ fn signed_url(
     timestamp: &str,
     nonce: &str,
 ) -> anyhow::Result<String> {
-    let mut url = url::Url::parse(base).with_context(|| "the callback URL is not a valid URL")?;
+    let mut url = url::Url::parse(base).context(
+        "the callback URL is not a valid absolute URL (e.g. http://127.0.0.1:8080/callback/default/wecom)",
+    )?;
     url.query_pairs_mut()
         .append_pair("msg_signature", msg_signature)
         .append_pair("timestamp", timestamp)
