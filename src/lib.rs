@@ -5,5 +5,6 @@
 
 pub mod api;
 pub mod kubesim;
+pub mod sim;
 pub mod telemetry;
 pub mod wecom;
