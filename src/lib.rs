@@ -6,8 +6,10 @@
 pub mod api;
 pub mod callback;
 pub mod controller;
+pub mod kubesim;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod sim;
 pub mod telemetry;
 pub mod wecom;

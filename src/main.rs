@@ -32,6 +32,11 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         output_dir: Option<std::path::PathBuf>,
     },
+    /// Debug a callback URL: verify and decrypt what WeCom sent (WXBizMsgCrypt).
+    #[command(subcommand)]
+    Callback(wecom_acq::wecom::crypto_cli::CallbackCommand),
+    /// Run the WeCom simulator (gettoken, A1-A8, callbacks, admin API under /_sim/).
+    Simulate(Box<wecom_acq::sim::cli::SimulateArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,22 +61,17 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Callback(command) => wecom_acq::wecom::crypto_cli::run(command),
+        Command::Simulate(args) => run_async(wecom_acq::sim::cli::run(*args)),
     }
 }
 
-/// Runs an async subcommand on a multi-threaded runtime; errors print as one line.
+/// Runs an async subcommand on a fresh runtime; an error is printed on one line.
 fn run_async(job: impl std::future::Future<Output = anyhow::Result<()>>) -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(job) {
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(job));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

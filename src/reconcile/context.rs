@@ -20,7 +20,10 @@ use kube::{
 use crate::{
     api::{AcquisitionLink, SecretKeyRef, WeComApp},
     metrics::Metrics,
-    wecom::client::{ClientConfig, RetryPolicy, Secret, WeComClient},
+    wecom::{
+        client::{ClientConfig, Secret, WeComClient},
+        retry::RetryPolicy,
+    },
 };
 
 /// The WeCom API base URL when a WeComApp does not name one.

@@ -1,0 +1,672 @@
+//! The typed WeCom client of one app: gettoken and the customer-acquisition APIs A1-A8,
+//! with the app's token cache, request budget and retry policy shared by every clone.
+//!
+//! Every request waits for the app's [`RequestBudget`], carries the cached token
+//! ([`TokenCache`]), and is classified on `errcode` only. Retryable errors back off per
+//! [`RetryPolicy`]; 40014/42001 drop the token, refresh it and repeat the call once.
+//!
+//! Create (A3) is the one call that is not idempotent: repeating it may make a second
+//! link. It is retried only when WeCom certainly did not act on it (an errcode answer, a
+//! 429, or a connection that was never made); after a timeout, a broken connection or a 5xx
+//! the error is returned as it is, and the controller's crash-safe create (marker, then
+//! A1 + A2 to find and adopt the link) decides. Every other call may be repeated safely.
+//!
+//! No secret or token leaves this module: request URLs never enter an error or a log line
+//! (reqwest errors are stripped of their URL and scrubbed), and [`Secret`] and the token
+//! print as `<redacted>`.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, Stream, TryStreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::budget::RequestBudget;
+use super::error::{Api, ErrorClass, WeComError};
+use super::redact;
+use super::retry::{AttemptFailure, RetryPolicy, with_retries};
+use super::token::{AccessToken, TokenCache};
+use super::types::{
+    ApiStatus, CreateLinkRequest, CreateLinkResponse, Customer, CustomerRequest, CustomerResponse,
+    GetLinkResponse, LinkIdRequest, LinkInfo, ListLinkRequest, ListLinkResponse, QuotaResponse,
+    RemoteLink, StatisticRequest, StatisticResponse, TokenResponse, UpdateLinkRequest,
+};
+
+/// WeCom's public API endpoint.
+pub const DEFAULT_BASE_URL: &str = "https://qyapi.weixin.qq.com";
+/// Well under the published 10,000 calls per minute and corp, leaving room for other
+/// systems of the same corp.
+pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 600;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A1 page size: WeCom's maximum.
+pub const LIST_LINK_PAGE_LIMIT: u32 = 100;
+/// A6 page size: WeCom's maximum.
+pub const CUSTOMER_PAGE_LIMIT: u32 = 1000;
+/// Connecting never takes longer than this, whatever the request timeout.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The app secret. Debug and Display print `<redacted>`; `expose()` is for gettoken only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_string())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Told about every HTTP request (retries and gettoken included), for metrics.
+pub trait CallObserver: Send + Sync {
+    /// `outcome` is `"0"` on success, else [`WeComError::metric_label`] (the errcode, or
+    /// `http_500`, `timeout`, `transport`, `decode`). `elapsed` excludes the budget wait.
+    fn on_call(&self, api: Api, outcome: &str, elapsed: Duration);
+    /// After each gettoken attempt.
+    fn on_token_refresh(&self, ok: bool);
+}
+
+/// Everything one app's client needs.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Scheme, host and optional path prefix; the simulator's URL in tests.
+    pub base_url: String,
+    pub corp_id: String,
+    pub secret: Secret,
+    /// The app's request budget, gettoken and retries included.
+    pub requests_per_minute: u32,
+    pub retry: RetryPolicy,
+    /// The limit of one HTTP request, connection and body included.
+    pub request_timeout: Duration,
+    pub observer: Option<Arc<dyn CallObserver>>,
+}
+
+impl ClientConfig {
+    /// A configuration with every default: WeCom's public endpoint, 600 requests per
+    /// minute, the default retry policy and a 10 s request timeout.
+    pub fn new(corp_id: impl Into<String>, secret: impl Into<Secret>) -> Self {
+        Self {
+            base_url: DEFAULT_BASE_URL.to_string(),
+            corp_id: corp_id.into(),
+            secret: secret.into(),
+            requests_per_minute: DEFAULT_REQUESTS_PER_MINUTE,
+            retry: RetryPolicy::default(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            observer: None,
+        }
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("base_url", &self.base_url)
+            .field("corp_id", &self.corp_id)
+            .field("secret", &self.secret)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("retry", &self.retry)
+            .field("request_timeout", &self.request_timeout)
+            .field("observer", &self.observer.as_ref().map(|_| "<observer>"))
+            .finish()
+    }
+}
+
+/// A configuration the client cannot work with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientConfigError {
+    #[error("WeCom base URL {url:?} is not an http(s) URL: {reason}; use e.g. {DEFAULT_BASE_URL}")]
+    BaseUrl { url: String, reason: String },
+    #[error("WeCom corpId is empty: set spec.corpId of the WeComApp")]
+    EmptyCorpId,
+    #[error("WeCom app secret for corp {corp_id} is empty: check the WeComApp's secretRef")]
+    EmptySecret { corp_id: String },
+    #[error("WeCom retry policy needs max_attempts of at least 1")]
+    NoAttempts,
+    #[error("WeCom request timeout must be longer than zero")]
+    NoTimeout,
+    #[error("could not build the HTTP client: {0}")]
+    HttpClient(String),
+}
+
+/// The client of one WeCom app. Clones share the token cache and the request budget.
+#[derive(Clone)]
+pub struct WeComClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    /// Without a trailing slash; API paths start with one.
+    base_url: String,
+    /// `host:port`, the only part of the URL errors name.
+    host: String,
+    corp_id: String,
+    secret: Secret,
+    retry: RetryPolicy,
+    observer: Option<Arc<dyn CallObserver>>,
+    budget: RequestBudget,
+    tokens: TokenCache,
+}
+
+impl fmt::Debug for WeComClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeComClient")
+            .field("base_url", &self.inner.base_url)
+            .field("corp_id", &self.inner.corp_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One HTTP request's failure, and whether WeCom may have acted on the request.
+struct SendFailure {
+    error: WeComError,
+    /// True when the request may have reached WeCom without a definite answer (timeout
+    /// after connecting, broken connection, 5xx): repeating a create could duplicate it.
+    outcome_unknown: bool,
+}
+
+impl SendFailure {
+    fn answered(error: WeComError) -> Self {
+        Self {
+            error,
+            outcome_unknown: false,
+        }
+    }
+}
+
+impl WeComClient {
+    pub fn new(config: ClientConfig) -> Result<Self, ClientConfigError> {
+        let base =
+            url::Url::parse(config.base_url.trim()).map_err(|e| ClientConfigError::BaseUrl {
+                url: redact::scrub(&config.base_url),
+                reason: e.to_string(),
+            })?;
+        if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
+            return Err(ClientConfigError::BaseUrl {
+                url: redact::scrub(&config.base_url),
+                reason: "it needs an http or https scheme and a host".into(),
+            });
+        }
+        if config.corp_id.trim().is_empty() {
+            return Err(ClientConfigError::EmptyCorpId);
+        }
+        if config.secret.expose().is_empty() {
+            return Err(ClientConfigError::EmptySecret {
+                corp_id: config.corp_id,
+            });
+        }
+        if config.retry.max_attempts == 0 {
+            return Err(ClientConfigError::NoAttempts);
+        }
+        if config.request_timeout.is_zero() {
+            return Err(ClientConfigError::NoTimeout);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout.min(MAX_CONNECT_TIMEOUT))
+            // WeCom does not redirect; following one would carry the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("wecom-acq/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientConfigError::HttpClient(e.without_url().to_string()))?;
+        let host = match base.port_or_known_default() {
+            Some(port) => format!("{}:{port}", base.host_str().unwrap_or_default()),
+            None => base.host_str().unwrap_or_default().to_string(),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base_url: base.as_str().trim_end_matches('/').to_string(),
+                host,
+                corp_id: config.corp_id,
+                secret: config.secret,
+                retry: config.retry,
+                observer: config.observer,
+                budget: RequestBudget::new(config.requests_per_minute),
+                tokens: TokenCache::default(),
+            }),
+        })
+    }
+
+    pub fn corp_id(&self) -> &str {
+        &self.inner.corp_id
+    }
+
+    /// A1: one page of the app's link ids. WeCom accepts `limit` up to 100.
+    pub async fn list_links_page(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<ListLinkResponse, WeComError> {
+        let request = ListLinkRequest {
+            limit: Some(limit),
+            cursor: cursor.map(str::to_string),
+        };
+        self.call(Api::ListLink, Some(&request)).await
+    }
+
+    /// A1, every page at 100 ids each.
+    pub fn list_links(&self) -> impl Stream<Item = Result<String, WeComError>> + Send + '_ {
+        paginate(Api::ListLink, move |cursor| async move {
+            let page = self
+                .list_links_page(cursor.as_deref(), LIST_LINK_PAGE_LIMIT)
+                .await?;
+            Ok((page.link_id_list, page.next_cursor))
+        })
+    }
+
+    /// A2: one link, normalised (WeCom's defaults applied).
+    pub async fn get_link(&self, link_id: &str) -> Result<RemoteLink, WeComError> {
+        let request = LinkIdRequest {
+            link_id: link_id.to_string(),
+        };
+        let answer: GetLinkResponse = self.call(Api::GetLink, Some(&request)).await?;
+        Ok(answer.into_remote(link_id))
+    }
+
+    /// A3. Not retried once the request may have reached WeCom (see the module docs): a
+    /// [`WeComError::Timeout`], [`WeComError::Transport`] or 5xx [`WeComError::Http`] from
+    /// here means the link may or may not exist.
+    pub async fn create_link(&self, request: &CreateLinkRequest) -> Result<LinkInfo, WeComError> {
+        let answer: CreateLinkResponse = self.call(Api::CreateLink, Some(request)).await?;
+        if answer.link.link_id.is_empty() {
+            return Err(WeComError::Decode {
+                api: Api::CreateLink,
+                message: format!(
+                    "WeCom reported success creating link {:?} but sent no link_id; list the \
+                     app's links (A1) to find it before creating again",
+                    request.link_name
+                ),
+            });
+        }
+        Ok(answer.link)
+    }
+
+    /// A4. The range sent replaces the whole range (G1).
+    pub async fn update_link(&self, request: &UpdateLinkRequest) -> Result<(), WeComError> {
+        let _: ApiStatus = self.call(Api::UpdateLink, Some(request)).await?;
+        Ok(())
+    }
+
+    /// A5. WeCom sends no delete_link callback for it.
+    pub async fn delete_link(&self, link_id: &str) -> Result<(), WeComError> {
+        let request = LinkIdRequest {
+            link_id: link_id.to_string(),
+        };
+        let _: ApiStatus = self.call(Api::DeleteLink, Some(&request)).await?;
+        Ok(())
+    }
+
+    /// A6, every page at 1000 customers each.
+    pub fn customers(
+        &self,
+        link_id: &str,
+    ) -> impl Stream<Item = Result<Customer, WeComError>> + Send + '_ {
+        let link_id = link_id.to_string();
+        paginate(Api::Customer, move |cursor| {
+            let request = CustomerRequest {
+                link_id: link_id.clone(),
+                limit: Some(CUSTOMER_PAGE_LIMIT),
+                cursor,
+            };
+            async move {
+                let page: CustomerResponse = self.call(Api::Customer, Some(&request)).await?;
+                Ok((page.customer_list, page.next_cursor))
+            }
+        })
+    }
+
+    /// A7: clicks and new customers over a closed window of unix seconds, day granularity,
+    /// at most 30 days apart and within the last 180 days (WeCom refuses others, 40058).
+    pub async fn statistic(
+        &self,
+        link_id: &str,
+        start_time: i64,
+        end_time: i64,
+    ) -> Result<StatisticResponse, WeComError> {
+        let request = StatisticRequest {
+            link_id: link_id.to_string(),
+            start_time,
+            end_time,
+        };
+        self.call(Api::Statistic, Some(&request)).await
+    }
+
+    /// A8: the app's quota (a GET).
+    pub async fn quota(&self) -> Result<QuotaResponse, WeComError> {
+        self.call::<(), QuotaResponse>(Api::Quota, None).await
+    }
+
+    /// Drops the cached token; the next call fetches a new one.
+    pub async fn invalidate_token(&self) {
+        self.inner.tokens.invalidate();
+    }
+
+    /// One API call with the token, the budget and the retry policy.
+    async fn call<B, R>(&self, api: Api, body: Option<&B>) -> Result<R, WeComError>
+    where
+        B: Serialize + Sync,
+        R: DeserializeOwned,
+    {
+        let span = tracing::debug_span!("wecom_call", api = api.name());
+        with_retries(&self.inner.retry, api, |attempt| {
+            self.attempt_with_token(api, body, attempt)
+        })
+        .instrument(span)
+        .await
+    }
+
+    /// One attempt: the call with the current token, and once more with a fresh token
+    /// when WeCom refused the token (40014, 42001).
+    async fn attempt_with_token<B, R>(
+        &self,
+        api: Api,
+        body: Option<&B>,
+        attempt: u32,
+    ) -> Result<R, AttemptFailure>
+    where
+        B: Serialize + Sync,
+        R: DeserializeOwned,
+    {
+        // The token fetch ran its own retries: repeating it here would multiply them.
+        let token = self.token().await.map_err(AttemptFailure::final_)?;
+        let failure = match self.send(api, Some(&token), body, attempt).await {
+            Ok(answer) => return Ok(answer),
+            Err(failure) => failure,
+        };
+        if failure.error.class() != ErrorClass::TokenInvalid {
+            return Err(self.attempt_failure(api, failure));
+        }
+        self.inner.tokens.invalidate_if_current(&token);
+        let fresh = self.token().await.map_err(AttemptFailure::final_)?;
+        self.send(api, Some(&fresh), body, attempt)
+            .await
+            .map_err(|failure| self.attempt_failure(api, failure))
+    }
+
+    fn attempt_failure(&self, api: Api, failure: SendFailure) -> AttemptFailure {
+        // A create that may have reached WeCom must not be sent again (module docs).
+        let may_retry = !(api == Api::CreateLink && failure.outcome_unknown);
+        AttemptFailure {
+            error: failure.error,
+            may_retry,
+        }
+    }
+
+    /// The cached token, or one from gettoken (single-flight, retried per the policy;
+    /// 40001 is terminal and never retried).
+    async fn token(&self) -> Result<AccessToken, WeComError> {
+        self.inner
+            .tokens
+            .get_or_refresh(|| async {
+                let result = with_retries(&self.inner.retry, Api::GetToken, |attempt| async move {
+                    self.send::<(), TokenResponse>(Api::GetToken, None, None, attempt)
+                        .await
+                        .map_err(|f| AttemptFailure::retryable_if_class_says(f.error))
+                })
+                .await
+                .and_then(|answer| {
+                    if answer.access_token.is_empty() {
+                        Err(WeComError::Decode {
+                            api: Api::GetToken,
+                            message: format!(
+                                "gettoken for corp {} answered errcode 0 without an access_token",
+                                self.inner.corp_id
+                            ),
+                        })
+                    } else {
+                        Ok(answer)
+                    }
+                });
+                if let Some(observer) = &self.inner.observer {
+                    observer.on_token_refresh(result.is_ok());
+                }
+                tracing::debug!(
+                    corp_id = %self.inner.corp_id,
+                    ok = result.is_ok(),
+                    "WeCom access token refresh"
+                );
+                result
+            })
+            .await
+    }
+
+    /// One HTTP request: waits for the budget, sends, and decodes the answer.
+    async fn send<B, R>(
+        &self,
+        api: Api,
+        token: Option<&AccessToken>,
+        body: Option<&B>,
+        attempt: u32,
+    ) -> Result<R, SendFailure>
+    where
+        B: Serialize,
+        R: DeserializeOwned,
+    {
+        self.inner.budget.acquire().await;
+        let started = Instant::now();
+        let result = self.exchange(api, token, body).await;
+        let elapsed = started.elapsed();
+        let outcome = match &result {
+            Ok(_) => "0".to_string(),
+            Err(failure) => failure.error.metric_label(),
+        };
+        tracing::debug!(
+            api = api.name(),
+            attempt,
+            outcome = %outcome,
+            elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            "WeCom request"
+        );
+        if let Some(observer) = &self.inner.observer {
+            observer.on_call(api, &outcome, elapsed);
+        }
+        result
+    }
+
+    async fn exchange<B, R>(
+        &self,
+        api: Api,
+        token: Option<&AccessToken>,
+        body: Option<&B>,
+    ) -> Result<R, SendFailure>
+    where
+        B: Serialize,
+        R: DeserializeOwned,
+    {
+        let url = format!("{}{}", self.inner.base_url, api.path());
+        let request = if api.is_get() {
+            self.inner.http.get(url)
+        } else {
+            let request = self.inner.http.post(url);
+            match body {
+                Some(body) => request.json(body),
+                None => request.json(&serde_json::json!({})),
+            }
+        };
+        let request = match (api, token) {
+            (Api::GetToken, _) => request.query(&[
+                ("corpid", self.inner.corp_id.as_str()),
+                ("corpsecret", self.inner.secret.expose()),
+            ]),
+            (_, Some(token)) => request.query(&[("access_token", token.expose())]),
+            (_, None) => request,
+        };
+
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_failure(api, token, e))?;
+        let status = response.status();
+        if status != reqwest::StatusCode::OK {
+            // A 5xx may come from a gateway after WeCom acted; a 429 or 4xx did not act.
+            return Err(SendFailure {
+                error: WeComError::Http {
+                    api,
+                    status: status.as_u16(),
+                },
+                outcome_unknown: status.is_server_error(),
+            });
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_failure(api, token, e))?;
+        let answer: ApiStatus = serde_json::from_slice(&bytes)
+            .map_err(|e| SendFailure::answered(self.decode_error(api, token, &e)))?;
+        if answer.errcode != 0 {
+            return Err(SendFailure::answered(WeComError::Api {
+                api,
+                errcode: answer.errcode,
+                errmsg: self.scrub(&answer.errmsg, token),
+            }));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| SendFailure::answered(self.decode_error(api, token, &e)))
+    }
+
+    fn decode_error(
+        &self,
+        api: Api,
+        token: Option<&AccessToken>,
+        error: &serde_json::Error,
+    ) -> WeComError {
+        WeComError::Decode {
+            api,
+            message: self.scrub(
+                &format!(
+                    "{error}; the answer from {} is not WeCom's JSON (is the base URL right?)",
+                    self.inner.host
+                ),
+                token,
+            ),
+        }
+    }
+
+    fn transport_failure(
+        &self,
+        api: Api,
+        token: Option<&AccessToken>,
+        error: reqwest::Error,
+    ) -> SendFailure {
+        // A connection that was never made cannot have delivered the request.
+        let outcome_unknown = !error.is_connect();
+        let error = if error.is_timeout() {
+            WeComError::Timeout { api }
+        } else {
+            WeComError::Transport {
+                api,
+                message: self.scrub(
+                    &format!(
+                        "{} (host {}; check the base URL and the network)",
+                        error_chain(error),
+                        self.inner.host
+                    ),
+                    token,
+                ),
+            }
+        };
+        SendFailure {
+            error,
+            outcome_unknown,
+        }
+    }
+
+    /// Removes credential query parameters and the known secret and token from text that
+    /// goes into an error.
+    fn scrub(&self, text: &str, token: Option<&AccessToken>) -> String {
+        let scrubbed = redact::scrub(text);
+        let scrubbed = redact::scrub_value(&scrubbed, self.inner.secret.expose());
+        match token {
+            Some(token) => redact::scrub_value(&scrubbed, token.expose()),
+            None => scrubbed,
+        }
+    }
+}
+
+/// A reqwest error and its causes as one line, without the URL (it carries credentials).
+fn error_chain(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Where a listing goes next.
+enum Page {
+    First,
+    After(String),
+    Done,
+}
+
+/// Turns a page fetcher (cursor in; items and next cursor out) into a stream of items
+/// that follows the cursors until WeCom sends an empty one.
+fn paginate<'a, T, F, Fut>(
+    api: Api,
+    fetch: F,
+) -> impl Stream<Item = Result<T, WeComError>> + Send + 'a
+where
+    T: Send + 'a,
+    F: FnMut(Option<String>) -> Fut + Send + 'a,
+    Fut: Future<Output = Result<(Vec<T>, String), WeComError>> + Send + 'a,
+{
+    stream::try_unfold((Page::First, fetch), move |(page, mut fetch)| async move {
+        let cursor = match page {
+            Page::Done => return Ok(None),
+            Page::First => None,
+            Page::After(cursor) => Some(cursor),
+        };
+        let (items, next_cursor) = fetch(cursor.clone()).await?;
+        let next = if next_cursor.is_empty() {
+            Page::Done
+        } else if cursor.as_deref() == Some(next_cursor.as_str()) {
+            return Err(WeComError::Decode {
+                api,
+                message: "WeCom answered the same page cursor twice; stopped listing to avoid \
+                          an endless loop"
+                    .into(),
+            });
+        } else {
+            Page::After(next_cursor)
+        };
+        let items = stream::iter(items.into_iter().map(Ok::<T, WeComError>));
+        Ok(Some((items, (next, fetch))))
+    })
+    .try_flatten()
+}

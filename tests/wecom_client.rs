@@ -1,0 +1,921 @@
+//! The WeCom client against a real HTTP peer over loopback.
+//!
+//! `stub` is a small scripted WeCom (gettoken, A1-A8, token revocation, an errcode script
+//! per API and a call counter): focused tests of the client's retry, token and redaction
+//! behaviour that need exact control over each answer.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+use wecom_acq::wecom::types::{CreateLinkRequest, LinkRange, UpdateLinkRequest};
+use wecom_acq::wecom::{
+    Api, CallObserver, ClientConfig, ClientConfigError, RetryPolicy, Secret, WeComClient,
+    WeComError,
+};
+
+const CORP_ID: &str = "wwcorp0001";
+const SECRET: &str = "S3cr3t-app-secret-0001";
+
+mod stub {
+    use super::*;
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{Method, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+
+    /// One scripted answer, served instead of the normal one.
+    #[derive(Debug, Clone)]
+    pub enum Reply {
+        Errcode(i64),
+        /// An errcode whose errmsg echoes the token and the secret, as a careless server
+        /// might.
+        ErrcodeEchoingCredentials(i64),
+        Status(u16),
+        Garbage,
+        /// Never answers: the client's timeout fires.
+        Hang,
+        Json(Value),
+    }
+
+    #[derive(Default)]
+    pub struct Stub {
+        pub secret: String,
+        /// Prefix of issued tokens; the n-th token is `{prefix}{n}`.
+        pub token_prefix: String,
+        issued: AtomicU32,
+        valid_token: Mutex<Option<String>>,
+        expired_token: Mutex<Option<String>>,
+        script: Mutex<HashMap<String, VecDeque<Reply>>>,
+        calls: Mutex<HashMap<String, u32>>,
+        bodies: Mutex<HashMap<String, Value>>,
+        pub links: Mutex<Vec<String>>,
+        pub customers: AtomicU32,
+        server: Mutex<
+            Option<(
+                tokio::sync::oneshot::Sender<()>,
+                tokio::task::JoinHandle<()>,
+            )>,
+        >,
+    }
+
+    impl Stub {
+        pub fn new(secret: &str) -> Arc<Self> {
+            Arc::new(Self {
+                secret: secret.into(),
+                token_prefix: "tok-".into(),
+                ..Self::default()
+            })
+        }
+
+        pub fn with_token_prefix(secret: &str, prefix: &str) -> Arc<Self> {
+            Arc::new(Self {
+                secret: secret.into(),
+                token_prefix: prefix.into(),
+                ..Self::default()
+            })
+        }
+
+        /// Serves on a free loopback port; returns the base URL.
+        pub async fn serve(self: &Arc<Self>) -> String {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let app = Router::new().fallback(handle).with_state(Arc::clone(self));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+            *self.server.lock().unwrap() = Some((stop, server));
+            format!("http://{addr}")
+        }
+
+        /// Stops listening and closes idle connections: later requests are refused.
+        pub async fn shut_down(&self) {
+            let server = self.server.lock().unwrap().take();
+            if let Some((stop, server)) = server {
+                let _ = stop.send(());
+                server.await.unwrap();
+            }
+        }
+
+        pub fn script(&self, api: Api, replies: impl IntoIterator<Item = Reply>) {
+            self.script
+                .lock()
+                .unwrap()
+                .entry(api.name().to_string())
+                .or_default()
+                .extend(replies);
+        }
+
+        pub fn calls(&self, api: Api) -> u32 {
+            self.calls
+                .lock()
+                .unwrap()
+                .get(api.name())
+                .copied()
+                .unwrap_or(0)
+        }
+
+        pub fn total_calls(&self) -> u32 {
+            self.calls.lock().unwrap().values().sum()
+        }
+
+        pub fn body(&self, api: Api) -> Value {
+            self.bodies
+                .lock()
+                .unwrap()
+                .get(api.name())
+                .cloned()
+                .unwrap_or(Value::Null)
+        }
+
+        /// Revokes the current token, as WeCom may do before its expiry (42001 then).
+        pub fn expire_token(&self) {
+            let old = self.valid_token.lock().unwrap().take();
+            *self.expired_token.lock().unwrap() = old;
+        }
+
+        pub fn current_token(&self) -> Option<String> {
+            self.valid_token.lock().unwrap().clone()
+        }
+    }
+
+    fn wecom(status: i64, mut body: Value) -> Response {
+        body["errcode"] = json!(status);
+        body["errmsg"] = json!(if status == 0 { "ok" } else { "error" });
+        axum::Json(body).into_response()
+    }
+
+    async fn handle(
+        State(stub): State<Arc<Stub>>,
+        method: Method,
+        uri: Uri,
+        body: Bytes,
+    ) -> Response {
+        let name = uri
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let query: HashMap<String, String> =
+            url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect();
+        *stub.calls.lock().unwrap().entry(name.clone()).or_default() += 1;
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        stub.bodies
+            .lock()
+            .unwrap()
+            .insert(name.clone(), body.clone());
+        let Some(api) = Api::from_name(&name) else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        if (method == Method::GET) != api.is_get() {
+            return wecom(40058, json!({}));
+        }
+        let token = stub.current_token();
+        if api != Api::GetToken {
+            let given = query.get("access_token");
+            match given {
+                None => return wecom(41001, json!({})),
+                Some(t) if Some(t) == token.as_ref() => {}
+                Some(t) if Some(t) == stub.expired_token.lock().unwrap().as_ref() => {
+                    return wecom(42001, json!({}));
+                }
+                Some(_) => return wecom(40014, json!({})),
+            }
+        }
+        let scripted = stub
+            .script
+            .lock()
+            .unwrap()
+            .get_mut(&name)
+            .and_then(VecDeque::pop_front);
+        match scripted {
+            Some(Reply::Errcode(code)) => return wecom(code, json!({})),
+            Some(Reply::ErrcodeEchoingCredentials(code)) => {
+                let echoed = format!(
+                    "invalid, token {} secret {} from url ?access_token={}",
+                    token.clone().unwrap_or_default(),
+                    stub.secret,
+                    token.clone().unwrap_or_default()
+                );
+                return axum::Json(json!({"errcode": code, "errmsg": echoed})).into_response();
+            }
+            Some(Reply::Status(status)) => {
+                return StatusCode::from_u16(status).unwrap().into_response();
+            }
+            Some(Reply::Garbage) => return "<html>gateway says hi</html>".into_response(),
+            Some(Reply::Hang) => {
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+            Some(Reply::Json(value)) => return axum::Json(value).into_response(),
+            None => {}
+        }
+        match api {
+            Api::GetToken => {
+                if query.get("corpsecret") != Some(&stub.secret) {
+                    return wecom(40001, json!({}));
+                }
+                let n = stub.issued.fetch_add(1, Ordering::SeqCst) + 1;
+                let token = format!("{}{n}", stub.token_prefix);
+                *stub.valid_token.lock().unwrap() = Some(token.clone());
+                wecom(0, json!({"access_token": token, "expires_in": 7200}))
+            }
+            Api::ListLink => {
+                let links = stub.links.lock().unwrap().clone();
+                page(&body, &links, "link_id_list", 100, |id| json!(id))
+            }
+            Api::GetLink => {
+                let id = body["link_id"].as_str().unwrap_or_default();
+                wecom(
+                    0,
+                    json!({
+                        "link": {"link_id": id, "link_name": format!("name of {id}"),
+                                 "url": format!("https://work.weixin.qq.com/ca/{id}"),
+                                 "create_time": 1_700_000_000, "skip_verify": false},
+                        "range": {"user_list": ["zhangsan"], "department_list": [2]},
+                        "priority_option": {"priority_type": 2, "priority_userid_list": ["lisi"]},
+                        "some_future_field": {"x": 1}
+                    }),
+                )
+            }
+            Api::CreateLink => wecom(
+                0,
+                json!({"link": {"link_id": "cawnew1", "link_name": body["link_name"],
+                                 "url": "https://work.weixin.qq.com/ca/cawnew1",
+                                 "create_time": 1_700_000_001}}),
+            ),
+            Api::UpdateLink | Api::DeleteLink => wecom(0, json!({})),
+            Api::Customer => {
+                let count = stub.customers.load(Ordering::SeqCst);
+                let all: Vec<String> = (0..count).map(|i| format!("wm{i:05}")).collect();
+                page(
+                    &body,
+                    &all,
+                    "customer_list",
+                    1000,
+                    |id| json!({"external_userid": id, "userid": "zhangsan", "chat_status": 1, "state": "chan-a"}),
+                )
+            }
+            Api::Statistic => wecom(
+                0,
+                json!({"click_link_customer_cnt": 7, "new_customer_cnt": 3}),
+            ),
+            Api::Quota => wecom(
+                0,
+                json!({"total": 10, "balance": 990,
+                       "quota_list": [{"expire_date": 1_767_196_800, "balance": 990}]}),
+            ),
+        }
+    }
+
+    /// A page of `items` after the opaque cursor `c{index}`.
+    fn page(
+        body: &Value,
+        items: &[String],
+        field: &str,
+        max: u64,
+        render: impl Fn(&str) -> Value,
+    ) -> Response {
+        let limit = body["limit"].as_u64().unwrap_or(max);
+        if limit == 0 || limit > max {
+            return wecom(40058, json!({}));
+        }
+        let start: usize = body["cursor"]
+            .as_str()
+            .and_then(|c| c.strip_prefix('c'))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let end = (start + limit as usize).min(items.len());
+        let list: Vec<Value> = items[start.min(end)..end]
+            .iter()
+            .map(|i| render(i))
+            .collect();
+        let next = if end < items.len() {
+            format!("c{end}")
+        } else {
+            String::new()
+        };
+        wecom(0, json!({ field: list, "next_cursor": next }))
+    }
+}
+
+use stub::{Reply, Stub};
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 4,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        max_elapsed: Duration::from_secs(10),
+    }
+}
+
+fn config(base_url: &str) -> ClientConfig {
+    ClientConfig {
+        base_url: base_url.to_string(),
+        requests_per_minute: 60_000,
+        retry: fast_retry(),
+        request_timeout: Duration::from_secs(5),
+        ..ClientConfig::new(CORP_ID, SECRET)
+    }
+}
+
+async fn stub_and_client() -> (Arc<Stub>, WeComClient) {
+    let stub = Stub::new(SECRET);
+    let base = stub.serve().await;
+    let client = WeComClient::new(config(&base)).unwrap();
+    (stub, client)
+}
+
+fn api_error(error: &WeComError) -> Option<i64> {
+    error.errcode()
+}
+
+#[tokio::test]
+async fn every_api_speaks_the_wire_format() {
+    let (stub, client) = stub_and_client().await;
+    stub.links
+        .lock()
+        .unwrap()
+        .extend(["caw1".to_string(), "caw2".to_string()]);
+    stub.customers.store(2, Ordering::SeqCst);
+
+    let page = client.list_links_page(None, 100).await.unwrap();
+    assert_eq!(page.link_id_list, vec!["caw1", "caw2"]);
+    assert_eq!(page.next_cursor, "");
+    assert_eq!(stub.body(Api::ListLink), json!({"limit": 100}));
+
+    let link = client.get_link("caw1").await.unwrap();
+    assert_eq!(link.link_id, "caw1");
+    assert_eq!(link.url, "https://work.weixin.qq.com/ca/caw1");
+    assert!(!link.skip_verify);
+    assert!(link.mark_source, "WeCom's default applies");
+    assert_eq!(link.range.department_list, vec![2]);
+    assert_eq!(
+        link.priority_option.unwrap().priority_userid_list,
+        vec!["lisi"]
+    );
+    assert_eq!(stub.body(Api::GetLink), json!({"link_id": "caw1"}));
+
+    let created = client
+        .create_link(&CreateLinkRequest {
+            link_name: "spring".into(),
+            range: LinkRange {
+                user_list: vec!["zhangsan".into()],
+                department_list: vec![],
+            },
+            skip_verify: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.link_id, "cawnew1");
+    assert_eq!(created.link_name, "spring");
+    assert_eq!(
+        stub.body(Api::CreateLink),
+        json!({"link_name": "spring", "range": {"user_list": ["zhangsan"], "department_list": []}, "skip_verify": true})
+    );
+
+    client
+        .update_link(&UpdateLinkRequest {
+            link_id: "caw1".into(),
+            range: Some(LinkRange {
+                user_list: vec![],
+                department_list: vec![3],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        stub.body(Api::UpdateLink)["range"],
+        json!({"user_list": [], "department_list": [3]})
+    );
+
+    client.delete_link("caw2").await.unwrap();
+    assert_eq!(stub.body(Api::DeleteLink), json!({"link_id": "caw2"}));
+
+    let customers: Vec<_> = client.customers("caw1").try_collect().await.unwrap();
+    assert_eq!(customers.len(), 2);
+    assert_eq!(customers[0].userid, "zhangsan");
+    assert_eq!(customers[0].state, "chan-a");
+    assert_eq!(
+        stub.body(Api::Customer),
+        json!({"link_id": "caw1", "limit": 1000})
+    );
+
+    let stats = client
+        .statistic("caw1", 1_700_000_000, 1_700_086_400)
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats.click_link_customer_cnt, stats.new_customer_cnt),
+        (7, 3)
+    );
+    assert_eq!(
+        stub.body(Api::Statistic),
+        json!({"link_id": "caw1", "start_time": 1_700_000_000i64, "end_time": 1_700_086_400i64})
+    );
+
+    // A8 is a GET: the stub answers 40058 to a POST, so success proves the method.
+    let quota = client.quota().await.unwrap();
+    assert_eq!((quota.total, quota.balance), (10, 990));
+    assert_eq!(quota.quota_list[0].expire_date, 1_767_196_800);
+
+    assert_eq!(stub.calls(Api::GetToken), 1, "one token serves every call");
+}
+
+#[tokio::test]
+async fn pagination_follows_cursors_across_pages() {
+    let (stub, client) = stub_and_client().await;
+    let ids: Vec<String> = (0..250).map(|i| format!("caw{i:04}")).collect();
+    stub.links.lock().unwrap().extend(ids.clone());
+    stub.customers.store(2500, Ordering::SeqCst);
+
+    let listed: Vec<String> = client.list_links().try_collect().await.unwrap();
+    assert_eq!(listed, ids);
+    assert_eq!(stub.calls(Api::ListLink), 3, "100 + 100 + 50");
+
+    let customers: Vec<_> = client.customers("caw0001").try_collect().await.unwrap();
+    assert_eq!(customers.len(), 2500);
+    assert_eq!(customers[2499].external_userid, "wm02499");
+    assert_eq!(stub.calls(Api::Customer), 3, "1000 + 1000 + 500");
+}
+
+#[tokio::test]
+async fn a_cursor_that_does_not_advance_ends_the_listing_with_an_error() {
+    let (stub, client) = stub_and_client().await;
+    let stuck = json!({"errcode": 0, "errmsg": "ok", "link_id_list": ["a"], "next_cursor": "same"});
+    stub.script(Api::ListLink, vec![Reply::Json(stuck); 3]);
+    let result: Result<Vec<String>, _> = client.list_links().try_collect().await;
+    assert!(matches!(
+        result,
+        Err(WeComError::Decode {
+            api: Api::ListLink,
+            ..
+        })
+    ));
+    assert_eq!(stub.calls(Api::ListLink), 2);
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refreshed_once_and_the_call_repeated() {
+    let (stub, client) = stub_and_client().await;
+    client.get_link("caw1").await.unwrap();
+    stub.expire_token();
+    client.get_link("caw1").await.unwrap();
+    assert_eq!(stub.calls(Api::GetToken), 2);
+    assert_eq!(stub.calls(Api::GetLink), 3, "ok, 42001, ok");
+}
+
+#[tokio::test]
+async fn a_token_refused_twice_is_returned_not_retried_forever() {
+    let (stub, client) = stub_and_client().await;
+    client.get_link("caw1").await.unwrap();
+    stub.script(Api::GetLink, [Reply::Errcode(40014), Reply::Errcode(40014)]);
+    let error = client.get_link("caw1").await.unwrap_err();
+    assert_eq!(api_error(&error), Some(40014));
+    assert_eq!(stub.calls(Api::GetLink), 3);
+    assert_eq!(stub.calls(Api::GetToken), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_callers_after_expiry_cause_one_gettoken() {
+    let (stub, client) = stub_and_client().await;
+    client.quota().await.unwrap();
+    stub.expire_token();
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.quota().await })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        stub.calls(Api::GetToken),
+        2,
+        "the first token, then one refresh"
+    );
+}
+
+#[tokio::test]
+async fn system_busy_is_retried_until_it_succeeds() {
+    let (stub, client) = stub_and_client().await;
+    stub.script(Api::GetLink, [Reply::Errcode(-1), Reply::Errcode(-1)]);
+    client.get_link("caw1").await.unwrap();
+    assert_eq!(stub.calls(Api::GetLink), 3);
+}
+
+#[tokio::test]
+async fn frequency_limit_is_honoured_by_backing_off() {
+    let (stub, client) = stub_and_client().await;
+    client.quota().await.unwrap();
+    stub.script(Api::Quota, [Reply::Errcode(45009)]);
+    let started = Instant::now();
+    client.quota().await.unwrap();
+    // The fast policy's caps are 10-50 ms; a 45009 still waits the 1 s floor.
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(stub.calls(Api::Quota), 3);
+}
+
+#[tokio::test]
+async fn terminal_errors_are_not_retried() {
+    let (stub, client) = stub_and_client().await;
+    for code in [40058, 48002, 60011, 301002, 99999] {
+        stub.script(Api::UpdateLink, [Reply::Errcode(code)]);
+        let before = stub.calls(Api::UpdateLink);
+        let error = client
+            .update_link(&UpdateLinkRequest {
+                link_id: "caw1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(api_error(&error), Some(code));
+        assert!(matches!(
+            error,
+            WeComError::Api {
+                api: Api::UpdateLink,
+                ..
+            }
+        ));
+        assert_eq!(stub.calls(Api::UpdateLink), before + 1, "errcode {code}");
+    }
+}
+
+#[tokio::test]
+async fn retries_end_after_max_attempts() {
+    let (stub, client) = stub_and_client().await;
+    stub.script(Api::Statistic, vec![Reply::Errcode(-1); 10]);
+    let error = client.statistic("caw1", 0, 0).await.unwrap_err();
+    match &error {
+        WeComError::RetriesExhausted {
+            api,
+            attempts,
+            last,
+        } => {
+            assert_eq!((*api, *attempts), (Api::Statistic, 4));
+            assert_eq!(last.errcode(), Some(-1));
+        }
+        other => panic!("expected RetriesExhausted, got {other:?}"),
+    }
+    assert!(error.is_retryable());
+    assert_eq!(stub.calls(Api::Statistic), 4);
+}
+
+#[tokio::test]
+async fn a_refused_secret_is_never_retried_and_says_what_to_check() {
+    let stub = Stub::new("the-real-secret");
+    let base = stub.serve().await;
+    let client = WeComClient::new(config(&base)).unwrap();
+    let error = client.get_link("caw1").await.unwrap_err();
+    assert!(matches!(
+        error,
+        WeComError::Api {
+            api: Api::GetToken,
+            errcode: 40001,
+            ..
+        }
+    ));
+    let text = error.to_string();
+    assert!(
+        text.contains("secretRef") && text.contains("corpId"),
+        "{text}"
+    );
+    // A second call in the same minute does not ask WeCom again (IP block after repeats).
+    assert!(client.quota().await.is_err());
+    assert_eq!(stub.calls(Api::GetToken), 1);
+    assert_eq!(stub.calls(Api::GetLink), 0);
+}
+
+#[tokio::test]
+async fn gettoken_itself_is_retried_when_wecom_is_busy() {
+    let (stub, client) = stub_and_client().await;
+    stub.script(Api::GetToken, [Reply::Errcode(-1), Reply::Status(502)]);
+    client.quota().await.unwrap();
+    assert_eq!(stub.calls(Api::GetToken), 3);
+}
+
+#[tokio::test]
+async fn create_is_not_repeated_when_it_may_have_reached_wecom() {
+    let stub = Stub::new(SECRET);
+    let base = stub.serve().await;
+    let client = WeComClient::new(ClientConfig {
+        request_timeout: Duration::from_millis(300),
+        ..config(&base)
+    })
+    .unwrap();
+    let request = CreateLinkRequest {
+        link_name: "once".into(),
+        range: LinkRange {
+            user_list: vec!["zhangsan".into()],
+            department_list: vec![],
+        },
+        ..Default::default()
+    };
+
+    stub.script(Api::CreateLink, [Reply::Hang]);
+    let error = client.create_link(&request).await.unwrap_err();
+    assert_eq!(
+        error,
+        WeComError::Timeout {
+            api: Api::CreateLink
+        }
+    );
+    assert_eq!(stub.calls(Api::CreateLink), 1);
+
+    stub.script(Api::CreateLink, [Reply::Status(502)]);
+    let error = client.create_link(&request).await.unwrap_err();
+    assert_eq!(
+        error,
+        WeComError::Http {
+            api: Api::CreateLink,
+            status: 502
+        }
+    );
+    assert_eq!(stub.calls(Api::CreateLink), 2);
+
+    // An errcode answer means WeCom refused it: repeating is safe.
+    stub.script(Api::CreateLink, [Reply::Errcode(-1)]);
+    assert_eq!(
+        client.create_link(&request).await.unwrap().link_id,
+        "cawnew1"
+    );
+    assert_eq!(stub.calls(Api::CreateLink), 4);
+
+    // The idempotent calls are retried after the same failures.
+    stub.script(Api::GetLink, [Reply::Hang, Reply::Status(502)]);
+    client.get_link("caw1").await.unwrap();
+    assert_eq!(stub.calls(Api::GetLink), 3);
+}
+
+#[tokio::test]
+async fn create_is_retried_when_the_connection_was_never_made() {
+    // With the token cached and nothing listening any more, no request can reach WeCom:
+    // repeating the create is safe, and the client does until the policy gives up.
+    let (stub, client) = stub_and_client().await;
+    client.quota().await.unwrap();
+    stub.shut_down().await;
+    let error = client
+        .create_link(&CreateLinkRequest::default())
+        .await
+        .unwrap_err();
+    match error {
+        WeComError::RetriesExhausted {
+            api: Api::CreateLink,
+            attempts: 4,
+            last,
+        } => assert!(matches!(*last, WeComError::Transport { .. }), "{last:?}"),
+        other => panic!("expected the create to be retried, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn http_errors_and_foreign_bodies_are_typed() {
+    let (stub, client) = stub_and_client().await;
+    stub.script(Api::GetLink, [Reply::Status(404)]);
+    assert_eq!(
+        client.get_link("caw1").await.unwrap_err(),
+        WeComError::Http {
+            api: Api::GetLink,
+            status: 404
+        }
+    );
+    assert_eq!(stub.calls(Api::GetLink), 1, "a 404 is terminal");
+
+    stub.script(Api::GetLink, [Reply::Garbage]);
+    let error = client.get_link("caw1").await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            WeComError::Decode {
+                api: Api::GetLink,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(stub.calls(Api::GetLink), 2, "a foreign body is terminal");
+}
+
+#[tokio::test]
+async fn bad_configuration_is_refused_with_a_clear_error() {
+    let bad_url = WeComClient::new(ClientConfig {
+        base_url: "qyapi.weixin.qq.com".into(),
+        ..ClientConfig::new(CORP_ID, SECRET)
+    })
+    .unwrap_err();
+    assert!(
+        matches!(bad_url, ClientConfigError::BaseUrl { .. }),
+        "{bad_url}"
+    );
+    let no_secret = WeComClient::new(ClientConfig::new(CORP_ID, "")).unwrap_err();
+    assert!(no_secret.to_string().contains("secretRef"), "{no_secret}");
+    assert_eq!(
+        WeComClient::new(ClientConfig::new("", SECRET)).unwrap_err(),
+        ClientConfigError::EmptyCorpId
+    );
+    let defaults = ClientConfig::new(CORP_ID, SECRET);
+    assert_eq!(defaults.base_url, "https://qyapi.weixin.qq.com");
+    assert_eq!(defaults.requests_per_minute, 600);
+    assert_eq!(defaults.request_timeout, Duration::from_secs(10));
+    assert_eq!(defaults.retry, RetryPolicy::default());
+}
+
+#[derive(Default)]
+struct CountingObserver {
+    calls: Mutex<Vec<(Api, String)>>,
+    refreshes: Mutex<Vec<bool>>,
+}
+
+impl CallObserver for CountingObserver {
+    fn on_call(&self, api: Api, outcome: &str, _elapsed: Duration) {
+        self.calls.lock().unwrap().push((api, outcome.to_string()));
+    }
+    fn on_token_refresh(&self, ok: bool) {
+        self.refreshes.lock().unwrap().push(ok);
+    }
+}
+
+#[tokio::test]
+async fn the_observer_sees_every_request_and_refresh() {
+    let stub = Stub::new(SECRET);
+    let base = stub.serve().await;
+    let observer = Arc::new(CountingObserver::default());
+    let client = WeComClient::new(ClientConfig {
+        observer: Some(observer.clone()),
+        ..config(&base)
+    })
+    .unwrap();
+    stub.script(Api::GetLink, [Reply::Errcode(-1)]);
+    client.get_link("caw1").await.unwrap();
+    let calls = observer.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![
+            (Api::GetToken, "0".to_string()),
+            (Api::GetLink, "-1".to_string()),
+            (Api::GetLink, "0".to_string())
+        ]
+    );
+    assert_eq!(calls.len() as u32, stub.total_calls());
+    assert_eq!(*observer.refreshes.lock().unwrap(), vec![true]);
+}
+
+#[tokio::test]
+async fn the_budget_counts_gettoken_and_is_shared_by_clones() {
+    let stub = Stub::new(SECRET);
+    let base = stub.serve().await;
+    // 60/min: a burst of 6, then one request a second.
+    let client = WeComClient::new(ClientConfig {
+        requests_per_minute: 60,
+        ..config(&base)
+    })
+    .unwrap();
+    let other = client.clone();
+    let started = Instant::now();
+    for _ in 0..3 {
+        client.quota().await.unwrap();
+        other.quota().await.unwrap();
+    }
+    // gettoken + 6 calls = 7 requests: the 7th waited for a token of the bucket.
+    assert_eq!(stub.total_calls(), 7);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+// ----- redaction -----
+
+/// A port nothing listens on (bound, then released).
+async fn closed_port_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn neither_secret_nor_token_appears_in_errors_or_logs() {
+    const KNOWN_SECRET: &str = "KnownSecretValue-7f3a9c";
+    const TOKEN_PREFIX: &str = "KnownAccessToken-51be0d-";
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    // reqwest and hyper log through `log`; route it into the same capture.
+    let _ = tracing_log::LogTracer::init();
+
+    let mut errors: Vec<WeComError> = Vec::new();
+
+    // Connection refused on gettoken: the URL carries corpsecret.
+    let refused = closed_port_url().await;
+    let client = WeComClient::new(ClientConfig {
+        secret: Secret::new(KNOWN_SECRET),
+        ..config(&refused)
+    })
+    .unwrap();
+    errors.push(client.quota().await.unwrap_err());
+
+    // A stub that issues a known token, then fails in every way after it.
+    let stub = Stub::with_token_prefix(KNOWN_SECRET, TOKEN_PREFIX);
+    let base = stub.serve().await;
+    let client = WeComClient::new(ClientConfig {
+        secret: Secret::new(KNOWN_SECRET),
+        request_timeout: Duration::from_millis(300),
+        retry: RetryPolicy::never(),
+        ..config(&base)
+    })
+    .unwrap();
+    client.quota().await.unwrap();
+    let token = stub.current_token().unwrap();
+    assert!(token.starts_with(TOKEN_PREFIX));
+    stub.script(Api::Quota, [Reply::Status(500)]);
+    errors.push(client.quota().await.unwrap_err());
+    stub.script(Api::Quota, [Reply::Garbage]);
+    errors.push(client.quota().await.unwrap_err());
+    stub.script(Api::Quota, [Reply::Hang]);
+    errors.push(client.quota().await.unwrap_err());
+    stub.script(Api::Quota, [Reply::ErrcodeEchoingCredentials(40058)]);
+    errors.push(client.quota().await.unwrap_err());
+
+    // Connection refused with the token in the URL.
+    stub.shut_down().await;
+    errors.push(client.quota().await.unwrap_err());
+
+    let kinds: Vec<String> = errors.iter().map(WeComError::metric_label).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "transport",
+            "http_500",
+            "decode",
+            "timeout",
+            "40058",
+            "transport"
+        ]
+    );
+    for error in &errors {
+        for text in [error.to_string(), format!("{error:?}")] {
+            for secret in [KNOWN_SECRET, &token, TOKEN_PREFIX] {
+                assert!(!text.contains(secret), "{secret} leaked in: {text}");
+            }
+        }
+    }
+    for transport in [&errors[0], &errors[5]] {
+        let text = transport.to_string();
+        assert!(text.contains("127.0.0.1"), "names the host: {text}");
+    }
+
+    let debug_config = format!("{:?}", config(&base));
+    assert!(!debug_config.contains(SECRET), "{debug_config}");
+    assert_eq!(Secret::new(KNOWN_SECRET).to_string(), "<redacted>");
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("WeCom request"), "the capture works: {logs}");
+    for secret in [KNOWN_SECRET, TOKEN_PREFIX] {
+        assert!(
+            !logs.contains(secret),
+            "{secret} leaked in the logs:\n{logs}"
+        );
+    }
+}
