@@ -1,8 +1,10 @@
 //! The WeCom client against a real HTTP peer over loopback.
 //!
-//! `stub` is a small scripted WeCom (gettoken, A1-A8, token revocation, an errcode script
-//! per API and a call counter): focused tests of the client's retry, token and redaction
-//! behaviour that need exact control over each answer.
+//! `sim_*` tests run against the project's WeCom simulator (`wecom_acq::sim`), the
+//! realistic peer: every API, token expiry, injected faults, WeCom's validation and
+//! pagination. `stub` is a small scripted WeCom (gettoken, A1-A8, token revocation, an
+//! errcode script per API and a call counter) for the focused tests that need exact control
+//! over each answer: hangs, 5xx, foreign bodies, echoed credentials, a closed port.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -621,7 +623,7 @@ async fn create_is_not_repeated_when_it_may_have_reached_wecom() {
     let stub = Stub::new(SECRET);
     let base = stub.serve().await;
     let client = WeComClient::new(ClientConfig {
-        request_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_secs(1),
         ..config(&base)
     })
     .unwrap();
@@ -861,7 +863,7 @@ async fn neither_secret_nor_token_appears_in_errors_or_logs() {
     let base = stub.serve().await;
     let client = WeComClient::new(ClientConfig {
         secret: Secret::new(KNOWN_SECRET),
-        request_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_secs(1),
         retry: RetryPolicy::never(),
         ..config(&base)
     })
@@ -918,4 +920,375 @@ async fn neither_secret_nor_token_appears_in_errors_or_logs() {
             "{secret} leaked in the logs:\n{logs}"
         );
     }
+}
+
+// ----- against the WeCom simulator -----
+
+mod sim {
+    use super::*;
+    use wecom_acq::sim::{self, SimConfig, SimHandle};
+
+    /// The simulator on a free loopback port, a client for it, and a plain HTTP client
+    /// for its admin API.
+    pub struct World {
+        pub sim: SimHandle,
+        pub client: WeComClient,
+        admin: reqwest::Client,
+    }
+
+    impl World {
+        pub async fn start() -> Self {
+            let sim = sim::spawn(SimConfig::default(), "127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            let client = WeComClient::new(ClientConfig {
+                base_url: sim.base_url(),
+                requests_per_minute: 60_000,
+                retry: fast_retry(),
+                request_timeout: Duration::from_secs(5),
+                ..ClientConfig::new(sim::DEFAULT_CORP_ID, sim::DEFAULT_SECRET)
+            })
+            .unwrap();
+            Self {
+                sim,
+                client,
+                admin: reqwest::Client::new(),
+            }
+        }
+
+        pub async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+            let response = self
+                .admin
+                .request(method, format!("{}/_sim/{path}", self.sim.base_url()))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success(), "/_sim/{path}: {response:?}");
+            response.json().await.unwrap_or(Value::Null)
+        }
+
+        /// Calls the simulator saw for one API (its last path segment).
+        pub async fn calls(&self, api: Api) -> u64 {
+            let calls = self.admin(reqwest::Method::GET, "calls", Value::Null).await;
+            calls[api.name()].as_u64().unwrap_or(0)
+        }
+
+        pub async fn reset_calls(&self) {
+            self.admin(reqwest::Method::DELETE, "calls", Value::Null)
+                .await;
+        }
+
+        pub async fn fault(&self, api: Api, errcode: i64, times: u32) {
+            self.admin(
+                reqwest::Method::POST,
+                "faults",
+                json!({"api": api.name(), "errcode": errcode, "times": times}),
+            )
+            .await;
+        }
+
+        pub async fn expire_tokens(&self) {
+            self.admin(reqwest::Method::POST, "tokens/expire", Value::Null)
+                .await;
+        }
+
+        pub async fn create(&self, name: &str) -> String {
+            self.client
+                .create_link(&link_request(name, &["zhangsan"], &[]))
+                .await
+                .unwrap()
+                .link_id
+        }
+    }
+
+    pub fn link_request(name: &str, users: &[&str], departments: &[u64]) -> CreateLinkRequest {
+        CreateLinkRequest {
+            link_name: name.into(),
+            range: LinkRange {
+                user_list: users.iter().map(|u| u.to_string()).collect(),
+                department_list: departments.to_vec(),
+            },
+            ..Default::default()
+        }
+    }
+
+    pub fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+}
+
+use sim::{World, link_request};
+
+#[tokio::test]
+async fn sim_every_api_happy_path() {
+    let world = World::start().await;
+    let client = &world.client;
+
+    // A3
+    let created = client
+        .create_link(&link_request(
+            "spring campaign",
+            &["zhangsan", "lisi"],
+            &[2],
+        ))
+        .await
+        .unwrap();
+    assert!(!created.link_id.is_empty());
+    assert!(created.url.starts_with("http"), "{created:?}");
+    // A2
+    let link = client.get_link(&created.link_id).await.unwrap();
+    assert_eq!(link.link_name, "spring campaign");
+    assert_eq!(link.range.user_list, vec!["zhangsan", "lisi"]);
+    assert_eq!(link.range.department_list, vec![2]);
+    // A4 replaces the whole range.
+    client
+        .update_link(&UpdateLinkRequest {
+            link_id: created.link_id.clone(),
+            link_name: Some("autumn".into()),
+            range: Some(LinkRange {
+                user_list: vec!["wangwu".into()],
+                department_list: vec![],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let link = client.get_link(&created.link_id).await.unwrap();
+    assert_eq!(link.link_name, "autumn");
+    assert_eq!(link.range.user_list, vec!["wangwu"]);
+    assert!(link.range.department_list.is_empty());
+    // A1
+    let page = client.list_links_page(None, 100).await.unwrap();
+    assert_eq!(page.link_id_list, vec![created.link_id.clone()]);
+    // A6, with customers added as if through the link.
+    world
+        .admin(
+            reqwest::Method::POST,
+            &format!("links/{}/customers", created.link_id),
+            json!({"count": 3, "state": "chan-a"}),
+        )
+        .await;
+    let customers: Vec<_> = client
+        .customers(&created.link_id)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(customers.len(), 3);
+    assert!(customers.iter().all(|c| c.state == "chan-a"));
+    // A7 over today.
+    let now = sim::now();
+    let stats = client
+        .statistic(&created.link_id, now - 86_400, now)
+        .await
+        .unwrap();
+    assert_eq!(stats.new_customer_cnt, 3);
+    // A8: the three customers used quota.
+    let quota = client.quota().await.unwrap();
+    assert_eq!(quota.total, 3);
+    assert!(quota.balance > 0 && !quota.quota_list.is_empty());
+    // A5
+    client.delete_link(&created.link_id).await.unwrap();
+    let listed: Vec<String> = client.list_links().try_collect().await.unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+    assert_eq!(world.calls(Api::GetToken).await, 1);
+}
+
+#[tokio::test]
+async fn sim_token_expiry_mid_run_costs_exactly_one_gettoken() {
+    let world = World::start().await;
+    world.client.quota().await.unwrap();
+    world.expire_tokens().await;
+    world.client.quota().await.unwrap();
+    assert_eq!(world.calls(Api::GetToken).await, 2);
+    assert_eq!(world.calls(Api::Quota).await, 3, "ok, 42001, ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_fifty_concurrent_callers_after_expiry_cause_one_gettoken() {
+    let world = World::start().await;
+    world.client.quota().await.unwrap();
+    world.expire_tokens().await;
+    world.reset_calls().await;
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let client = world.client.clone();
+            tokio::spawn(async move { client.quota().await })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap().unwrap();
+    }
+    assert_eq!(world.calls(Api::GetToken).await, 1);
+}
+
+#[tokio::test]
+async fn sim_system_busy_is_recovered_by_retry() {
+    let world = World::start().await;
+    world.fault(Api::CreateLink, -1, 2).await;
+    world.create("busy at first").await;
+    assert_eq!(world.calls(Api::CreateLink).await, 3);
+    let listed: Vec<String> = world.client.list_links().try_collect().await.unwrap();
+    assert_eq!(listed.len(), 1, "retries made exactly one link");
+}
+
+#[tokio::test]
+async fn sim_frequency_limit_is_honoured_by_backing_off() {
+    let world = World::start().await;
+    world.client.quota().await.unwrap();
+    world.fault(Api::Quota, 45009, 1).await;
+    let started = Instant::now();
+    world.client.quota().await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(world.calls(Api::Quota).await, 3);
+}
+
+#[tokio::test]
+async fn sim_terminal_40058_is_not_retried() {
+    let world = World::start().await;
+    let too_long = "x".repeat(31);
+    let error = world
+        .client
+        .create_link(&link_request(&too_long, &["zhangsan"], &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(error.errcode(), Some(40058));
+    assert!(!error.is_retryable());
+    assert_eq!(world.calls(Api::CreateLink).await, 1);
+}
+
+#[tokio::test]
+async fn sim_more_than_500_people_via_departments_is_refused() {
+    let world = World::start().await;
+    // Department 5 holds 300 people and its sub-department 6 another 250: 550 in all.
+    let people = |prefix: &str, n: usize| -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i:03}")).collect()
+    };
+    world
+        .admin(
+            reqwest::Method::PUT,
+            "org",
+            json!({"departments": [
+                {"id": 5, "parent_id": 1, "users": people("floor-a-", 300)},
+                {"id": 6, "parent_id": 5, "users": people("floor-b-", 250)}
+            ], "users": ["zhangsan"]}),
+        )
+        .await;
+    let error = world
+        .client
+        .create_link(&link_request("whole floor", &[], &[5]))
+        .await
+        .unwrap_err();
+    assert_eq!(error.errcode(), Some(40058), "{error}");
+    assert_eq!(
+        world.calls(Api::CreateLink).await,
+        1,
+        "refusals are not retried"
+    );
+    // The sub-department alone (250) and a few more named users are fine.
+    world
+        .client
+        .create_link(&link_request("half floor", &["zhangsan"], &[6]))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sim_statistics_over_31_days_are_refused() {
+    let world = World::start().await;
+    let link_id = world.create("stats").await;
+    let end = sim::now();
+    let ok = world
+        .client
+        .statistic(&link_id, end - 30 * 86_400, end)
+        .await;
+    assert!(ok.is_ok(), "30 days is allowed: {ok:?}");
+    let error = world
+        .client
+        .statistic(&link_id, end - 31 * 86_400, end)
+        .await
+        .unwrap_err();
+    assert_eq!(error.errcode(), Some(40058));
+    assert_eq!(
+        world.calls(Api::Statistic).await,
+        2,
+        "the refusal was not retried"
+    );
+}
+
+#[tokio::test]
+async fn sim_pagination_survives_inserts_between_pages() {
+    let world = World::start().await;
+    let mut original = Vec::new();
+    for i in 0..250 {
+        original.push(world.create(&format!("link {i}")).await);
+    }
+    let first = world.client.list_links_page(None, 100).await.unwrap();
+    assert_eq!(first.link_id_list.len(), 100);
+    let mut seen = first.link_id_list.clone();
+    let mut cursor = first.next_cursor;
+    let mut inserted = Vec::new();
+    while !cursor.is_empty() {
+        // Links made between pages must not make the listing repeat or skip old ones.
+        for i in 0..3 {
+            inserted.push(world.create(&format!("late {}-{i}", seen.len())).await);
+        }
+        let page = world
+            .client
+            .list_links_page(Some(&cursor), 100)
+            .await
+            .unwrap();
+        seen.extend(page.link_id_list);
+        cursor = page.next_cursor;
+    }
+    let unique: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no link listed twice");
+    for id in &original {
+        assert!(unique.contains(id), "{id} was skipped");
+    }
+    // The stream walks every page of the final state.
+    let all: Vec<String> = world.client.list_links().try_collect().await.unwrap();
+    assert_eq!(all.len(), original.len() + inserted.len());
+}
+
+#[tokio::test]
+async fn sim_customers_stream_over_several_pages() {
+    let world = World::start().await;
+    let link_id = world.create("popular").await;
+    // The built-in quota (1000) is too small for three pages of customers.
+    world
+        .admin(
+            reqwest::Method::PUT,
+            "quota",
+            json!({"batches": [{"balance": 5000, "expire_date": sim::now() + 365 * 86_400}]}),
+        )
+        .await;
+    world
+        .admin(
+            reqwest::Method::POST,
+            &format!("links/{link_id}/customers"),
+            json!({"count": 2100, "state": "chan-b"}),
+        )
+        .await;
+    world.reset_calls().await;
+    let customers: Vec<_> = world
+        .client
+        .customers(&link_id)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(customers.len(), 2100);
+    let unique: std::collections::HashSet<_> = customers
+        .iter()
+        .map(|c| c.external_userid.clone())
+        .collect();
+    assert_eq!(unique.len(), 2100);
+    assert_eq!(world.calls(Api::Customer).await, 3);
 }
