@@ -1,0 +1,815 @@
+//! The reconcilers of both kinds against the WeCom simulator over HTTP and the kubesim
+//! Kubernetes API emulator, run in-process by `controller::start`: what each pass does to
+//! WeCom (read from the simulator's `/_sim/calls` and `/_sim/state`) and what it reports
+//! (status, conditions, annotations, finalizers and Events).
+
+mod support;
+
+use kube::ResourceExt;
+use serde_json::json;
+use support::{Env, NS, fast_cadence, link_condition, link_spec, quiet_cadence, status_link_id};
+use wecom_acq::api::{
+    AcquisitionLink, CREATE_PENDING_ANNOTATION, LINK_FINALIZER, LINK_ID_ANNOTATION,
+    PAUSED_ANNOTATION,
+};
+
+const KIND: &str = "AcquisitionLink";
+
+/// An env with a working app named `app`.
+async fn env_with_app(cadence: wecom_acq::reconcile::context::Cadence) -> Env {
+    let env = Env::start(cadence).await;
+    env.apply_app_with_secret("app").await;
+    env
+}
+
+#[tokio::test]
+async fn creates_link_and_reports_it() {
+    let env = env_with_app(fast_cadence()).await;
+    let mut spec = link_spec("app", "Spring sale", &["zhangsan", "lisi"]);
+    spec.channels = vec!["ad-1".into(), "朋友圈".into()];
+    env.apply_link("spring", spec).await;
+
+    let link = env.wait_link_ready("spring").await;
+    let status = link.status.clone().unwrap();
+    let link_id = status_link_id(&link);
+    let url = status.url.clone().expect("status.url");
+    assert!(url.starts_with("https://"), "{url}");
+    assert_eq!(
+        link.annotations().get(LINK_ID_ANNOTATION),
+        Some(&link_id),
+        "the id is also in the annotation"
+    );
+    assert!(!link.annotations().contains_key(CREATE_PENDING_ANNOTATION));
+    assert!(link.finalizers().contains(&LINK_FINALIZER.to_string()));
+    assert_eq!(
+        link_condition(&link, "Synced").map(|c| c.0),
+        Some("True".into())
+    );
+    assert_eq!(status.channel_urls.len(), 2);
+    for channel in &status.channel_urls {
+        assert!(channel.url.starts_with(&url));
+        assert!(channel.url.contains("customer_channel="), "{}", channel.url);
+        assert!(
+            channel
+                .scheme_url
+                .starts_with("weixin://biz/ww/profile/https%3A%2F%2F"),
+            "{}",
+            channel.scheme_url
+        );
+    }
+
+    let remote = env.sim_link(&link_id).await.expect("link exists in WeCom");
+    assert_eq!(remote["link_name"], "Spring sale");
+    assert_eq!(remote["url"], url.as_str());
+    assert_eq!(env.sim_links().await.len(), 1);
+    assert_eq!(env.sim_call_count("create_link").await, 1);
+
+    let created = env.wait_event(KIND, "spring", "Created").await;
+    assert!(created.note.unwrap_or_default().contains(&link_id));
+}
+
+#[tokio::test]
+async fn pass_on_link_in_sync_changes_nothing() {
+    let env = env_with_app(quiet_cadence()).await;
+    env.apply_link("steady", link_spec("app", "Steady", &["zhangsan"]))
+        .await;
+    env.wait_link_ready("steady").await;
+    // The echo of the requested-at annotation changes status once; do it first.
+    env.request_reconcile("steady", "first").await;
+    let echoed = env
+        .wait_for(
+            "steady",
+            "requested-at echoed in status",
+            |l: &AcquisitionLink| {
+                l.status
+                    .as_ref()
+                    .and_then(|s| s.last_handled_reconcile_at.as_deref())
+                    == Some("first")
+            },
+        )
+        .await;
+    let mutating = env.mutating_calls().await;
+    let gets = env.sim_call_count("get").await;
+
+    for _ in 0..3 {
+        env.trigger_link_pass("steady").await;
+    }
+    let after = env.get_link("steady").await;
+    assert_eq!(env.mutating_calls().await, mutating, "no A3/A4/A5 at rest");
+    assert!(
+        env.sim_call_count("get").await >= gets + 3,
+        "every pass observed the link (A2)"
+    );
+    assert_eq!(
+        after.resource_version(),
+        echoed.resource_version(),
+        "no status write for a pass that found nothing to do"
+    );
+}
+
+#[tokio::test]
+async fn drift_is_corrected_with_the_complete_range() {
+    let env = env_with_app(quiet_cadence()).await;
+    let mut spec = link_spec("app", "Drifting", &["zhangsan", "lisi"]);
+    spec.range.department_list = vec![2];
+    env.apply_link("drift", spec).await;
+    let link_id = status_link_id(&env.wait_link_ready("drift").await);
+
+    // A console edit changes the user list only; the department list still matches.
+    env.sim_request(
+        reqwest::Method::PATCH,
+        &format!("/_sim/links/{link_id}"),
+        Some(json!({ "link_name": "edited in console", "range": { "user_list": ["wangwu"], "department_list": [2] } })),
+    )
+    .await;
+    env.trigger_link_pass("drift").await;
+    let event = env.wait_event(KIND, "drift", "DriftCorrected").await;
+    assert!(event.note.unwrap_or_default().contains("range"));
+
+    let remote = env.sim_link(&link_id).await.expect("link still exists");
+    assert_eq!(remote["link_name"], "Drifting");
+    let mut users: Vec<String> =
+        serde_json::from_value(remote["range"]["user_list"].clone()).unwrap();
+    users.sort();
+    assert_eq!(users, ["lisi", "zhangsan"]);
+    assert_eq!(
+        remote["range"]["department_list"],
+        json!([2]),
+        "A4 carried the whole range, not only the list that drifted"
+    );
+    assert_eq!(env.sim_call_count("update_link").await, 1);
+    assert_eq!(env.sim_call_count("create_link").await, 1);
+    let link = env.get_link("drift").await;
+    assert_eq!(status_link_id(&link), link_id);
+    assert_eq!(link_condition(&link, "Ready").unwrap().0, "True");
+}
+
+#[tokio::test]
+async fn spec_edit_updates_the_link() {
+    let env = env_with_app(quiet_cadence()).await;
+    env.apply_link("edit", link_spec("app", "Before", &["zhangsan"]))
+        .await;
+    let link_id = status_link_id(&env.wait_link_ready("edit").await);
+
+    env.patch_link_spec(
+        "edit",
+        json!({ "linkName": "After", "range": { "userList": ["zhangsan", "wangwu"] }, "skipVerify": false }),
+    )
+    .await;
+    let link = env.wait_link_ready("edit").await;
+    assert_eq!(link.metadata.generation, Some(2));
+    assert_eq!(status_link_id(&link), link_id, "an edit keeps the link");
+    env.wait_event(KIND, "edit", "Updated").await;
+
+    let remote = env.sim_link(&link_id).await.unwrap();
+    assert_eq!(remote["link_name"], "After");
+    assert_eq!(remote["skip_verify"], false);
+    let mut users: Vec<String> =
+        serde_json::from_value(remote["range"]["user_list"].clone()).unwrap();
+    users.sort();
+    assert_eq!(users, ["wangwu", "zhangsan"]);
+    assert_eq!(env.sim_call_count("update_link").await, 1);
+    assert_eq!(env.sim_call_count("create_link").await, 1);
+}
+
+#[tokio::test]
+async fn delete_policy_delete_removes_the_wecom_link() {
+    let env = env_with_app(quiet_cadence()).await;
+    env.apply_link("doomed", link_spec("app", "Doomed", &["zhangsan"]))
+        .await;
+    let link_id = status_link_id(&env.wait_link_ready("doomed").await);
+
+    env.delete_link("doomed").await;
+    env.wait_link_gone("doomed").await;
+    assert_eq!(env.sim_call_count("delete_link").await, 1);
+    assert!(env.sim_link(&link_id).await.is_none(), "A5 deleted it");
+    let deleted = env.wait_event(KIND, "doomed", "Deleted").await;
+    assert!(deleted.note.unwrap_or_default().contains(&link_id));
+}
+
+#[tokio::test]
+async fn delete_policy_orphan_leaves_the_wecom_link() {
+    let env = env_with_app(quiet_cadence()).await;
+    let mut spec = link_spec("app", "Kept", &["zhangsan"]);
+    spec.deletion_policy = wecom_acq::api::DeletionPolicy::Orphan;
+    env.apply_link("kept", spec).await;
+    let link_id = status_link_id(&env.wait_link_ready("kept").await);
+
+    env.delete_link("kept").await;
+    env.wait_link_gone("kept").await;
+    assert_eq!(env.sim_call_count("delete_link").await, 0);
+    assert!(
+        env.sim_link(&link_id).await.is_some(),
+        "the link stays in WeCom"
+    );
+    env.wait_event(KIND, "kept", "Orphaned").await;
+}
+
+#[tokio::test]
+async fn remote_delete_with_recreate_makes_a_new_link() {
+    let env = env_with_app(quiet_cadence()).await;
+    let mut spec = link_spec("app", "Phoenix", &["zhangsan"]);
+    spec.channels = vec!["qr".into()];
+    env.apply_link("phoenix", spec).await;
+    let first = env.wait_link_ready("phoenix").await;
+    let old_id = status_link_id(&first);
+    let old_url = first.status.as_ref().unwrap().url.clone().unwrap();
+
+    env.sim_request(
+        reqwest::Method::DELETE,
+        &format!("/_sim/links/{old_id}"),
+        None,
+    )
+    .await;
+    env.trigger_link_pass("phoenix").await;
+    let link = env
+        .wait_for("phoenix", "a new link id", |l: &AcquisitionLink| {
+            l.status
+                .as_ref()
+                .and_then(|s| s.link_id.as_deref())
+                .is_some_and(|id| id != old_id)
+                && link_condition(l, "Ready").is_some_and(|c| c.0 == "True")
+        })
+        .await;
+    let status = link.status.clone().unwrap();
+    let new_id = status.link_id.clone().unwrap();
+    let new_url = status.url.clone().unwrap();
+    assert_ne!(new_url, old_url);
+    assert!(
+        status.channel_urls[0].url.starts_with(&new_url),
+        "channel URLs follow the new link"
+    );
+    assert_eq!(link.annotations().get(LINK_ID_ANNOTATION), Some(&new_id));
+
+    let recreated = env.wait_event(KIND, "phoenix", "Recreated").await;
+    assert_eq!(recreated.type_.as_deref(), Some("Warning"));
+    let note = recreated.note.unwrap_or_default();
+    assert!(note.contains(&old_url) && note.contains(&new_url), "{note}");
+    let links = env.sim_links().await;
+    assert_eq!(links.len(), 1);
+    assert_eq!(links[0]["link_id"], new_id.as_str());
+    assert_eq!(env.sim_call_count("create_link").await, 2);
+}
+
+#[tokio::test]
+async fn remote_delete_with_orphan_stops() {
+    let env = env_with_app(quiet_cadence()).await;
+    let mut spec = link_spec("app", "Gone", &["zhangsan"]);
+    spec.on_remote_delete = wecom_acq::api::RemoteDeletePolicy::Orphan;
+    env.apply_link("gone", spec).await;
+    let link_id = status_link_id(&env.wait_link_ready("gone").await);
+
+    env.sim_request(
+        reqwest::Method::DELETE,
+        &format!("/_sim/links/{link_id}"),
+        None,
+    )
+    .await;
+    env.trigger_link_pass("gone").await;
+    let link = env
+        .wait_link_condition("gone", "Ready", "False", "RemoteDeleted")
+        .await;
+    assert_eq!(link_condition(&link, "Synced").unwrap().1, "RemoteDeleted");
+    env.wait_event(KIND, "gone", "RemoteDeleted").await;
+    let calls = env.sim_calls().await;
+    for _ in 0..2 {
+        env.trigger_link_pass("gone").await;
+    }
+    assert_eq!(env.sim_call_count("create_link").await, 1, "no recreate");
+    assert_eq!(
+        env.sim_calls().await,
+        calls,
+        "no WeCom call at all once RemoteDeleted"
+    );
+    assert!(env.sim_links().await.is_empty());
+}
+
+#[tokio::test]
+async fn create_interrupted_before_the_id_is_written_adopts_the_one_link() {
+    let mut env = env_with_app(quiet_cadence()).await;
+    // A3 takes a while, so the Kubernetes writes can be made to fail while it runs.
+    env.sim_fault(json!({ "api": "create_link", "latency_ms": 1500, "times": 1 }))
+        .await;
+    env.apply_link("fragile", link_spec("app", "Fragile", &["zhangsan"]))
+        .await;
+    env.wait_for(
+        "fragile",
+        "the create-pending marker",
+        |l: &AcquisitionLink| l.annotations().contains_key(CREATE_PENDING_ANNOTATION),
+    )
+    .await;
+    env.faults()
+        .fail_next_writes("acquisitionlinks", 10_000, 500);
+    support::wait_until("A3 to make the link", || async {
+        (env.sim_links().await.len() == 1).then_some(())
+    })
+    .await;
+    // Let the pass fail to record the id, then stop this controller: a crash.
+    support::wait_until("the pass to fail", || async {
+        (env.controller().passes(KIND) > 0
+            && env
+                .controller()
+                .metrics
+                .reconciles
+                .get_or_create(&wecom_acq::metrics::ReconcileLabels {
+                    kind: KIND.into(),
+                    result: "kube".into(),
+                })
+                .get()
+                > 0)
+        .then_some(())
+    })
+    .await;
+    env.stop_controller().await;
+    env.faults().clear();
+
+    let stranded = env.get_link("fragile").await;
+    assert!(
+        stranded
+            .annotations()
+            .contains_key(CREATE_PENDING_ANNOTATION)
+    );
+    assert!(!stranded.annotations().contains_key(LINK_ID_ANNOTATION));
+    assert!(
+        stranded
+            .status
+            .as_ref()
+            .and_then(|s| s.link_id.as_ref())
+            .is_none()
+    );
+
+    env.start_controller(quiet_cadence()).await;
+    let link = env.wait_link_ready("fragile").await;
+    let links = env.sim_links().await;
+    assert_eq!(links.len(), 1, "exactly one link exists: {links:#?}");
+    assert_eq!(links[0]["link_id"], status_link_id(&link).as_str());
+    assert_eq!(env.sim_call_count("create_link").await, 1);
+    assert!(!link.annotations().contains_key(CREATE_PENDING_ANNOTATION));
+    assert_eq!(
+        link.annotations().get(LINK_ID_ANNOTATION),
+        Some(&status_link_id(&link))
+    );
+    env.wait_event(KIND, "fragile", "Adopted").await;
+}
+
+#[tokio::test]
+async fn several_candidates_after_an_interrupted_create_stop_all_writes() {
+    let env = env_with_app(quiet_cadence()).await;
+    // Two links that match what the interrupted create would have made.
+    let wecom = env.wecom_client();
+    let desired = wecom_acq::reconcile::plan::DesiredLink::from_spec(&link_spec(
+        "app",
+        "Twin",
+        &["zhangsan"],
+    ));
+    let a = wecom.create_link(&desired.create_request()).await.unwrap();
+    let b = wecom.create_link(&desired.create_request()).await.unwrap();
+    let mut link = AcquisitionLink::new("twin", link_spec("app", "Twin", &["zhangsan"]));
+    let since = (jiff::Timestamp::now().as_second() - 5).to_string();
+    link.annotations_mut()
+        .insert(CREATE_PENDING_ANNOTATION.into(), since);
+    env.apply_link_object(link).await;
+
+    let link = env
+        .wait_link_condition("twin", "Synced", "False", "CreateIncomplete")
+        .await;
+    let message = link_condition(&link, "Synced").unwrap().2;
+    assert!(
+        message.contains(&a.link_id) && message.contains(&b.link_id),
+        "{message}"
+    );
+    let event = env.wait_event(KIND, "twin", "CreateIncomplete").await;
+    let note = event.note.unwrap_or_default();
+    assert!(
+        note.contains(&a.link_id) && note.contains(&b.link_id),
+        "{note}"
+    );
+    let calls = env.sim_calls().await;
+    for _ in 0..2 {
+        env.trigger_link_pass("twin").await;
+    }
+    assert_eq!(
+        env.sim_calls().await,
+        calls,
+        "no WeCom call until a person decides"
+    );
+    assert_eq!(env.sim_links().await.len(), 2);
+
+    // The person keeps one: the object adopts it.
+    env.patch_link_spec("twin", json!({ "linkId": a.link_id }))
+        .await;
+    let link = env.wait_link_ready("twin").await;
+    assert_eq!(status_link_id(&link), a.link_id);
+    assert!(!link.annotations().contains_key(CREATE_PENDING_ANNOTATION));
+    assert_eq!(
+        env.sim_call_count("create_link").await,
+        2,
+        "only the two made by hand"
+    );
+}
+
+/// A terminal errcode on A3 is reported once and not retried until the spec changes.
+async fn terminal_create_error_stops_after_one_call(errcode: i64, reason: &str) {
+    let env = env_with_app(fast_cadence()).await;
+    env.sim_fault(json!({ "api": "create_link", "errcode": errcode, "times": 100 }))
+        .await;
+    env.apply_link("refused", link_spec("app", "Refused", &["zhangsan"]))
+        .await;
+    let link = env
+        .wait_link_condition("refused", "Ready", "False", reason)
+        .await;
+    assert_eq!(link_condition(&link, "Synced").unwrap().1, reason);
+    let message = link_condition(&link, "Ready").unwrap().2;
+    assert!(message.contains(&errcode.to_string()), "{message}");
+    assert_eq!(env.sim_call_count("create_link").await, 1);
+    for _ in 0..3 {
+        env.trigger_link_pass("refused").await;
+    }
+    let again = env.get_link("refused").await;
+    assert_eq!(env.sim_call_count("create_link").await, 1, "still one call");
+    assert!(
+        !again.annotations().contains_key(CREATE_PENDING_ANNOTATION),
+        "a refused create leaves no marker"
+    );
+    assert_eq!(
+        again.resource_version(),
+        link.resource_version(),
+        "same outcome, no write"
+    );
+    env.wait_event(KIND, "refused", reason).await;
+
+    // A spec change is worth another try.
+    env.patch_link_spec("refused", json!({ "linkName": "Refused again" }))
+        .await;
+    support::wait_until("a second A3 after the spec change", || async {
+        (env.sim_call_count("create_link").await == 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_parameter_40058_stops_after_one_call() {
+    terminal_create_error_stops_after_one_call(40058, "InvalidSpec").await;
+}
+
+#[tokio::test]
+async fn no_permission_48002_stops_after_one_call() {
+    terminal_create_error_stops_after_one_call(48002, "PermissionDenied").await;
+}
+
+#[tokio::test]
+async fn exhausted_quota_blocks_creation_until_it_returns() {
+    let env = Env::start(quiet_cadence()).await;
+    env.sim_set_quota(0).await;
+    env.apply_app_with_secret("app").await;
+    env.wait_app_condition("app", "QuotaExhausted", "True", "BalanceExhausted")
+        .await;
+    env.wait_event("WeComApp", "app", "QuotaExhausted").await;
+    // The controller decides on its cache: wait until it has seen the exhausted quota too.
+    support::wait_until("the controller's cache to see QuotaExhausted", || async {
+        env.controller()
+            .running
+            .context
+            .app(NS, "app")
+            .and_then(|a| a.status.clone())
+            .is_some_and(|s| s.quota.is_some_and(|q| q.balance == 0))
+            .then_some(())
+    })
+    .await;
+
+    env.apply_link("waiting", link_spec("app", "Waiting", &["zhangsan"]))
+        .await;
+    env.wait_link_condition("waiting", "Ready", "False", "QuotaExhausted")
+        .await;
+    env.wait_event(KIND, "waiting", "QuotaExhausted").await;
+    env.trigger_link_pass("waiting").await;
+    assert_eq!(env.sim_call_count("create_link").await, 0);
+
+    env.sim_set_quota(100).await;
+    env.refresh_app_quota("app").await;
+    let link = env.wait_link_ready("waiting").await;
+    assert_eq!(link.status.unwrap().quota.map(|q| q.balance), Some(100));
+    assert_eq!(env.sim_call_count("create_link").await, 1);
+    env.wait_event("WeComApp", "app", "QuotaRestored").await;
+}
+
+#[tokio::test]
+async fn paused_link_is_not_created() {
+    let env = env_with_app(fast_cadence()).await;
+    let mut link = AcquisitionLink::new("held", link_spec("app", "Held", &["zhangsan"]));
+    link.annotations_mut()
+        .insert(PAUSED_ANNOTATION.into(), "true".into());
+    env.apply_link_object(link).await;
+    env.wait_link_condition("held", "Synced", "False", "Paused")
+        .await;
+    env.trigger_link_pass("held").await;
+    assert_eq!(env.mutating_calls().await, 0);
+    assert!(env.sim_links().await.is_empty());
+
+    env.annotate_link("held", PAUSED_ANNOTATION, None).await;
+    env.wait_link_ready("held").await;
+    assert_eq!(env.sim_call_count("create_link").await, 1);
+}
+
+#[tokio::test]
+async fn paused_link_is_not_updated() {
+    let env = env_with_app(fast_cadence()).await;
+    env.apply_link("frozen", link_spec("app", "Frozen", &["zhangsan"]))
+        .await;
+    let link_id = status_link_id(&env.wait_link_ready("frozen").await);
+    env.annotate_link("frozen", PAUSED_ANNOTATION, Some("true"))
+        .await;
+    env.wait_link_condition("frozen", "Synced", "False", "Paused")
+        .await;
+
+    env.patch_link_spec("frozen", json!({ "linkName": "Thawed" }))
+        .await;
+    env.sim_request(
+        reqwest::Method::PATCH,
+        &format!("/_sim/links/{link_id}"),
+        Some(json!({ "skip_verify": false })),
+    )
+    .await;
+    env.trigger_link_pass("frozen").await;
+    let link = env
+        .wait_link_condition("frozen", "Ready", "False", "Paused")
+        .await;
+    assert_eq!(link.status.unwrap().observed_generation, Some(2));
+    assert_eq!(env.mutating_calls().await, 1, "only the first A3");
+    assert_eq!(env.sim_link(&link_id).await.unwrap()["link_name"], "Frozen");
+
+    env.annotate_link("frozen", PAUSED_ANNOTATION, None).await;
+    env.wait_link_ready("frozen").await;
+    let remote = env.sim_link(&link_id).await.unwrap();
+    assert_eq!(remote["link_name"], "Thawed");
+    assert_eq!(remote["skip_verify"], true);
+    assert_eq!(env.sim_call_count("update_link").await, 1);
+}
+
+#[tokio::test]
+async fn paused_link_is_not_deleted_in_wecom() {
+    let env = env_with_app(fast_cadence()).await;
+    env.apply_link("stuck", link_spec("app", "Stuck", &["zhangsan"]))
+        .await;
+    let link_id = status_link_id(&env.wait_link_ready("stuck").await);
+    env.annotate_link("stuck", PAUSED_ANNOTATION, Some("true"))
+        .await;
+    env.wait_link_condition("stuck", "Synced", "False", "Paused")
+        .await;
+
+    env.delete_link("stuck").await;
+    env.wait_for("stuck", "deletion to start", |l: &AcquisitionLink| {
+        l.metadata.deletion_timestamp.is_some()
+    })
+    .await;
+    env.trigger_link_pass("stuck").await;
+    env.trigger_link_pass("stuck").await;
+    assert_eq!(env.sim_call_count("delete_link").await, 0);
+    assert!(env.sim_link(&link_id).await.is_some());
+    assert!(
+        env.get_link("stuck")
+            .await
+            .finalizers()
+            .contains(&LINK_FINALIZER.to_string()),
+        "the finalizer holds the object"
+    );
+
+    env.annotate_link("stuck", PAUSED_ANNOTATION, None).await;
+    env.wait_link_gone("stuck").await;
+    assert_eq!(env.sim_call_count("delete_link").await, 1);
+    assert!(env.sim_link(&link_id).await.is_none());
+}
+
+#[tokio::test]
+async fn customers_and_statistics_reach_the_status() {
+    let env = env_with_app(fast_cadence()).await;
+    let mut spec = link_spec("app", "Counted", &["zhangsan"]);
+    spec.channels = vec!["ad-1".into()];
+    env.apply_link("counted", spec).await;
+    let link_id = status_link_id(&env.wait_link_ready("counted").await);
+
+    let path = format!("/_sim/links/{link_id}");
+    env.sim_request(
+        reqwest::Method::POST,
+        &format!("{path}/customers"),
+        Some(json!({ "count": 3, "state": "ad-1" })),
+    )
+    .await;
+    env.sim_request(
+        reqwest::Method::POST,
+        &format!("{path}/customers"),
+        Some(json!({ "count": 1 })),
+    )
+    .await;
+    env.sim_request(
+        reqwest::Method::POST,
+        &format!("{path}/clicks"),
+        Some(json!({ "count": 5 })),
+    )
+    .await;
+    env.trigger_link_pass("counted").await;
+    let link = env
+        .wait_for(
+            "counted",
+            "customers and statistics",
+            |l: &AcquisitionLink| {
+                l.status.as_ref().is_some_and(|s| {
+                    s.customers.as_ref().is_some_and(|c| c.total == 4)
+                        && s.statistics
+                            .as_ref()
+                            .is_some_and(|st| st.new_customers == 4)
+                })
+            },
+        )
+        .await;
+    let status = link.status.unwrap();
+    let customers = status.customers.unwrap();
+    assert_eq!(customers.by_channel.get("ad-1"), Some(&3));
+    assert_eq!(customers.by_channel.get(""), Some(&1));
+    assert!(customers.counted_at.is_some());
+    let statistics = status.statistics.unwrap();
+    assert_eq!(
+        statistics.click_customers, 9,
+        "4 who added and 5 who only looked"
+    );
+    assert_eq!(statistics.window_days, 30);
+    assert!(statistics.from < statistics.to);
+}
+
+#[tokio::test]
+async fn app_reports_quota_and_conditions() {
+    let env = env_with_app(quiet_cadence()).await;
+    let app = env
+        .wait_app_condition("app", "Ready", "True", "CredentialsReady")
+        .await;
+    let status = app.status.unwrap();
+    assert_eq!(status.observed_generation, Some(1));
+    let quota = status.quota.expect("status.quota");
+    assert_eq!(quota.balance, 1000);
+    assert_eq!(quota.batches.len(), 1);
+    assert_eq!(quota.batches[0].balance, 1000);
+    assert!(quota.observed_at.is_some());
+    for (type_, reason) in [
+        ("QuotaExhausted", "BalanceOk"),
+        ("QuotaLow", "BalanceOk"),
+        ("QuotaExpiringSoon", "NoBatchExpiring"),
+    ] {
+        let (s, r, _) =
+            support::condition(&status.conditions, type_).unwrap_or_else(|| panic!("{type_}"));
+        assert_eq!((s.as_str(), r.as_str()), ("False", reason), "{type_}");
+    }
+    assert_eq!(env.sim_call_count("customer_acquisition_quota").await, 1);
+
+    // Links show the app's quota.
+    env.apply_link("q", link_spec("app", "Q", &["zhangsan"]))
+        .await;
+    let link = env.wait_link_ready("q").await;
+    let summary = link.status.unwrap().quota.expect("link status.quota");
+    assert_eq!(summary.balance, 1000);
+}
+
+#[tokio::test]
+async fn app_with_missing_secret_is_not_ready_and_its_links_wait() {
+    let env = Env::start(quiet_cadence()).await;
+    env.apply_app("app", "no-such-secret").await;
+    let app = env
+        .wait_app_condition("app", "Ready", "False", "SecretNotFound")
+        .await;
+    let message = support::app_condition(&app, "Ready").unwrap().2;
+    assert!(message.contains("no-such-secret"), "{message}");
+    env.wait_event("WeComApp", "app", "SecretNotFound").await;
+
+    env.apply_link("lonely", link_spec("app", "Lonely", &["zhangsan"]))
+        .await;
+    let link = env
+        .wait_link_condition("lonely", "Ready", "False", "AppNotReady")
+        .await;
+    assert_eq!(link_condition(&link, "Synced").unwrap().1, "AppNotReady");
+    assert_eq!(
+        env.sim_calls().await["total"],
+        0,
+        "no WeCom call without credentials"
+    );
+}
+
+#[tokio::test]
+async fn retryable_error_backs_off_and_recovers() {
+    let env = env_with_app(quiet_cadence()).await;
+    env.apply_link("busy", link_spec("app", "Busy", &["zhangsan"]))
+        .await;
+    env.wait_link_ready("busy").await;
+    // One pass's worth of "system busy" (the client tries 4 times per call).
+    env.sim_fault(json!({ "api": "get", "errcode": -1, "times": 4 }))
+        .await;
+    env.trigger_link_pass("busy").await;
+    let failed = env
+        .wait_link_condition("busy", "Synced", "False", "RetryableError")
+        .await;
+    assert_eq!(failed.status.as_ref().unwrap().failures, Some(1));
+    assert_eq!(
+        link_condition(&failed, "Ready").unwrap().0,
+        "True",
+        "a busy WeCom says nothing about the link"
+    );
+    // The back-off requeue retries on its own.
+    let recovered = env
+        .wait_link_condition("busy", "Synced", "True", "InSync")
+        .await;
+    assert_eq!(recovered.status.unwrap().failures, None);
+    assert_eq!(env.mutating_calls().await, 1);
+}
+
+#[tokio::test]
+async fn link_waits_for_its_app_then_is_created() {
+    let env = Env::start(quiet_cadence()).await;
+    env.apply_link("early", link_spec("app", "Early", &["zhangsan"]))
+        .await;
+    let link = env
+        .wait_link_condition("early", "Ready", "False", "AppNotReady")
+        .await;
+    assert!(link_condition(&link, "Ready").unwrap().2.contains("app"));
+    env.apply_app_with_secret("app").await;
+    env.wait_link_ready("early").await;
+    assert_eq!(env.sim_call_count("create_link").await, 1);
+}
+
+#[tokio::test]
+async fn deleting_a_link_already_gone_in_wecom_succeeds() {
+    let env = env_with_app(quiet_cadence()).await;
+    let mut spec = link_spec("app", "Ghost", &["zhangsan"]);
+    spec.on_remote_delete = wecom_acq::api::RemoteDeletePolicy::Orphan;
+    env.apply_link("ghost", spec).await;
+    let link_id = status_link_id(&env.wait_link_ready("ghost").await);
+    env.sim_request(
+        reqwest::Method::DELETE,
+        &format!("/_sim/links/{link_id}"),
+        None,
+    )
+    .await;
+    env.trigger_link_pass("ghost").await;
+    env.wait_link_condition("ghost", "Ready", "False", "RemoteDeleted")
+        .await;
+
+    env.delete_link("ghost").await;
+    env.wait_link_gone("ghost").await;
+    assert_eq!(env.sim_call_count("create_link").await, 1);
+}
+
+#[tokio::test]
+async fn create_pending_marker_without_a_link_creates_after_the_grace_period() {
+    let env = env_with_app(quiet_cadence()).await;
+    // A process died after writing the marker and before A3.
+    let mut link = AcquisitionLink::new("late", link_spec("app", "Late", &["zhangsan"]));
+    let since = jiff::Timestamp::now().as_second().to_string();
+    link.annotations_mut()
+        .insert(CREATE_PENDING_ANNOTATION.into(), since);
+    env.apply_link_object(link).await;
+    let link = env.wait_link_ready("late").await;
+    assert_eq!(env.sim_links().await.len(), 1);
+    assert_eq!(env.sim_call_count("create_link").await, 1);
+    assert!(!link.annotations().contains_key(CREATE_PENDING_ANNOTATION));
+    assert!(
+        env.sim_call_count("list_link").await >= 1,
+        "it looked for a link the dead process may have made"
+    );
+}
+
+#[tokio::test]
+async fn refused_update_is_reported_once_and_waits_for_a_spec_change() {
+    let env = env_with_app(fast_cadence()).await;
+    env.apply_link("upd", link_spec("app", "Upd", &["zhangsan"]))
+        .await;
+    env.wait_link_ready("upd").await;
+    // "nobody" is not in the org chart: WeCom answers 60011.
+    env.patch_link_spec(
+        "upd",
+        json!({ "range": { "userList": ["zhangsan", "nobody"] } }),
+    )
+    .await;
+    let link = env
+        .wait_link_condition("upd", "Ready", "False", "InvalidSpec")
+        .await;
+    assert!(link_condition(&link, "Ready").unwrap().2.contains("60011"));
+    let calls = env.sim_calls().await;
+    assert_eq!(calls["update_link"], 1);
+    for _ in 0..3 {
+        env.trigger_link_pass("upd").await;
+    }
+    assert_eq!(
+        env.sim_calls().await,
+        calls,
+        "no WeCom call until the spec changes"
+    );
+    assert_eq!(
+        env.get_link("upd").await.resource_version(),
+        link.resource_version()
+    );
+
+    env.patch_link_spec(
+        "upd",
+        json!({ "range": { "userList": ["zhangsan", "wangwu"] } }),
+    )
+    .await;
+    env.wait_link_ready("upd").await;
+    assert_eq!(env.sim_call_count("update_link").await, 2);
+}
