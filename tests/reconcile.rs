@@ -813,3 +813,44 @@ async fn refused_update_is_reported_once_and_waits_for_a_spec_change() {
     env.wait_link_ready("upd").await;
     assert_eq!(env.sim_call_count("update_link").await, 2);
 }
+
+#[tokio::test]
+async fn link_named_by_spec_link_id_is_adopted_and_corrected() {
+    let env = env_with_app(quiet_cadence()).await;
+    let wecom = env.wecom_client();
+    let existing = wecom
+        .create_link(&wecom_acq::wecom::types::CreateLinkRequest {
+            link_name: "Made by hand".into(),
+            range: wecom_acq::wecom::types::LinkRange {
+                user_list: vec!["wangwu".into()],
+                department_list: vec![2],
+            },
+            skip_verify: Some(true),
+            priority_option: None,
+            mark_source: None,
+        })
+        .await
+        .unwrap();
+    let mut spec = link_spec("app", "Adopted", &["zhangsan"]);
+    spec.range.department_list = vec![2];
+    spec.link_id = Some(existing.link_id.clone());
+    env.apply_link("adopted", spec).await;
+
+    let link = env.wait_link_ready("adopted").await;
+    assert_eq!(status_link_id(&link), existing.link_id);
+    assert_eq!(
+        link.status.as_ref().unwrap().origin,
+        Some(wecom_acq::api::LinkOrigin::Adopted)
+    );
+    env.wait_event(KIND, "adopted", "Adopted").await;
+    let remote = env.sim_link(&existing.link_id).await.unwrap();
+    assert_eq!(remote["link_name"], "Adopted");
+    assert_eq!(remote["range"]["user_list"], json!(["zhangsan"]));
+    assert_eq!(remote["range"]["department_list"], json!([2]));
+    assert_eq!(
+        env.sim_call_count("create_link").await,
+        1,
+        "only the one made by hand"
+    );
+    assert_eq!(env.sim_call_count("update_link").await, 1);
+}

@@ -458,11 +458,20 @@ async fn sync_existing(
     let changes = plan::diff(&desired, &remote);
     record_identity(pass, &remote.link_id, &remote.url).await?;
     if pass.new.origin.is_none() {
-        pass.new.origin = Some(if link.spec.link_id.is_some() {
-            LinkOrigin::Adopted
+        if link.spec.link_id.is_some() {
+            pass.new.origin = Some(LinkOrigin::Adopted);
+            pass.event(
+                EventType::Normal,
+                "Adopted",
+                format!(
+                    "adopted existing link {} ({}) named by spec.linkId",
+                    remote.link_id, remote.url
+                ),
+            )
+            .await;
         } else {
-            LinkOrigin::Created
-        });
+            pass.new.origin = Some(LinkOrigin::Created);
+        }
     }
     if !changes.is_empty() {
         let listed = changes
