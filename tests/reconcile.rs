@@ -854,3 +854,49 @@ async fn link_named_by_spec_link_id_is_adopted_and_corrected() {
     );
     assert_eq!(env.sim_call_count("update_link").await, 1);
 }
+
+#[tokio::test]
+async fn failing_statistics_do_not_stop_the_link() {
+    let env = env_with_app(fast_cadence()).await;
+    env.sim_fault(json!({ "api": "statistic", "errcode": 40058, "times": 1000 }))
+        .await;
+    env.apply_link("stats", link_spec("app", "Stats", &["zhangsan"]))
+        .await;
+    let link = env.wait_link_ready("stats").await;
+    let link_id = status_link_id(&link);
+    assert_eq!(link_condition(&link, "Synced").unwrap().0, "True");
+    // The link is still kept in line with the spec.
+    env.sim_request(
+        reqwest::Method::PATCH,
+        &format!("/_sim/links/{link_id}"),
+        Some(json!({ "link_name": "edited in console" })),
+    )
+    .await;
+    env.trigger_link_pass("stats").await;
+    env.wait_event(KIND, "stats", "DriftCorrected").await;
+    assert_eq!(env.sim_link(&link_id).await.unwrap()["link_name"], "Stats");
+    let link = env.get_link("stats").await;
+    assert_eq!(link_condition(&link, "Ready").unwrap().0, "True");
+    assert!(
+        link.status.unwrap().customers.is_some(),
+        "customers are still counted"
+    );
+    let failures: Vec<_> = env
+        .events_of(KIND, "stats")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("StatisticsFailed"))
+        .collect();
+    assert_eq!(failures.len(), 1);
+    assert!(
+        failures[0].series.is_none(),
+        "one Event per run of failures, not one per pass"
+    );
+    assert!(
+        failures[0]
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("40058")
+    );
+}

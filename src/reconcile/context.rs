@@ -266,6 +266,10 @@ pub struct SlowFacts {
     pub link_id: String,
     pub customers_at: Option<Instant>,
     pub statistics_at: Option<Instant>,
+    /// The last A6 failed (its Warning Event is out; the next success clears it).
+    pub customers_failing: bool,
+    /// The last A7 failed.
+    pub statistics_failing: bool,
 }
 
 impl Context {

@@ -526,7 +526,7 @@ async fn sync_existing(
     } else {
         pass.set(SYNCED, true, reason::IN_SYNC, "the last pass succeeded");
     }
-    refresh_slow_facts(pass, client, &remote.link_id).await?;
+    refresh_slow_facts(pass, client, &remote.link_id).await;
     Ok(at_rest(pass.ctx))
 }
 
@@ -555,11 +555,12 @@ async fn record_identity(pass: &mut Pass<'_>, link_id: &str, url: &str) -> Resul
 }
 
 /// Customers (A6) and statistics (A7) on their own cadence.
-async fn refresh_slow_facts(
-    pass: &mut Pass<'_>,
-    client: &WeComClient,
-    link_id: &str,
-) -> Result<(), Error> {
+///
+/// These are reports about the link, not the link: a failure to read them never fails the
+/// pass (the link stays Ready and in sync, the previous values stay in status). It is logged,
+/// published as one Warning Event per run of failures, and retried at the next pass when
+/// retryable, at the fact's own cadence otherwise.
+async fn refresh_slow_facts(pass: &mut Pass<'_>, client: &WeComClient, link_id: &str) {
     let key = pass.key();
     let ctx = pass.ctx;
     let mut facts = ctx
@@ -574,44 +575,86 @@ async fn refresh_slow_facts(
         });
     let due =
         |at: Option<std::time::Instant>, every: Duration| at.is_none_or(|t| t.elapsed() >= every);
-    if due(facts.customers_at, ctx.cadence.customers) || pass.new.customers.is_none() {
-        let mut count = CustomerCount {
-            counted_at: Some(pass.now.0.to_string()),
-            ..Default::default()
-        };
-        let mut customers = std::pin::pin!(client.customers(link_id));
-        while let Some(customer) = customers.try_next().await? {
-            count.total += 1;
-            *count.by_channel.entry(customer.state).or_default() += 1;
+    if due(facts.customers_at, ctx.cadence.customers)
+        || (pass.new.customers.is_none() && !facts.customers_failing)
+    {
+        match count_customers(client, link_id).await {
+            Ok(mut count) => {
+                let unchanged =
+                    pass.new.customers.as_ref().is_some_and(|c| {
+                        c.total == count.total && c.by_channel == count.by_channel
+                    });
+                if !unchanged {
+                    count.counted_at = Some(pass.now.0.to_string());
+                    pass.new.customers = Some(count);
+                }
+                facts.customers_at = Some(std::time::Instant::now());
+                facts.customers_failing = false;
+            }
+            Err(err) => {
+                if !err.is_retryable() {
+                    facts.customers_at = Some(std::time::Instant::now());
+                }
+                if !std::mem::replace(&mut facts.customers_failing, true) {
+                    slow_fact_failed(pass, "CustomerCountFailed", "customers", &err).await;
+                }
+            }
         }
-        let unchanged = pass
-            .new
-            .customers
-            .as_ref()
-            .is_some_and(|c| c.total == count.total && c.by_channel == count.by_channel);
-        if !unchanged {
-            pass.new.customers = Some(count);
-        }
-        facts.customers_at = Some(std::time::Instant::now());
     }
-    if due(facts.statistics_at, ctx.cadence.statistics) || pass.new.statistics.is_none() {
+    if due(facts.statistics_at, ctx.cadence.statistics)
+        || (pass.new.statistics.is_none() && !facts.statistics_failing)
+    {
         let window = plan::stats_window(unix_now(), ctx.cadence.statistics_days);
-        let stats = client
+        match client
             .statistic(link_id, window.start_time, window.end_time)
-            .await?;
-        pass.new.statistics = Some(LinkStatistics {
-            window_days: window.days,
-            click_customers: stats.click_link_customer_cnt,
-            new_customers: stats.new_customer_cnt,
-            from: window.from,
-            to: window.to,
-        });
-        facts.statistics_at = Some(std::time::Instant::now());
+            .await
+        {
+            Ok(stats) => {
+                pass.new.statistics = Some(LinkStatistics {
+                    window_days: window.days,
+                    click_customers: stats.click_link_customer_cnt,
+                    new_customers: stats.new_customer_cnt,
+                    from: window.from,
+                    to: window.to,
+                });
+                facts.statistics_at = Some(std::time::Instant::now());
+                facts.statistics_failing = false;
+            }
+            Err(err) => {
+                if !err.is_retryable() {
+                    facts.statistics_at = Some(std::time::Instant::now());
+                }
+                if !std::mem::replace(&mut facts.statistics_failing, true) {
+                    slow_fact_failed(pass, "StatisticsFailed", "statistics", &err).await;
+                }
+            }
+        }
     }
     if let Ok(mut map) = ctx.slow_facts.lock() {
         map.insert(key, facts);
     }
-    Ok(())
+}
+
+/// All customers of a link (A6, every page), counted per customer_channel.
+async fn count_customers(client: &WeComClient, link_id: &str) -> Result<CustomerCount, WeComError> {
+    let mut count = CustomerCount::default();
+    let mut customers = std::pin::pin!(client.customers(link_id));
+    while let Some(customer) = customers.try_next().await? {
+        count.total += 1;
+        *count.by_channel.entry(customer.state).or_default() += 1;
+    }
+    Ok(count)
+}
+
+async fn slow_fact_failed(pass: &Pass<'_>, reason: &str, what: &str, err: &WeComError) {
+    let message = crate::wecom::redact::scrub(&err.to_string());
+    tracing::warn!(link = %pass.key(), error = %message, "could not refresh the link's {what}");
+    pass.event(
+        EventType::Warning,
+        reason,
+        format!("could not refresh {what}; the last values stay in status: {message}"),
+    )
+    .await;
 }
 
 /// WeCom no longer has the link: recreate it or mark it orphaned, per spec.
@@ -867,7 +910,7 @@ async fn create(
         format!("link {} matches the spec", created.link_id),
     );
     pass.set(SYNCED, true, reason::IN_SYNC, "the last pass succeeded");
-    refresh_slow_facts(pass, client, &created.link_id).await?;
+    refresh_slow_facts(pass, client, &created.link_id).await;
     Ok(at_rest(ctx))
 }
 
