@@ -900,3 +900,51 @@ async fn failing_statistics_do_not_stop_the_link() {
             .contains("40058")
     );
 }
+
+#[tokio::test]
+async fn remote_delete_while_paused_is_reported_once() {
+    let env = env_with_app(fast_cadence()).await;
+    env.apply_link("napping", link_spec("app", "Napping", &["zhangsan"]))
+        .await;
+    let link_id = status_link_id(&env.wait_link_ready("napping").await);
+    env.annotate_link("napping", PAUSED_ANNOTATION, Some("true"))
+        .await;
+    env.wait_link_condition("napping", "Synced", "False", "Paused")
+        .await;
+    env.sim_request(
+        reqwest::Method::DELETE,
+        &format!("/_sim/links/{link_id}"),
+        None,
+    )
+    .await;
+    env.wait_event(KIND, "napping", "RemoteDeleted").await;
+    for _ in 0..3 {
+        env.trigger_link_pass("napping").await;
+    }
+    let remote_deleted = env
+        .events_of(KIND, "napping")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("RemoteDeleted"))
+        .map(|e| e.series.map(|s| s.count).unwrap_or(1))
+        .sum::<i32>();
+    assert_eq!(
+        remote_deleted, 1,
+        "one RemoteDeleted event, not one per pass"
+    );
+    assert_eq!(env.mutating_calls().await, 1, "paused: no recreate");
+
+    env.annotate_link("napping", PAUSED_ANNOTATION, None).await;
+    let link = env
+        .wait_for("napping", "a new link", |l: &AcquisitionLink| {
+            l.status
+                .as_ref()
+                .and_then(|s| s.link_id.as_deref())
+                .is_some_and(|id| id != link_id)
+        })
+        .await;
+    assert_eq!(env.sim_links().await.len(), 1);
+    assert_eq!(link_condition(&link, "Ready").unwrap().0, "True");
+    let recreated = env.wait_event(KIND, "napping", "Recreated").await;
+    assert!(recreated.note.unwrap_or_default().contains(&link_id));
+}

@@ -682,12 +682,18 @@ async fn remote_deleted(
             .await;
         return Ok(at_rest(pass.ctx));
     }
-    pass.event(
-        EventType::Warning,
-        reason::REMOTE_DELETED,
-        format!("link {link_id} ({old_url}) was deleted in WeCom; recreating it (onRemoteDelete: Recreate)"),
-    )
-    .await;
+    // Status still naming the dead link means this pass is the first to see it gone. When the
+    // recreate has to wait (paused, quota exhausted), the id stays in the annotation and
+    // later passes find it gone again: they have nothing new to report.
+    let first_seen = pass.old.link_id.as_deref() == Some(link_id) || pass.old.conditions.is_empty();
+    if first_seen {
+        pass.event(
+            EventType::Warning,
+            reason::REMOTE_DELETED,
+            format!("link {link_id} ({old_url}) was deleted in WeCom; recreating it (onRemoteDelete: Recreate)"),
+        )
+        .await;
+    }
     pass.new.link_id = None;
     pass.new.url = None;
     pass.new.channel_urls.clear();
@@ -891,17 +897,29 @@ async fn create(
 
     match replacing {
         Some((old_id, old_url)) => {
+            let from = if old_url.is_empty() {
+                String::new()
+            } else {
+                format!(" from {old_url}")
+            };
             pass.event(
                 EventType::Warning,
                 "Recreated",
                 format!(
-                    "link {old_id} was replaced by {}: the URL changed from {old_url} to {}; shared QR codes and URLs must be updated",
+                    "link {old_id} was replaced by {}: the URL changed{from} to {}; shared QR codes and URLs must be updated",
                     created.link_id, created.url
                 ),
             )
             .await
         }
-        None => pass.event(EventType::Normal, "Created", format!("created link {} ({})", created.link_id, created.url)).await,
+        None => {
+            pass.event(
+                EventType::Normal,
+                "Created",
+                format!("created link {} ({})", created.link_id, created.url),
+            )
+            .await
+        }
     }
     pass.set(
         READY,
