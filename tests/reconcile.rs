@@ -948,3 +948,58 @@ async fn remote_delete_while_paused_is_reported_once() {
     let recreated = env.wait_event(KIND, "napping", "Recreated").await;
     assert!(recreated.note.unwrap_or_default().contains(&link_id));
 }
+
+#[tokio::test]
+async fn links_resume_when_the_app_secret_is_fixed() {
+    let env = Env::start(quiet_cadence()).await;
+    env.apply_secret("app-secret", &[(support::SECRET_KEY, "wrong-secret")])
+        .await;
+    env.apply_app("app", "app-secret").await;
+    let app = env
+        .wait_app_condition("app", "Ready", "False", "CredentialsInvalid")
+        .await;
+    let message = support::app_condition(&app, "Ready").unwrap().2;
+    assert!(message.contains("40001"), "{message}");
+    assert!(!message.contains("wrong-secret"));
+    env.apply_link("patient", link_spec("app", "Patient", &["zhangsan"]))
+        .await;
+    let link = env
+        .wait_link_condition("patient", "Ready", "False", "AppNotReady")
+        .await;
+    assert!(
+        !serde_json::to_string(&link)
+            .unwrap()
+            .contains("wrong-secret")
+    );
+    assert_eq!(env.mutating_calls().await, 0);
+
+    // Fix the Secret, then touch the app so its client is rebuilt now rather than after
+    // the secret cache expires.
+    let fixed =
+        json!({ "data": { support::SECRET_KEY: base64_of(wecom_acq::sim::DEFAULT_SECRET) } });
+    env.secrets()
+        .patch(
+            "app-secret",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&fixed),
+        )
+        .await
+        .unwrap();
+    env.apps()
+        .patch(
+            "app",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({ "spec": { "requestsPerMinute": 300 } })),
+        )
+        .await
+        .unwrap();
+    env.wait_app_condition("app", "Ready", "True", "CredentialsReady")
+        .await;
+    env.wait_link_ready("patient").await;
+    assert_eq!(env.sim_call_count("create_link").await, 1);
+}
+
+fn base64_of(value: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(value)
+}

@@ -33,7 +33,10 @@ use crate::{
         PAUSED_ANNOTATION, QuotaSummary, RECONCILE_REQUESTED_ANNOTATION, RemoteDeletePolicy,
         WeComApp,
     },
-    wecom::{ErrorClass, WeComError, client::WeComClient, error::codes, types::RemoteLink},
+    wecom::{
+        Api as WeComApi, ErrorClass, WeComError, client::WeComClient, error::codes,
+        types::RemoteLink,
+    },
 };
 
 /// Errors that end a pass without a status-level answer; the error policy retries them.
@@ -395,6 +398,22 @@ async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
             pass.new.failures = None;
             pass.write_status().await?;
             Ok(action)
+        }
+        // The app's credentials were refused: an app problem, reported on the WeComApp. The
+        // link waits for the app (which triggers a pass when it turns Ready) instead of
+        // taking a terminal outcome that only a change of the link would clear.
+        Err(Error::WeCom(err)) if err.api() == WeComApi::GetToken && !err.is_retryable() => {
+            let message = match err.errcode() {
+                Some(code) => format!(
+                    "WeComApp {app_name} cannot get an access token: errcode {code} ({}); fix the app's secretRef or corpId",
+                    crate::wecom::error::describe(code)
+                ),
+                None => format!(
+                    "WeComApp {app_name} cannot get an access token: {}",
+                    crate::wecom::redact::scrub(&err.to_string())
+                ),
+            };
+            app_not_ready(pass, message).await
         }
         Err(Error::WeCom(err)) => wecom_failure(pass, err).await,
         Err(other) => Err(other),
