@@ -10,6 +10,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         events::{Recorder, Reporter},
+        predicates,
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -219,8 +220,12 @@ pub fn start(
         .graceful_shutdown_on(shutdown.clone())
         .run(link::reconcile, link::error_policy, context.clone())
         .for_each(|_| async {});
+    // The app controller runs on spec changes (and on its triggers and requeues), not on
+    // its own status writes: each quota reading rewrites status.quota.observedAt.
     let app_controller = Controller::for_stream(
-        tokio_stream_from(app_rx_all).map(|a| Ok::<_, watcher::Error>((*a).clone())),
+        tokio_stream_from(app_rx_all)
+            .map(|a| Ok::<_, watcher::Error>((*a).clone()))
+            .predicate_filter(predicates::generation, Default::default()),
         app_reader.clone(),
     )
     .reconcile_on(tokio_stream_from(app_trigger_rx))

@@ -1003,3 +1003,31 @@ fn base64_of(value: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(value)
 }
+
+#[tokio::test]
+async fn app_status_write_does_not_trigger_another_app_pass() {
+    let env = env_with_app(quiet_cadence()).await;
+    let app = env
+        .wait_app_condition("app", "Ready", "True", "CredentialsReady")
+        .await;
+    // Wait until the controller has seen its own status write, then give it the time a
+    // whole link creation takes to react to it.
+    support::wait_until(
+        "the controller's cache to hold the app's status",
+        || async {
+            (env.controller()
+                .running
+                .context
+                .app(NS, "app")?
+                .resource_version()
+                == app.resource_version())
+            .then_some(())
+        },
+    )
+    .await;
+    env.apply_link("l", link_spec("app", "L", &["zhangsan"]))
+        .await;
+    env.wait_link_ready("l").await;
+    assert_eq!(env.controller().passes("WeComApp"), 1);
+    assert_eq!(env.sim_call_count("customer_acquisition_quota").await, 1);
+}
