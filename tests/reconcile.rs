@@ -936,15 +936,19 @@ async fn remote_delete_while_paused_is_reported_once() {
 
     env.annotate_link("napping", PAUSED_ANNOTATION, None).await;
     let link = env
-        .wait_for("napping", "a new link", |l: &AcquisitionLink| {
+        .wait_for("napping", "a new link, Ready", |l: &AcquisitionLink| {
             l.status
                 .as_ref()
                 .and_then(|s| s.link_id.as_deref())
                 .is_some_and(|id| id != link_id)
+                && link_condition(l, "Ready").is_some_and(|c| c.0 == "True")
         })
         .await;
     assert_eq!(env.sim_links().await.len(), 1);
-    assert_eq!(link_condition(&link, "Ready").unwrap().0, "True");
+    assert_eq!(
+        env.sim_link(&status_link_id(&link)).await.unwrap()["link_name"],
+        "Napping"
+    );
     let recreated = env.wait_event(KIND, "napping", "Recreated").await;
     assert!(recreated.note.unwrap_or_default().contains(&link_id));
 }
