@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use kube::ResourceExt;
 use serde_json::json;
 use support::{Env, NS, fast_cadence, link_condition, link_spec, quiet_cadence, status_link_id};
@@ -1034,4 +1036,198 @@ async fn app_status_write_does_not_trigger_another_app_pass() {
     env.wait_link_ready("l").await;
     assert_eq!(env.controller().passes("WeComApp"), 1);
     assert_eq!(env.sim_call_count("customer_acquisition_quota").await, 1);
+}
+
+#[tokio::test]
+async fn deleting_during_an_interrupted_create_deletes_the_link_it_made() {
+    let mut env = Env::without_controller().await;
+    env.apply_app_with_secret("app").await;
+    let since = jiff::Timestamp::now().as_second() - 5;
+    // The link the dead process made, and an unrelated one that must survive.
+    let wecom = env.wecom_client();
+    let spec = link_spec("app", "Half made", &["zhangsan"]);
+    let made = wecom
+        .create_link(&wecom_acq::reconcile::plan::DesiredLink::from_spec(&spec).create_request())
+        .await
+        .unwrap();
+    let other = wecom
+        .create_link(
+            &wecom_acq::reconcile::plan::DesiredLink::from_spec(&link_spec(
+                "app",
+                "Other",
+                &["zhangsan"],
+            ))
+            .create_request(),
+        )
+        .await
+        .unwrap();
+    let mut link = AcquisitionLink::new("half", spec);
+    link.annotations_mut()
+        .insert(CREATE_PENDING_ANNOTATION.into(), since.to_string());
+    link.metadata.finalizers = Some(vec![LINK_FINALIZER.into()]);
+    env.apply_link_object(link).await;
+    env.delete_link("half").await;
+
+    env.start_controller(quiet_cadence()).await;
+    env.wait_link_gone("half").await;
+    assert!(
+        env.sim_link(&made.link_id).await.is_none(),
+        "the half-made link is deleted"
+    );
+    assert!(env.sim_link(&other.link_id).await.is_some());
+    assert_eq!(env.sim_call_count("delete_link").await, 1);
+}
+
+/// What the controller costs WeCom at rest, from the code: per link, one A2 per pass (a pass
+/// every `resync` x U(0.9, 1.0)), A6 on the first pass at least `customers` after the last
+/// count (one call per 1000 customers), A7 likewise after `statistics`; per app, A8 every
+/// `quota` and a gettoken every 7200 s - 300 s.
+fn derived_calls_per_hour(
+    cadence: &wecom_acq::reconcile::context::Cadence,
+) -> [(&'static str, f64); 5] {
+    let pass = cadence.resync.as_secs_f64() * 0.95;
+    // Passes are 0.9-1.0 x resync apart: the first after `every` is on average pass number
+    // floor(every / resync) + 1.
+    let every = |d: Duration| {
+        3600.0 / (((d.as_secs_f64() / cadence.resync.as_secs_f64()).floor() + 1.0) * pass)
+    };
+    [
+        ("get (A2) per link", 3600.0 / pass),
+        ("customer (A6) per link", every(cadence.customers)),
+        ("statistic (A7) per link", every(cadence.statistics)),
+        (
+            "customer_acquisition_quota (A8) per app",
+            3600.0 / cadence.quota.as_secs_f64(),
+        ),
+        ("gettoken per app", 3600.0 / 6900.0),
+    ]
+}
+
+#[tokio::test]
+async fn wecom_calls_per_link_per_hour_at_rest() {
+    const SCALE: u32 = 750;
+    const LINKS: u32 = 2;
+    let default = wecom_acq::reconcile::context::Cadence::default();
+    let derived = derived_calls_per_hour(&default);
+    // The default cadence, 750 times faster: a pass every 0.4 s stands for 5 minutes.
+    let scaled = wecom_acq::reconcile::context::Cadence {
+        resync: default.resync / SCALE,
+        customers: default.customers / SCALE,
+        statistics: default.statistics / SCALE,
+        quota: default.quota / SCALE,
+        ..default.clone()
+    };
+    let sim_config = wecom_acq::sim::SimConfig {
+        token_ttl: Duration::from_secs(10), // 7200 s / 750, rounded up
+        ..Default::default()
+    };
+    let mut env = Env::with_sim_config(sim_config).await;
+    env.start_controller(scaled).await;
+    env.apply_app_with_secret("app").await;
+    let mut versions = Vec::new();
+    for i in 0..LINKS {
+        let name = format!("rest-{i}");
+        env.apply_link(&name, link_spec("app", &name, &["zhangsan"]))
+            .await;
+    }
+    for i in 0..LINKS {
+        let name = format!("rest-{i}");
+        let link = env
+            .wait_for(
+                &name,
+                "Ready with customers and statistics",
+                |l: &AcquisitionLink| {
+                    link_condition(l, "Ready").is_some_and(|c| c.0 == "True")
+                        && l.status.as_ref().is_some_and(|s| {
+                            s.customers.is_some() && s.statistics.is_some() && s.quota.is_some()
+                        })
+                },
+            )
+            .await;
+        versions.push((name, link.resource_version()));
+    }
+
+    env.sim_request(reqwest::Method::DELETE, "/_sim/calls", None)
+        .await;
+    let started = std::time::Instant::now();
+    let passes_before = env.controller().passes(KIND);
+    // Three scaled hours: about 38 passes per link.
+    let target = passes_before + u64::from(LINKS) * 36;
+    support::wait_until("three scaled hours of passes", || async {
+        (env.controller().passes(KIND) >= target).then_some(())
+    })
+    .await;
+    let calls = env.sim_calls().await;
+    let scaled_hours = started.elapsed().as_secs_f64() * f64::from(SCALE) / 3600.0;
+
+    let per_hour = |api: &str, per: u32| {
+        calls[api].as_u64().unwrap_or(0) as f64 / scaled_hours / f64::from(per)
+    };
+    let measured = [
+        per_hour("get", LINKS),
+        per_hour("customer", LINKS),
+        per_hour("statistic", LINKS),
+        per_hour("customer_acquisition_quota", 1),
+        per_hour("gettoken", 1),
+    ];
+    println!(
+        "WeCom calls per hour at rest, default cadence (resync 5m, customers 30m, statistics 1h, quota 10m):"
+    );
+    println!("{:<42} {:>8} {:>9}", "", "derived", "measured");
+    for ((what, d), m) in derived.iter().zip(measured) {
+        println!("{what:<42} {d:>8.2} {m:>9.2}");
+    }
+    let link_derived: f64 = derived[..3].iter().map(|(_, d)| d).sum();
+    let app_derived: f64 = derived[3..].iter().map(|(_, d)| d).sum();
+    let link_measured: f64 = measured[..3].iter().sum();
+    let app_measured: f64 = measured[3..].iter().sum();
+    println!(
+        "{:<42} {link_derived:>8.2} {link_measured:>9.2}",
+        "per link"
+    );
+    println!(
+        "{:<42} {app_derived:>8.2} {app_measured:>9.2}",
+        "per app (shared by its links)"
+    );
+    println!(
+        "{:<42} {:>8.2} {:>9.2}",
+        "one link alone on its app",
+        link_derived + app_derived,
+        link_measured + app_measured
+    );
+    println!("(measured over {scaled_hours:.2} scaled hours with {LINKS} links on one app)");
+
+    assert_eq!(
+        calls["create_link"].as_u64().unwrap_or(0)
+            + calls["update_link"].as_u64().unwrap_or(0)
+            + calls["delete_link"].as_u64().unwrap_or(0),
+        0,
+        "no mutating call at rest"
+    );
+    for (name, version) in versions {
+        assert_eq!(
+            env.get_link(&name).await.resource_version(),
+            version,
+            "no status write at rest"
+        );
+    }
+    // Slow facts are slow, and the quota is read once per app, not per link.
+    assert!(
+        measured[1] < measured[0] / 3.0,
+        "A6 {} vs A2 {}",
+        measured[1],
+        measured[0]
+    );
+    assert!(
+        measured[2] < measured[0] / 6.0,
+        "A7 {} vs A2 {}",
+        measured[2],
+        measured[0]
+    );
+    assert!(
+        measured[3] * 2.0 < measured[0] * f64::from(LINKS),
+        "A8 {} vs A2 {}",
+        measured[3],
+        measured[0]
+    );
 }
