@@ -217,6 +217,7 @@ async fn remote_delete_with_recreate_makes_a_new_link() {
     let old_id = status_link_id(&first);
     let old_url = first.status.as_ref().unwrap().url.clone().unwrap();
 
+    let versions = env.record_link_versions("phoenix");
     env.sim_request(
         reqwest::Method::DELETE,
         &format!("/_sim/links/{old_id}"),
@@ -251,6 +252,17 @@ async fn remote_delete_with_recreate_makes_a_new_link() {
     assert_eq!(links.len(), 1);
     assert_eq!(links[0]["link_id"], new_id.as_str());
     assert_eq!(env.sim_call_count("create_link").await, 2);
+    // No version of the object named the new link with the old link's conditions.
+    for version in versions.versions() {
+        let status = version.status.clone().unwrap_or_default();
+        if status.link_id.as_deref() == Some(new_id.as_str()) {
+            let ready = link_condition(&version, "Ready").unwrap();
+            assert!(
+                ready.2.contains(&new_id),
+                "status names {new_id} but says {ready:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -903,17 +903,6 @@ async fn create(
     }
     pass.new.origin = Some(LinkOrigin::Created);
     pass.new.failures = None;
-    // Persist the id in status right away as well, before any slower work.
-    let early = status_patch(&pass.old, &AcquisitionLinkStatus { ..pass.new.clone() });
-    pass.api
-        .patch_status(
-            &link.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&early),
-        )
-        .await?;
-    pass.old = pass.new.clone();
-
     match replacing {
         Some((old_id, old_url)) => {
             let from = if old_url.is_empty() {
@@ -947,6 +936,25 @@ async fn create(
         format!("link {} matches the spec", created.link_id),
     );
     pass.set(SYNCED, true, reason::IN_SYNC, "the last pass succeeded");
+    // Publish the new link in status right away, before the slower A6/A7. The annotation
+    // already holds the id, so a failure here loses nothing: the final write retries it.
+    pass.new.observed_generation = pass.generation;
+    pass.new.last_sync_time = Some(pass.now.0.to_string());
+    let early = status_patch(&pass.old, &pass.new);
+    match pass
+        .api
+        .patch_status(
+            &link.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&early),
+        )
+        .await
+    {
+        Ok(_) => pass.old = pass.new.clone(),
+        Err(err) => {
+            tracing::warn!(%err, link = %pass.key(), "could not write the new link id to status yet")
+        }
+    }
     refresh_slow_facts(pass, client, &created.link_id).await;
     Ok(at_rest(ctx))
 }

@@ -495,6 +495,12 @@ impl Env {
         .await;
     }
 
+    /// Records every version of link `name` from now on (a watch), for tests about the
+    /// states an object went through rather than where it ended.
+    pub fn record_link_versions(&self, name: &str) -> VersionLog<AcquisitionLink> {
+        VersionLog::start(self.links(), name)
+    }
+
     // ---- Events ---------------------------------------------------------------------------
 
     /// The events.k8s.io/v1 Events regarding object `kind`/`name`, oldest first.
@@ -642,6 +648,49 @@ impl Drop for Env {
             }
             run.running.task.abort();
         }
+    }
+}
+
+/// Every version of one object seen by a watch since [`VersionLog::start`].
+pub struct VersionLog<K> {
+    seen: Arc<std::sync::Mutex<Vec<K>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<K> VersionLog<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    pub fn start(api: Api<K>, name: &str) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(watcher(api, config).applied_objects());
+            while let Some(Ok(obj)) = stream.next().await {
+                sink.lock().expect("version log lock").push(obj);
+            }
+        });
+        VersionLog { seen, task }
+    }
+
+    /// The versions seen so far, oldest first.
+    pub fn versions(&self) -> Vec<K> {
+        self.seen.lock().expect("version log lock").clone()
+    }
+}
+
+impl<K> Drop for VersionLog<K> {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
