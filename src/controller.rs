@@ -99,17 +99,15 @@ fn app_predicate(app: &WeComApp) -> Option<u64> {
 }
 
 /// A link pass runs on spec changes and on the annotations and deletion that steer it, not
-/// on its own status writes.
+/// on its own writes: neither status nor the create-pending marker and link-id annotation
+/// the controller writes around A3 (a pass triggered by them would start a retry at once,
+/// skipping the back-off of a failed create).
 fn link_predicate(link: &AcquisitionLink) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     link.metadata.generation.hash(&mut h);
     let annotations = link.annotations();
-    for key in [
-        PAUSED_ANNOTATION,
-        RECONCILE_REQUESTED_ANNOTATION,
-        crate::api::CREATE_PENDING_ANNOTATION,
-    ] {
+    for key in [PAUSED_ANNOTATION, RECONCILE_REQUESTED_ANNOTATION] {
         annotations.get(key).hash(&mut h);
     }
     link.metadata

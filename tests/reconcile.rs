@@ -21,6 +21,7 @@ const KIND: &str = "AcquisitionLink";
 async fn env_with_app(cadence: wecom_acq::reconcile::context::Cadence) -> Env {
     let env = Env::start(cadence).await;
     env.apply_app_with_secret("app").await;
+    env.wait_app_ready("app").await;
     env
 }
 
@@ -366,10 +367,9 @@ async fn create_interrupted_before_the_id_is_written_adopts_the_one_link() {
     env.wait_event(KIND, "fragile", "Adopted").await;
 }
 
-#[tokio::test]
-async fn several_candidates_after_an_interrupted_create_stop_all_writes() {
-    let env = env_with_app(quiet_cadence()).await;
-    // Two links that match what the interrupted create would have made.
+/// Two links in WeCom that match what an interrupted create of object `twin` (marker
+/// already set) would have made, and the object. Returns the two link ids.
+async fn twin_candidates(env: &Env) -> (String, String) {
     let wecom = env.wecom_client();
     let desired = wecom_acq::reconcile::plan::DesiredLink::from_spec(&link_spec(
         "app",
@@ -383,37 +383,46 @@ async fn several_candidates_after_an_interrupted_create_stop_all_writes() {
     link.annotations_mut()
         .insert(CREATE_PENDING_ANNOTATION.into(), since);
     env.apply_link_object(link).await;
+    (a.link_id, b.link_id)
+}
 
+#[tokio::test]
+async fn several_candidates_after_an_interrupted_create_stop_all_writes() {
+    let env = env_with_app(quiet_cadence()).await;
+    let (a, b) = twin_candidates(&env).await;
     let link = env
         .wait_link_condition("twin", "Synced", "False", "CreateIncomplete")
         .await;
     let message = link_condition(&link, "Synced").unwrap().2;
-    assert!(
-        message.contains(&a.link_id) && message.contains(&b.link_id),
-        "{message}"
-    );
+    assert!(message.contains(&a) && message.contains(&b), "{message}");
     let event = env.wait_event(KIND, "twin", "CreateIncomplete").await;
     let note = event.note.unwrap_or_default();
-    assert!(
-        note.contains(&a.link_id) && note.contains(&b.link_id),
-        "{note}"
-    );
-    let calls = env.sim_calls().await;
+    assert!(note.contains(&a) && note.contains(&b), "{note}");
+    let version = link.resource_version();
     for _ in 0..2 {
         env.trigger_link_pass("twin").await;
     }
     assert_eq!(
-        env.sim_calls().await,
-        calls,
-        "no WeCom call until a person decides"
+        env.mutating_calls().await,
+        2,
+        "no WeCom write but the two creates made by hand, until a person decides"
     );
     assert_eq!(env.sim_links().await.len(), 2);
+    let again = env.get_link("twin").await;
+    assert_eq!(again.resource_version(), version, "same outcome, no write");
+    let events: i32 = env
+        .events_of(KIND, "twin")
+        .await
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("CreateIncomplete"))
+        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+        .sum();
+    assert_eq!(events, 1, "one Event, not one per pass");
 
     // The person keeps one: the object adopts it.
-    env.patch_link_spec("twin", json!({ "linkId": a.link_id }))
-        .await;
+    env.patch_link_spec("twin", json!({ "linkId": a })).await;
     let link = env.wait_link_ready("twin").await;
-    assert_eq!(status_link_id(&link), a.link_id);
+    assert_eq!(status_link_id(&link), a);
     assert!(!link.annotations().contains_key(CREATE_PENDING_ANNOTATION));
     assert_eq!(
         env.sim_call_count("create_link").await,
@@ -1241,5 +1250,64 @@ async fn wecom_calls_per_link_per_hour_at_rest() {
         "A8 {} vs A2 {}",
         measured[3],
         measured[0]
+    );
+}
+
+#[tokio::test]
+async fn retryable_create_error_backs_off() {
+    let env = env_with_app(quiet_cadence()).await;
+    env.sim_fault(json!({ "api": "create_link", "errcode": -1, "times": 1000 }))
+        .await;
+    env.apply_link("backoff", link_spec("app", "Backoff", &["zhangsan"]))
+        .await;
+    let failures =
+        |n: u32| move |l: &AcquisitionLink| l.status.as_ref().and_then(|s| s.failures) == Some(n);
+    let first = env
+        .wait_for("backoff", "one failed pass", failures(1))
+        .await;
+    let first_at = std::time::Instant::now();
+    assert_eq!(
+        link_condition(&first, "Synced").unwrap().1,
+        "RetryableError"
+    );
+    assert!(
+        !first.annotations().contains_key(CREATE_PENDING_ANNOTATION),
+        "WeCom answered: no link was made, no marker stays"
+    );
+    env.wait_for("backoff", "a second failed pass", failures(2))
+        .await;
+    // The first back-off is 5 s scaled by a jitter in [0.5, 1]: the controller's own
+    // marker writes must not start the next attempt early.
+    assert!(
+        first_at.elapsed() >= Duration::from_secs(2),
+        "second attempt after {:?}",
+        first_at.elapsed()
+    );
+    // The client tries each call 4 times; each pass makes one call.
+    assert_eq!(env.sim_call_count("create_link").await, 8);
+}
+
+#[tokio::test]
+async fn several_candidates_resolve_when_a_person_deletes_the_extra_link() {
+    let env = env_with_app(quiet_cadence()).await;
+    let (keep, extra) = twin_candidates(&env).await;
+    env.wait_link_condition("twin", "Synced", "False", "CreateIncomplete")
+        .await;
+    env.sim_request(
+        reqwest::Method::DELETE,
+        &format!("/_sim/links/{extra}"),
+        None,
+    )
+    .await;
+    // The next pass (a resync, here forced) looks again and adopts the one left.
+    env.trigger_link_pass("twin").await;
+    let link = env.wait_link_ready("twin").await;
+    assert_eq!(status_link_id(&link), keep);
+    assert!(!link.annotations().contains_key(CREATE_PENDING_ANNOTATION));
+    env.wait_event(KIND, "twin", "Adopted").await;
+    assert_eq!(
+        env.sim_call_count("create_link").await,
+        2,
+        "only the two made by hand"
     );
 }

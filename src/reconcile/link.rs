@@ -263,6 +263,8 @@ fn create_pending_since(link: &AcquisitionLink) -> Option<i64> {
 }
 
 /// Reasons that wait for a spec change (or a reconcile request) instead of calling WeCom.
+/// `CreateIncomplete` is not one: every pass looks at the candidates again (reads only), so
+/// deleting the extra links in WeCom or removing the marker is picked up at the next resync.
 fn is_terminal_reason(reason: &str) -> bool {
     matches!(
         reason,
@@ -270,7 +272,6 @@ fn is_terminal_reason(reason: &str) -> bool {
             | reason::PERMISSION_DENIED
             | reason::WECOM_ERROR
             | reason::REMOTE_DELETED
-            | reason::CREATE_INCOMPLETE
     )
 }
 
@@ -379,7 +380,6 @@ async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
     if !forced
         && let Some(previous) = pass.previous_synced_reason()
         && is_terminal_reason(previous)
-        && !(previous == reason::CREATE_INCOMPLETE && create_pending_since(link).is_none())
     {
         pass.write_status().await?;
         return Ok(at_rest(ctx));
@@ -830,7 +830,7 @@ async fn create(
             many => {
                 let ids: Vec<&str> = many.iter().map(|l| l.link_id.as_str()).collect();
                 let message = format!(
-                    "an interrupted create left several candidate links ({}); delete the extra ones in WeCom, set spec.linkId to the one to keep, or remove annotation {CREATE_PENDING_ANNOTATION}",
+                    "an interrupted create left several candidate links ({}); delete the extra ones in WeCom, set spec.linkId to the one to keep, or remove annotation {CREATE_PENDING_ANNOTATION} to create a new one; nothing is written to WeCom meanwhile",
                     ids.join(", ")
                 );
                 pass.set(READY, false, reason::CREATE_INCOMPLETE, message.clone());

@@ -486,6 +486,26 @@ impl Env {
         .await
     }
 
+    /// Waits until app `name` is Ready=True and the controller's cache holds that version,
+    /// so links applied next do not race the app's first quota check.
+    pub async fn wait_app_ready(&self, name: &str) -> WeComApp {
+        let app = self
+            .wait_for(name, "Ready=True", |a: &WeComApp| {
+                app_condition(a, "Ready").is_some_and(|(s, _, _)| s == "True")
+            })
+            .await;
+        let run = self.controller();
+        wait_until(
+            &format!("the controller's cache to hold WeComApp {name} Ready"),
+            || async {
+                (run.running.context.app(NS, name)?.resource_version() == app.resource_version())
+                    .then_some(())
+            },
+        )
+        .await;
+        app
+    }
+
     /// Waits until link `name` no longer exists.
     pub async fn wait_link_gone(&self, name: &str) {
         let api = self.links();
