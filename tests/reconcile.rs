@@ -783,12 +783,22 @@ async fn create_pending_marker_without_a_link_creates_after_the_grace_period() {
     let env = env_with_app(quiet_cadence()).await;
     // A process died after writing the marker and before A3.
     let mut link = AcquisitionLink::new("late", link_spec("app", "Late", &["zhangsan"]));
-    let since = jiff::Timestamp::now().as_second().to_string();
+    let since = jiff::Timestamp::now().as_second();
     link.annotations_mut()
-        .insert(CREATE_PENDING_ANNOTATION.into(), since);
+        .insert(CREATE_PENDING_ANNOTATION.into(), since.to_string());
     env.apply_link_object(link).await;
     let link = env.wait_link_ready("late").await;
-    assert_eq!(env.sim_links().await.len(), 1);
+    let links = env.sim_links().await;
+    assert_eq!(links.len(), 1);
+    // The dead process's A3 may have been answered up to the request timeout after the
+    // marker; the new create waits that long plus the grace (1 s here) for A1 to show it.
+    let timeout = wecom_acq::reconcile::context::WECOM_REQUEST_TIMEOUT.as_secs() as i64;
+    let grace = quiet_cadence().create_grace.as_secs() as i64;
+    assert!(
+        links[0]["create_time"].as_i64().unwrap() >= since + timeout + grace,
+        "created at {} for a marker of {since}",
+        links[0]["create_time"]
+    );
     assert_eq!(env.sim_call_count("create_link").await, 1);
     assert!(!link.annotations().contains_key(CREATE_PENDING_ANNOTATION));
     assert!(
@@ -1310,4 +1320,36 @@ async fn several_candidates_resolve_when_a_person_deletes_the_extra_link() {
         2,
         "only the two made by hand"
     );
+}
+
+#[tokio::test]
+async fn create_that_times_out_is_not_repeated_blindly() {
+    let env = env_with_app(quiet_cadence()).await;
+    // A3 outlives the client's 10 s timeout: WeCom may or may not have made the link.
+    env.sim_fault(json!({ "api": "create_link", "latency_ms": 11_000, "times": 1 }))
+        .await;
+    env.apply_link("slow", link_spec("app", "Slow", &["zhangsan"]))
+        .await;
+    let failed = env
+        .wait_link_condition("slow", "Synced", "False", "RetryableError")
+        .await;
+    let since: i64 = failed
+        .annotations()
+        .get(CREATE_PENDING_ANNOTATION)
+        .expect("an unanswered create keeps its marker")
+        .parse()
+        .unwrap();
+    let link = env.wait_link_ready("slow").await;
+    let links = env.sim_links().await;
+    assert_eq!(links.len(), 1, "exactly one link: {links:#?}");
+    assert_eq!(links[0]["link_id"], status_link_id(&link).as_str());
+    if env.sim_call_count("create_link").await > 1 {
+        // The simulator dropped the abandoned request; the second A3 waited until the
+        // first could no longer have been answered, plus the grace for A1 to show it.
+        let timeout = wecom_acq::reconcile::context::WECOM_REQUEST_TIMEOUT.as_secs() as i64;
+        let grace = quiet_cadence().create_grace.as_secs() as i64;
+        assert!(links[0]["create_time"].as_i64().unwrap() >= since + timeout + grace);
+    } else {
+        env.wait_event(KIND, "slow", "Adopted").await;
+    }
 }

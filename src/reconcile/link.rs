@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::{
     conditions::{self, READY, SYNCED, reason},
-    context::{AppError, Context, SlowFacts},
+    context::{AppError, Context, SlowFacts, WECOM_REQUEST_TIMEOUT},
     plan::{self, DesiredLink},
 };
 use crate::{
@@ -814,7 +814,9 @@ async fn create(
             }
             [] => {
                 let age = unix_now() - since;
-                let grace = ctx.cadence.create_grace.as_secs() as i64;
+                // The interrupted A3 may have run until the request timeout; A1 may lag
+                // behind it by the grace.
+                let grace = (WECOM_REQUEST_TIMEOUT + ctx.cadence.create_grace).as_secs() as i64;
                 if age < grace {
                     pass.set(
                         READY,
