@@ -69,6 +69,21 @@ async fn creates_link_and_reports_it() {
 
     let created = env.wait_event(KIND, "spring", "Created").await;
     assert!(created.note.unwrap_or_default().contains(&link_id));
+
+    // Nothing the controller publishes carries the app secret.
+    let published = format!(
+        "{} {} {}",
+        serde_json::to_string(&env.get_link("spring").await).unwrap(),
+        serde_json::to_string(&env.get_app("app").await).unwrap(),
+        serde_json::to_string(&env.events_of(KIND, "spring").await).unwrap()
+    );
+    assert!(!published.contains(wecom_acq::sim::DEFAULT_SECRET));
+    assert!(
+        !env.controller()
+            .metrics
+            .render()
+            .contains(wecom_acq::sim::DEFAULT_SECRET)
+    );
 }
 
 #[tokio::test]
@@ -461,11 +476,28 @@ async fn terminal_create_error_stops_after_one_call(errcode: i64, reason: &str) 
     );
     env.wait_event(KIND, "refused", reason).await;
 
-    // A spec change is worth another try.
+    // A person asking for a pass gets one more try, echoed in status.
+    env.request_reconcile("refused", "retry-1").await;
+    env.wait_for("refused", "the request echoed", |l: &AcquisitionLink| {
+        l.status
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.as_deref())
+            == Some("retry-1")
+    })
+    .await;
+    assert_eq!(env.sim_call_count("create_link").await, 2);
+    env.trigger_link_pass("refused").await;
+    assert_eq!(
+        env.sim_call_count("create_link").await,
+        2,
+        "one try per request"
+    );
+
+    // So does a spec change.
     env.patch_link_spec("refused", json!({ "linkName": "Refused again" }))
         .await;
-    support::wait_until("a second A3 after the spec change", || async {
-        (env.sim_call_count("create_link").await == 2).then_some(())
+    support::wait_until("a third A3 after the spec change", || async {
+        (env.sim_call_count("create_link").await == 3).then_some(())
     })
     .await;
 }
@@ -1352,4 +1384,52 @@ async fn create_that_times_out_is_not_repeated_blindly() {
     } else {
         env.wait_event(KIND, "slow", "Adopted").await;
     }
+}
+
+#[tokio::test]
+async fn controller_watching_one_namespace_leaves_others_alone() {
+    use k8s_openapi::api::core::v1::{Namespace, Secret};
+    use kube::api::{Api, PostParams};
+    let mut env = Env::without_controller().await;
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    let mut other = Namespace::default();
+    other.metadata.name = Some("other".into());
+    namespaces
+        .create(&PostParams::default(), &other)
+        .await
+        .unwrap();
+    let mut secret = Secret::default();
+    secret.metadata.name = Some("app-secret".into());
+    secret.string_data = Some(
+        [(
+            support::SECRET_KEY.to_string(),
+            wecom_acq::sim::DEFAULT_SECRET.to_string(),
+        )]
+        .into(),
+    );
+    Api::<Secret>::namespaced(env.client.clone(), "other")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    Api::<wecom_acq::api::WeComApp>::namespaced(env.client.clone(), "other")
+        .create(&PostParams::default(), &env.app_object("app", "app-secret"))
+        .await
+        .unwrap();
+    let elsewhere: Api<AcquisitionLink> = Api::namespaced(env.client.clone(), "other");
+    elsewhere
+        .create(
+            &PostParams::default(),
+            &AcquisitionLink::new("foreign", link_spec("app", "Foreign", &["zhangsan"])),
+        )
+        .await
+        .unwrap();
+
+    env.start_controller_in(Some(NS), quiet_cadence()).await;
+    env.apply_app_with_secret("app").await;
+    env.apply_link("local", link_spec("app", "Local", &["zhangsan"]))
+        .await;
+    env.wait_link_ready("local").await;
+    let foreign = elsewhere.get("foreign").await.unwrap();
+    assert!(foreign.status.is_none() && foreign.finalizers().is_empty());
+    assert_eq!(env.sim_links().await.len(), 1);
 }

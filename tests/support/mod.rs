@@ -214,13 +214,24 @@ impl Env {
 
     /// Starts the controllers (all namespaces) and waits until their caches are synced.
     pub async fn start_controller(&mut self, cadence: Cadence) {
+        self.start_controller_in(None, cadence).await;
+    }
+
+    /// Starts the controllers watching `namespace` only (`None`: all) and waits until their
+    /// caches are synced.
+    pub async fn start_controller_in(&mut self, namespace: Option<&str>, cadence: Cadence) {
         assert!(self.controller.is_none(), "a controller is already running");
         let metrics = Metrics::new();
         let (stop, stopped) = oneshot::channel::<()>();
-        let running =
-            controller::start(self.client.clone(), None, cadence, metrics.clone(), async {
+        let running = controller::start(
+            self.client.clone(),
+            namespace,
+            cadence,
+            metrics.clone(),
+            async {
                 let _ = stopped.await;
-            });
+            },
+        );
         let mut ready = running.ready.clone();
         tokio::time::timeout(WAIT, ready.wait_for(|r| *r))
             .await
