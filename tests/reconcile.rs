@@ -1433,3 +1433,32 @@ async fn controller_watching_one_namespace_leaves_others_alone() {
     assert!(foreign.status.is_none() && foreign.finalizers().is_empty());
     assert_eq!(env.sim_links().await.len(), 1);
 }
+
+#[tokio::test]
+async fn lost_status_is_rebuilt_from_the_link_id_annotation() {
+    let env = env_with_app(quiet_cadence()).await;
+    let spec = link_spec("app", "Remembered", &["zhangsan"]);
+    let made = env
+        .wecom_client()
+        .create_link(&wecom_acq::reconcile::plan::DesiredLink::from_spec(&spec).create_request())
+        .await
+        .unwrap();
+    // The object as a backup restore leaves it: annotation and finalizer, no status.
+    let mut link = AcquisitionLink::new("remembered", spec);
+    link.annotations_mut()
+        .insert(LINK_ID_ANNOTATION.into(), made.link_id.clone());
+    link.metadata.finalizers = Some(vec![LINK_FINALIZER.into()]);
+    env.apply_link_object(link).await;
+    let link = env.wait_link_ready("remembered").await;
+    assert_eq!(status_link_id(&link), made.link_id);
+    assert_eq!(
+        link.status.unwrap().origin,
+        Some(wecom_acq::api::LinkOrigin::Created)
+    );
+    assert_eq!(
+        env.sim_call_count("create_link").await,
+        1,
+        "only the original"
+    );
+    assert_eq!(env.sim_links().await.len(), 1);
+}
