@@ -1462,3 +1462,41 @@ async fn lost_status_is_rebuilt_from_the_link_id_annotation() {
     );
     assert_eq!(env.sim_links().await.len(), 1);
 }
+
+#[tokio::test]
+async fn refused_quota_check_is_not_repeated_until_due() {
+    let env = Env::start(quiet_cadence()).await;
+    env.sim_fault(json!({ "api": "customer_acquisition_quota", "errcode": 48002, "times": 1000 }))
+        .await;
+    env.apply_app_with_secret("app").await;
+    let app = env
+        .wait_app_condition("app", "Ready", "False", "PermissionDenied")
+        .await;
+    assert!(
+        support::app_condition(&app, "Ready")
+            .unwrap()
+            .2
+            .contains("48002")
+    );
+    assert_eq!(env.sim_call_count("customer_acquisition_quota").await, 1);
+    // Passes that come before the quota check is due again (a callback, a restart of the
+    // watch...) do not ask again.
+    for _ in 0..3 {
+        let run = env.controller();
+        let before = run.passes("WeComApp");
+        run.running
+            .triggers
+            .apps
+            .send(kube::runtime::reflector::ObjectRef::new("app").within(NS))
+            .await
+            .unwrap();
+        support::wait_until("an app pass", || async {
+            (run.passes("WeComApp") > before).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(env.sim_call_count("customer_acquisition_quota").await, 1);
+    // An explicit refresh (a quota callback) does ask.
+    env.refresh_app_quota("app").await;
+    assert_eq!(env.sim_call_count("customer_acquisition_quota").await, 2);
+}

@@ -210,6 +210,18 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                     .set_quota_balance(&namespace, &name, quota.balance);
             }
             Err(err) => {
+                // A refusal (48002, a bad corpId...) will not change by asking again soon:
+                // count it as this period's check. A refused secret is looked at again
+                // every minute, since fixing the Secret changes nothing the controller
+                // watches (the client answers from memory until the secret changes).
+                // Retryable errors ask again after a back-off.
+                if err.is_retryable() {
+                    requeue = super::plan::retry_delay(2, 1.0);
+                } else if err.errcode() == Some(crate::wecom::error::codes::INVALID_CREDENTIAL) {
+                    requeue = std::time::Duration::from_secs(60);
+                } else if let Ok(mut checks) = ctx.quota_checks.lock() {
+                    checks.insert(key.clone(), Instant::now());
+                }
                 let reason = match err.class() {
                     ErrorClass::Retryable => reason::RETRYABLE_ERROR,
                     _ if err.errcode() == Some(crate::wecom::error::codes::NO_PERMISSION) => {
@@ -234,7 +246,6 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                     generation,
                     &now,
                 );
-                requeue = super::plan::retry_delay(2, 1.0);
             }
         },
     }
