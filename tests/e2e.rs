@@ -702,3 +702,92 @@ async fn sigterm_shuts_down_gracefully_with_exit_code_zero() {
     );
     drop(scenario);
 }
+
+/// The holder of the leader-election Lease, if any.
+async fn lease_holder(env: &Env) -> Option<String> {
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    leases
+        .get_opt("wecom-acquisition-controller")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+/// Waits until a replica's /healthz and /readyz both answer 200.
+async fn wait_probes_ok(env: &Env, metrics: std::net::SocketAddr) {
+    wait_for("the replica's probes answer 200", CONVERGE, || async {
+        let healthz = env.get_on(metrics, "/healthz").await.map(|r| r.0);
+        let readyz = env.get_on(metrics, "/readyz").await.map(|r| r.0);
+        match (&healthz, &readyz) {
+            (Ok(200), Ok(200)) => Ok(()),
+            _ => Err(format!("healthz {healthz:?}, readyz {readyz:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_standby_answers_probes_and_takes_over() {
+    let env = Env::start("e2e-leader").await;
+    let scenario = Scenario::start("leader election");
+    let flags = ["--leader-elect", "--lease-namespace", "e2e-leader"];
+    let mut leader = env.spawn_controller(&flags);
+    env.apply_examples().await;
+    env.wait_ready(SALES, CONVERGE).await;
+    assert_eq!(lease_holder(&env).await, Some(leader.identity.clone()));
+
+    // A second replica stands by: alive and ready for the probes (the chart's liveness
+    // probe would restart it otherwise, and its maxUnavailable: 0 rollout waits for it to
+    // be Ready), reconciling nothing.
+    let standby_ports = harness::Ports::free();
+    let mut standby = env.spawn_controller_on(standby_ports, &flags);
+    wait_probes_ok(&env, standby_ports.metrics).await;
+    let (_, metrics) = env.get_on(standby_ports.metrics, "/metrics").await.unwrap();
+    assert!(
+        !metrics.contains("wecom_acq_reconciles_total{"),
+        "the standby reconciles nothing: {metrics}"
+    );
+
+    // The leader dies without handing over: the standby takes the Lease once it expires
+    // and picks up a change made meanwhile.
+    leader.sigkill();
+    let killed = Instant::now();
+    env.patch_link_spec(SALES, json!({"linkName": "销售咨询-接管"}))
+        .await;
+    wait_for(
+        "the standby applies the change",
+        Duration::from_secs(45),
+        || async {
+            let renamed = env.sim_links_named("销售咨询-接管").await;
+            if renamed.len() == 1 {
+                Ok(())
+            } else {
+                Err(format!("lease holder {:?}", lease_holder(&env).await))
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "  standby took over {:.1} s after the leader was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(lease_holder(&env).await, Some(standby.identity.clone()));
+
+    // A replica still waiting for the Lease stops cleanly on SIGTERM.
+    let waiting_ports = harness::Ports::free();
+    let mut waiting = env.spawn_controller_on(waiting_ports, &flags);
+    wait_probes_ok(&env, waiting_ports.metrics).await;
+    waiting.sigterm();
+    let status = waiting.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "a waiting replica exits 0 on SIGTERM: {status:?}"
+    );
+    standby.sigterm();
+    let status = standby.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    drop(scenario);
+}

@@ -51,6 +51,16 @@ pub struct Ports {
     pub callback: SocketAddr,
 }
 
+impl Ports {
+    /// Two free loopback ports.
+    pub fn free() -> Ports {
+        Ports {
+            metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            callback: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        }
+    }
+}
+
 /// Reads one document of `examples/` into a typed object.
 pub fn example<T: DeserializeOwned>(file: &str) -> T {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -165,10 +175,7 @@ impl Env {
     /// `sim_config` gets the controller's ports first, so a simulator can push callbacks to
     /// a controller that is not started yet.
     pub async fn start_with_sim(ns: &str, sim_config: impl FnOnce(&Ports) -> SimConfig) -> Env {
-        let ports = Ports {
-            metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            callback: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        };
+        let ports = Ports::free();
         let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let sim = sim::spawn(sim_config(&ports), loopback).await.unwrap();
         let kube = kubesim::spawn(loopback).await.unwrap();
@@ -214,11 +221,15 @@ impl Env {
     /// Starts `wecom-acq run` with short cadences, the test's ports and the emulator's
     /// kubeconfig; `extra` flags are appended.
     pub fn spawn_controller(&self, extra: &[&str]) -> ControllerProcess {
+        self.spawn_controller_on(self.ports, extra)
+    }
+
+    /// Like [`Self::spawn_controller`] on other ports, for a second replica. Each process
+    /// gets its own `POD_NAME` (`e2e-controller-N`), its leader-election identity.
+    pub fn spawn_controller_on(&self, ports: Ports, extra: &[&str]) -> ControllerProcess {
         let mut logs = self.logs.lock().unwrap();
-        let log = self
-            .dir
-            .path()
-            .join(format!("controller-{}.log", logs.len() + 1));
+        let number = logs.len() + 1;
+        let log = self.dir.path().join(format!("controller-{number}.log"));
         logs.push(log.clone());
         let stderr = std::fs::File::create(&log).unwrap();
         let stdout = stderr.try_clone().unwrap();
@@ -226,8 +237,8 @@ impl Env {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wecom-acq"));
         command
             .arg("run")
-            .args(["--metrics-addr", &self.ports.metrics.to_string()])
-            .args(["--callback-addr", &self.ports.callback.to_string()])
+            .args(["--metrics-addr", &ports.metrics.to_string()])
+            .args(["--callback-addr", &ports.callback.to_string()])
             .args(["--resync-interval", &secs(RESYNC)])
             .args(["--customers-interval", &secs(SLOW_FACTS)])
             .args(["--statistics-interval", &secs(SLOW_FACTS)])
@@ -237,6 +248,7 @@ impl Env {
             .env("RUST_LOG", "info,wecom_acq=debug")
             .env("LOG_FORMAT", "text")
             .env("NO_COLOR", "1")
+            .env("POD_NAME", format!("e2e-controller-{number}"))
             // The flags above must win over whatever the developer's shell exports.
             .env_remove("WATCH_NAMESPACE")
             .env_remove("METRICS_ADDR")
@@ -251,7 +263,10 @@ impl Env {
             .stdout(stdout)
             .stderr(stderr);
         let child = command.spawn().unwrap();
-        ControllerProcess { child: Some(child) }
+        ControllerProcess {
+            child: Some(child),
+            identity: format!("e2e-controller-{number}"),
+        }
     }
 
     pub fn links(&self) -> Api<AcquisitionLink> {
@@ -405,7 +420,12 @@ impl Env {
 
     /// GET on the controller's health/metrics listener: (status, body), or an error text.
     pub async fn controller_get(&self, path: &str) -> Result<(u16, String), String> {
-        let url = format!("http://{}{path}", self.ports.metrics);
+        self.get_on(self.ports.metrics, path).await
+    }
+
+    /// GET on any controller's health/metrics listener.
+    pub async fn get_on(&self, metrics: SocketAddr, path: &str) -> Result<(u16, String), String> {
+        let url = format!("http://{metrics}{path}");
         let response = self
             .http
             .get(&url)
@@ -492,6 +512,8 @@ pub fn annotation(link: &AcquisitionLink, key: &str) -> Option<String> {
 /// The real binary, running. Dropping the guard kills it (SIGKILL) and reaps it.
 pub struct ControllerProcess {
     child: Option<Child>,
+    /// Its `POD_NAME`: the holder identity it writes into a leader-election Lease.
+    pub identity: String,
 }
 
 impl ControllerProcess {
