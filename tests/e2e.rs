@@ -560,7 +560,7 @@ async fn sigkill_after_the_create_before_the_id_write_adopts_the_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_watches_recover_and_later_spec_changes_apply() {
-    let (env, _controller) = ready_world("e2e-watch-drops", &[]).await;
+    let (env, controller) = ready_world("e2e-watch-drops", &[]).await;
     let scenario = Scenario::start("watch connections dropped");
     let faults = env.kube.faults();
     // Cut every watch ten times, 300 ms apart: the controller's watchers are cut while
@@ -571,6 +571,13 @@ async fn dropped_watches_recover_and_later_spec_changes_apply() {
         faults.drop_watches();
     }
     let dropped = Instant::now();
+    // The cuts reached the binary: kube-rs logs each broken watch body as "eof in poll"
+    // (and re-watches from its last resourceVersion).
+    let cuts = controller.log().matches("eof in poll").count();
+    assert!(
+        cuts >= 10,
+        "the controller saw {cuts} broken watches, expected one per drop at least"
+    );
     // A pass reads the object from the watch cache, so only a recovered watch brings this
     // change to WeCom.
     env.patch_link_spec(SALES, json!({"linkName": "销售咨询-二期"}))
@@ -585,7 +592,7 @@ async fn dropped_watches_recover_and_later_spec_changes_apply() {
     })
     .await;
     eprintln!(
-        "  spec change applied {:.1} s after the last drop",
+        "  {cuts} watch connections cut; spec change applied {:.1} s after the last drop",
         dropped.elapsed().as_secs_f64()
     );
     env.wait_ready(SALES, CONVERGE).await;

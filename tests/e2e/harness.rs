@@ -35,13 +35,11 @@ const POLL: Duration = Duration::from_millis(50);
 /// The name of the WeComApp in `examples/wecomapp.yaml`.
 pub const APP: &str = "wecom";
 
-/// Picks a free loopback port. The port is released before the controller binds it; the
-/// window is tiny and each test picks its own ports.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
+/// A free loopback port, held (so no other server of the test process gets it) until the
+/// listener is dropped just before the controller binds it.
+fn reserve_port() -> (SocketAddr, std::net::TcpListener) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (listener.local_addr().unwrap(), listener)
 }
 
 /// The two loopback addresses a controller process serves on.
@@ -52,13 +50,27 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// Two free loopback ports.
+    /// Two free loopback ports, released when the controller that uses them starts.
     pub fn free() -> Ports {
-        Ports {
-            metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            callback: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        }
+        let (metrics, metrics_hold) = reserve_port();
+        let (callback, callback_hold) = reserve_port();
+        lock(&RESERVED).extend([(metrics, metrics_hold), (callback, callback_hold)]);
+        Ports { metrics, callback }
     }
+
+    fn release(&self) {
+        lock(&RESERVED).retain(|(addr, _)| *addr != self.metrics && *addr != self.callback);
+    }
+}
+
+/// Ports handed out by [`Ports::free`] and not yet given to a controller.
+static RESERVED: Mutex<Vec<(SocketAddr, std::net::TcpListener)>> = Mutex::new(Vec::new());
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Another test panicking while holding it leaves plain data behind.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Reads one document of `examples/` into a typed object.
@@ -227,7 +239,7 @@ impl Env {
     /// Like [`Self::spawn_controller`] on other ports, for a second replica. Each process
     /// gets its own `POD_NAME` (`e2e-controller-N`), its leader-election identity.
     pub fn spawn_controller_on(&self, ports: Ports, extra: &[&str]) -> ControllerProcess {
-        let mut logs = self.logs.lock().unwrap();
+        let mut logs = lock(&self.logs);
         let number = logs.len() + 1;
         let log = self.dir.path().join(format!("controller-{number}.log"));
         logs.push(log.clone());
@@ -262,10 +274,12 @@ impl Env {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
+        ports.release();
         let child = command.spawn().unwrap();
         ControllerProcess {
             child: Some(child),
             identity: format!("e2e-controller-{number}"),
+            log,
         }
     }
 
@@ -457,7 +471,7 @@ impl Drop for Env {
         }
         // The controller guards were dropped first (declared after the Env), so the logs
         // are complete.
-        for log in self.logs.lock().map(|l| l.clone()).unwrap_or_default() {
+        for log in lock(&self.logs).clone() {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             eprintln!(
                 "===== {} ({} bytes) =====\n{text}===== end of {} =====",
@@ -514,11 +528,17 @@ pub struct ControllerProcess {
     child: Option<Child>,
     /// Its `POD_NAME`: the holder identity it writes into a leader-election Lease.
     pub identity: String,
+    log: PathBuf,
 }
 
 impl ControllerProcess {
     fn pid(&self) -> rustix::process::Pid {
         rustix::process::Pid::from_child(self.child.as_ref().expect("controller still owned"))
+    }
+
+    /// What the process has logged so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Sends SIGTERM (what the kubelet sends on pod deletion).
