@@ -327,15 +327,45 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot reach Kubernetes (in-cluster config or KUBECONFIG): {e}")
     })?;
+    // Installs the SIGTERM handler now, so a SIGTERM at any point after this is graceful.
+    let mut signal = Box::pin(shutdown_signal());
+    let _ = futures::FutureExt::now_or_never(&mut signal);
+    let metrics = Metrics::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // The probes are served before the Lease is held: a replica standing by must answer
+    // /healthz (or the liveness probe restarts it) and /readyz (or a rollout that waits
+    // for new pods to be Ready never ends). A standby is ready; a leader once its caches
+    // are synced.
+    let (ready_tx, ready_rx) = watch::channel(args.leader_elect);
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot listen on --metrics-addr {}: {e}", args.metrics_addr)
+        })?;
+    let router = health_router(metrics.clone(), ready_rx);
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
     if args.leader_elect {
         let namespace = args
             .lease_namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        crate::leader::acquire(client.clone(), &namespace, &args.lease_name).await?;
+        tokio::select! {
+            acquired = crate::leader::acquire(client.clone(), &namespace, &args.lease_name) => acquired?,
+            _ = &mut signal => {
+                tracing::info!("shutting down before holding the lease");
+                let _ = stop_tx.send(true);
+                let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+                return Ok(());
+            }
+        }
     }
-    let metrics = Metrics::new();
-    let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = {
         let mut rx = stop_rx.clone();
         async move {
@@ -349,19 +379,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         stopped,
     );
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot listen on --metrics-addr {}: {e}", args.metrics_addr)
-        })?;
-    let router = health_router(metrics.clone(), running.ready.clone());
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await;
+    let mut caches_synced = running.ready.clone();
+    tokio::spawn(async move {
+        loop {
+            let synced = *caches_synced.borrow_and_update();
+            let _ = ready_tx.send(synced);
+            if caches_synced.changed().await.is_err() {
+                return;
+            }
+        }
     });
     let callbacks = crate::callback::serve(
         args.callback_addr,
@@ -371,7 +397,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(metrics = %args.metrics_addr, callback = %args.callback_addr, namespace = ?args.namespace, "controller started");
-    shutdown_signal().await;
+    signal.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(20), running.task).await;
