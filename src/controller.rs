@@ -192,6 +192,7 @@ pub fn start(
         link_store: link_reader.clone(),
         slow_facts: Default::default(),
         quota_checks: Default::default(),
+        pass_failures: Default::default(),
     });
     let (ready_tx, ready_rx) = watch::channel(false);
     let shutdown: BoxFuture<'static, ()> = Box::pin(shutdown);
@@ -351,13 +352,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             })
             .await;
     });
+    let mut leadership = None;
     if args.leader_elect {
         let namespace = args
             .lease_namespace
             .clone()
             .unwrap_or_else(|| "default".into());
         tokio::select! {
-            acquired = crate::leader::acquire(client.clone(), &namespace, &args.lease_name) => acquired?,
+            acquired = crate::leader::acquire(client.clone(), &namespace, &args.lease_name) => leadership = Some(acquired?),
             _ = &mut signal => {
                 tracing::info!("shutting down before holding the lease");
                 let _ = stop_tx.send(true);
@@ -403,5 +405,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(20), running.task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), callbacks).await;
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+    }
     Ok(())
 }

@@ -263,6 +263,9 @@ pub struct Context {
     pub slow_facts: Mutex<HashMap<String, SlowFacts>>,
     /// When each app's quota was last asked, and whether a callback asked for it sooner.
     pub quota_checks: Mutex<HashMap<String, Instant>>,
+    /// Consecutive failed passes per link that could not be recorded in status (the
+    /// Kubernetes API itself failing), so the back-off still grows during an outage.
+    pub pass_failures: Mutex<HashMap<String, u32>>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -16,7 +16,7 @@ use kube::{
     runtime::{
         controller::Action,
         events::EventType,
-        finalizer::{Event as Finalizer, finalizer},
+        finalizer::{Error as FinalizerError, Event as Finalizer, finalizer},
     },
 };
 use serde_json::{Value, json};
@@ -92,18 +92,38 @@ pub async fn reconcile(link: Arc<AcquisitionLink>, ctx: Arc<Context>) -> Result<
     let started = std::time::Instant::now();
     let namespace = link.namespace().unwrap_or_default();
     let api: Api<AcquisitionLink> = Api::namespaced(ctx.kube.clone(), &namespace);
+    let name = link.name_any();
     let result = finalizer(&api, LINK_FINALIZER, link, |event| async {
         match event {
             Finalizer::Apply(link) => apply(&link, &ctx).await,
             Finalizer::Cleanup(link) => cleanup(&link, &ctx).await,
         }
     })
-    .await
-    .map_err(|err| match err {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    });
+    .await;
+    // Adding or removing the finalizer raced a newer version of the object than the cache
+    // had (the JSON patch's `test` failed with 422, or a 409): the watch brings the newer
+    // version and its own pass, so this is no failure worth a warning.
+    let result = match result {
+        Ok(action) => Ok(action),
+        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => Err(e),
+        Err(
+            FinalizerError::AddFinalizer(kube::Error::Api(status))
+            | FinalizerError::RemoveFinalizer(kube::Error::Api(status)),
+        ) if status.code == 409 || status.code == 422 => {
+            tracing::debug!(message = %status.message, "finalizer update raced a newer object; waiting for it");
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        Err(other) => Err(Error::Finalizer(other.to_string())),
+    };
+    let key = format!("{namespace}/{name}");
+    if let Ok(mut failures) = ctx.pass_failures.lock() {
+        match &result {
+            Ok(_) => {
+                failures.remove(&key);
+            }
+            Err(_) => *failures.entry(key).or_default() += 1,
+        }
+    }
     let label = match &result {
         Ok(_) => "ok",
         Err(e) => e.metric_label(),
@@ -114,9 +134,24 @@ pub async fn reconcile(link: Arc<AcquisitionLink>, ctx: Arc<Context>) -> Result<
 }
 
 /// Error policy: back off with jitter.
-pub fn error_policy(link: Arc<AcquisitionLink>, error: &Error, _ctx: Arc<Context>) -> Action {
+///
+/// The count of consecutive failures comes from status and, when the Kubernetes API is the
+/// thing failing (status cannot be written), from memory, so an outage still backs off.
+pub fn error_policy(link: Arc<AcquisitionLink>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(link = %link.name_any(), namespace = ?link.namespace(), %error, "reconcile failed");
-    let failures = link.status.as_ref().and_then(|s| s.failures).unwrap_or(0) + 1;
+    let key = format!(
+        "{}/{}",
+        link.namespace().unwrap_or_default(),
+        link.name_any()
+    );
+    let in_memory = ctx
+        .pass_failures
+        .lock()
+        .ok()
+        .and_then(|f| f.get(&key).copied())
+        .unwrap_or(0);
+    let in_status = link.status.as_ref().and_then(|s| s.failures).unwrap_or(0) + 1;
+    let failures = in_status.max(in_memory);
     Action::requeue(plan::retry_delay(failures, jitter()))
 }
 
