@@ -289,8 +289,17 @@ async fn wait_link_synced(env: &Env, reason: &str, generation: i64) -> Acquisiti
         LINK,
         &format!("Synced=False ({reason}) at generation {generation}"),
         |l: &AcquisitionLink| {
-            link_condition(l, "Synced").is_some_and(|(s, r, _)| s == "False" && r == reason)
-                && l.status.as_ref().and_then(|s| s.observed_generation) == Some(generation)
+            // The Synced condition carries the generation it describes; status-level
+            // observedGeneration stays behind while a retryable failure keeps the new
+            // generation from being applied.
+            l.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Synced"
+                        && c.status == "False"
+                        && c.reason == reason
+                        && c.observed_generation == Some(generation)
+                })
+            })
         },
     )
     .await

@@ -237,15 +237,25 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                     ),
                     None => crate::wecom::redact::scrub(&err.to_string()),
                 };
-                conditions::set(
-                    &mut new.conditions,
-                    READY,
-                    false,
-                    reason,
-                    message,
-                    generation,
-                    &now,
-                );
+                // A passing WeCom hiccup (busy, frequency limit, timeout) says nothing
+                // about the credentials: an app already Ready stays Ready, and the check
+                // is retried after a back-off.
+                let keep_ready = err.is_retryable()
+                    && conditions::find(&old.conditions, READY)
+                        .is_some_and(|c| c.status == "True" && c.observed_generation == generation);
+                if keep_ready {
+                    tracing::warn!(app = %key, error = %message, "quota check failed; retrying");
+                } else {
+                    conditions::set(
+                        &mut new.conditions,
+                        READY,
+                        false,
+                        reason,
+                        message,
+                        generation,
+                        &now,
+                    );
+                }
             }
         },
     }

@@ -164,6 +164,10 @@ struct Pass<'a> {
     old: AcquisitionLinkStatus,
     new: AcquisitionLinkStatus,
     now: Time,
+    /// False when the pass failed before it could act on the current generation: then
+    /// `status.observedGeneration` stays where it was, so nobody (ArgoCD included) reads
+    /// an edit WeCom never received as applied.
+    generation_observed: bool,
 }
 
 impl<'a> Pass<'a> {
@@ -183,6 +187,7 @@ impl<'a> Pass<'a> {
             old,
             new,
             now: now(),
+            generation_observed: true,
         }
     }
 
@@ -234,7 +239,9 @@ impl<'a> Pass<'a> {
     /// Writes the status when it changed. `lastSyncTime` moves only together with a real
     /// change, so a pass on an in-sync link writes nothing.
     async fn write_status(mut self) -> Result<(), Error> {
-        self.new.observed_generation = self.generation;
+        if self.generation_observed {
+            self.new.observed_generation = self.generation;
+        }
         let mut old_cmp = self.old.clone();
         old_cmp.last_sync_time = None;
         let mut new_cmp = self.new.clone();
@@ -472,13 +479,23 @@ async fn wecom_failure(mut pass: Pass<'_>, err: WeComError) -> Result<Action, Er
         ErrorClass::Retryable | ErrorClass::TokenInvalid => {
             let failures = pass.old.failures.unwrap_or(0).saturating_add(1);
             pass.new.failures = Some(failures);
-            let message = format!("{err}; retrying with back-off");
-            pass.set(
-                SYNCED,
-                false,
-                reason::RETRYABLE_ERROR,
-                crate::wecom::redact::scrub(&message),
-            );
+            pass.generation_observed = pass.old.observed_generation == pass.generation;
+            let message = match err.errcode() {
+                Some(code) => format!(
+                    "WeCom {} failed: errcode {code} ({}); retrying with back-off",
+                    err.api(),
+                    crate::wecom::error::describe(code)
+                ),
+                None => crate::wecom::redact::scrub(&format!("{err}; retrying with back-off")),
+            };
+            // A Ready=False left by an older generation (say InvalidSpec) no longer
+            // describes this one: say that WeCom has yet to answer for it.
+            let stale_not_ready = conditions::find(&pass.old.conditions, READY)
+                .is_some_and(|c| c.status == "False" && c.observed_generation != pass.generation);
+            if stale_not_ready {
+                pass.set(READY, false, reason::RETRYABLE_ERROR, message.clone());
+            }
+            pass.set(SYNCED, false, reason::RETRYABLE_ERROR, message);
             pass.write_status().await?;
             Ok(Action::requeue(plan::retry_delay(failures, jitter())))
         }
@@ -998,6 +1015,44 @@ async fn create(
 
 /// Deletion: A5 for `Delete` (a link already gone is success), nothing for `Orphan`.
 async fn cleanup(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
+    let result = cleanup_remote(link, ctx).await;
+    if let Err(err) = &result {
+        // Say in status why the object is still there (the finalizer stays until the
+        // WeCom link is gone), so `kubectl describe` and ArgoCD show it, not only the logs.
+        let message = match err {
+            Error::WeCom(e) if e.errcode().is_some() => stable_message(e),
+            other => crate::wecom::redact::scrub(&other.to_string()),
+        };
+        let mut pass = Pass::new(link, ctx);
+        pass.set(
+            READY,
+            false,
+            reason::DELETING,
+            format!("deleting: {message}"),
+        );
+        pass.set(
+            SYNCED,
+            false,
+            reason::DELETING,
+            format!("deletion waits: {message}"),
+        );
+        if let Err(write) = pass.write_status().await {
+            tracing::debug!(%write, "could not report the blocked deletion in status");
+        }
+        ctx.metrics.set_link_ready(
+            &format!(
+                "{}/{}",
+                link.namespace().unwrap_or_default(),
+                link.name_any()
+            ),
+            None,
+        );
+    }
+    result
+}
+
+/// Deletes (or leaves) the WeCom link of an object being deleted.
+async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
     let namespace = link.namespace().unwrap_or_default();
     let key = format!("{namespace}/{}", link.name_any());
     ctx.metrics.set_link_ready(&key, None);

@@ -96,6 +96,11 @@ local function health(obj)
     observed = ready.observedGeneration
   end
   if generation ~= nil and (observed == nil or observed < generation) then
+    -- A pass saw the new generation but WeCom has not taken it yet (a retryable failure:
+    -- the controller leaves observedGeneration behind until it has).
+    if synced ~= nil and synced.status == "False" and is_current(synced, generation) then
+      return "Progressing", "Waiting for the controller to apply generation " .. tostring(generation) .. "; " .. describe(synced)
+    end
     return "Progressing", "Waiting for the controller to observe generation " .. tostring(generation)
   end
 
