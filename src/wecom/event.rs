@@ -4,17 +4,15 @@
 //! Both envelopes of WECOM-NOTES "Callbacks" are read: the self-built one
 //! (`ToUserName`, `CreateTime`, `Event`, `ChangeType`, ...) and the third-party one
 //! (`SuiteId`, `AuthCorpId`, `InfoType`, `TimeStamp`, `ChangeType`, ...). Every extra element
-//! is optional, unknown elements are ignored, values may be CDATA or plain text. Parsing walks
-//! quick-xml events once and borrows from the input until the final struct is built: it sits
-//! on the hot path of the callback endpoint.
+//! is optional, unknown elements are ignored, values may be CDATA or plain text. Parsing is one
+//! pass of a small scanner made for WeCom's flat documents (`read_root_fields`) and
+//! borrows from the input until the final struct is built: it sits on the hot path of the
+//! callback endpoint.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
-
-use quick_xml::Reader;
-use quick_xml::events::Event;
 
 /// Which of WeCom's two callback envelopes an event came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -419,71 +417,310 @@ fn push_number(xml: &mut String, name: &str, value: impl fmt::Display) {
 /// CDATA pieces of one child are joined, entities unescaped, surrounding whitespace of plain
 /// text trimmed; grandchildren are skipped. A later duplicate element overrides an earlier
 /// one. The error is a one-line description of the syntax problem.
-pub(crate) fn read_root_fields<'a, K: Copy>(
+///
+/// A small scanner rather than a general XML parser: WeCom's documents are flat, a few
+/// hundred bytes, and this sits on the hot path of every callback. It still checks what a
+/// parser would for such documents (one root, matching end tags, terminated CDATA, comments
+/// and tags, known entities) and refuses declarations (`<!DOCTYPE`), which WeCom never sends.
+pub(crate) fn read_root_fields<'a, K>(
     xml: &'a str,
     classify: impl Fn(&[u8]) -> Option<K>,
     mut on_field: impl FnMut(K, Cow<'a, str>),
 ) -> Result<(), String> {
-    let mut reader = Reader::from_str(xml);
-    reader.config_mut().trim_text(true);
-    let mut depth = 0usize;
+    let mut scanner = Scanner { xml, pos: 0 };
+    let mut open: Vec<&'a str> = Vec::new();
+    let mut root_seen = false;
     let mut current: Option<K> = None;
     let mut text: Option<Cow<'a, str>> = None;
     loop {
-        let event = reader.read_event().map_err(|err| {
-            format!(
-                "{err} at byte {}",
-                reader.error_position().min(xml.len() as u64)
-            )
-        })?;
-        match event {
-            Event::Start(start) => {
-                depth += 1;
-                if depth == 2 {
-                    current = classify(start.local_name().as_ref());
-                    text = None;
+        let at = scanner.pos;
+        match scanner.next_token()? {
+            Token::Eof => {
+                return match (root_seen, open.len()) {
+                    (false, _) => Err("no root element".to_string()),
+                    (true, 0) => Ok(()),
+                    (true, depth) => {
+                        Err(format!("input ends inside an element ({depth} left open)"))
+                    }
+                };
+            }
+            Token::Text(raw) => match open.len() {
+                0 if !trim_xml_space(raw).is_empty() => {
+                    return Err(format!("text outside the root element at byte {at}"));
+                }
+                2 if current.is_some() => {
+                    let trimmed = trim_xml_space(raw);
+                    if !trimmed.is_empty() {
+                        append(&mut text, unescape(trimmed)?);
+                    }
+                }
+                _ => {}
+            },
+            Token::CData(raw) => match open.len() {
+                0 => return Err(format!("CDATA outside the root element at byte {at}")),
+                2 if current.is_some() => append(&mut text, Cow::Borrowed(raw)),
+                _ => {}
+            },
+            Token::Start { name, empty } => {
+                if open.is_empty() {
+                    if root_seen {
+                        return Err(format!("a second root element <{name}> at byte {at}"));
+                    }
+                    root_seen = true;
+                }
+                if empty {
+                    if open.len() == 1
+                        && let Some(field) = classify(local_name(name))
+                    {
+                        on_field(field, Cow::Borrowed(""));
+                    }
+                } else {
+                    open.push(name);
+                    if open.len() == 2 {
+                        current = classify(local_name(name));
+                        text = None;
+                    }
                 }
             }
-            Event::Empty(start) => {
-                if depth == 1
-                    && let Some(field) = classify(start.local_name().as_ref())
-                {
-                    on_field(field, Cow::Borrowed(""));
+            Token::End { name } => {
+                match open.last() {
+                    Some(&expected) if expected == name => {}
+                    Some(&expected) => {
+                        return Err(format!(
+                            "end tag </{name}> at byte {at} does not close <{expected}>"
+                        ));
+                    }
+                    None => {
+                        return Err(format!("end tag </{name}> at byte {at} closes nothing"));
+                    }
                 }
-            }
-            Event::End(_) => {
-                if depth == 2
+                if open.len() == 2
                     && let Some(field) = current.take()
                 {
                     on_field(field, text.take().unwrap_or(Cow::Borrowed("")));
                 }
-                depth = depth.saturating_sub(1);
+                open.pop();
             }
-            Event::Text(piece) if depth == 2 && current.is_some() => {
-                let piece = piece.unescape().map_err(|err| err.to_string())?;
-                append(&mut text, piece);
-            }
-            Event::CData(piece) if depth == 2 && current.is_some() => {
-                let piece = match piece.into_inner() {
-                    Cow::Borrowed(bytes) => {
-                        Cow::Borrowed(std::str::from_utf8(bytes).map_err(|err| err.to_string())?)
-                    }
-                    Cow::Owned(bytes) => {
-                        Cow::Owned(String::from_utf8(bytes).map_err(|err| err.to_string())?)
-                    }
-                };
-                append(&mut text, piece);
-            }
-            Event::Eof => {
-                return if depth == 0 {
-                    Ok(())
-                } else {
-                    Err(format!("input ends inside an element ({depth} left open)"))
-                };
-            }
-            _ => {}
+            Token::Skipped => {}
         }
     }
+}
+
+/// One piece of an XML document, borrowed from it.
+enum Token<'a> {
+    /// Character data between two pieces of markup, still escaped.
+    Text(&'a str),
+    /// The content of a `<![CDATA[...]]>` section.
+    CData(&'a str),
+    Start {
+        name: &'a str,
+        /// `<name/>`
+        empty: bool,
+    },
+    End {
+        name: &'a str,
+    },
+    /// A comment or a processing instruction (`<?xml ...?>`).
+    Skipped,
+    Eof,
+}
+
+struct Scanner<'a> {
+    xml: &'a str,
+    pos: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn next_token(&mut self) -> Result<Token<'a>, String> {
+        let bytes = self.xml.as_bytes();
+        let start = self.pos;
+        let Some(&first) = bytes.get(start) else {
+            return Ok(Token::Eof);
+        };
+        if first != b'<' {
+            let end = find_byte(bytes, b'<', start).unwrap_or(bytes.len());
+            self.pos = end;
+            return Ok(Token::Text(&self.xml[start..end]));
+        }
+        let rest = &bytes[start..];
+        if rest.starts_with(b"<![CDATA[") {
+            let body = start + 9;
+            let end = find(bytes, b"]]>", body)
+                .ok_or_else(|| format!("CDATA section at byte {start} is not terminated"))?;
+            self.pos = end + 3;
+            return Ok(Token::CData(&self.xml[body..end]));
+        }
+        if rest.starts_with(b"<!--") {
+            let end = find(bytes, b"-->", start + 4)
+                .ok_or_else(|| format!("comment at byte {start} is not terminated"))?;
+            self.pos = end + 3;
+            return Ok(Token::Skipped);
+        }
+        if rest.starts_with(b"<!") {
+            return Err(format!(
+                "declaration at byte {start} (DOCTYPE or similar) is not accepted"
+            ));
+        }
+        if rest.starts_with(b"<?") {
+            let end = find(bytes, b"?>", start + 2).ok_or_else(|| {
+                format!("processing instruction at byte {start} is not terminated")
+            })?;
+            self.pos = end + 2;
+            return Ok(Token::Skipped);
+        }
+        if rest.starts_with(b"</") {
+            let name_start = start + 2;
+            let name_end = name_end(bytes, name_start);
+            let name = tag_name(self.xml, name_start, name_end)?;
+            let mut i = name_end;
+            while bytes.get(i).is_some_and(|b| is_xml_space(*b)) {
+                i += 1;
+            }
+            if bytes.get(i) != Some(&b'>') {
+                return Err(format!(
+                    "end tag </{name}> at byte {start} is not terminated"
+                ));
+            }
+            self.pos = i + 1;
+            return Ok(Token::End { name });
+        }
+        let name_start = start + 1;
+        let name_end = name_end(bytes, name_start);
+        let name = tag_name(self.xml, name_start, name_end)?;
+        // Attributes are skipped; a `>` inside a quoted value does not end the tag.
+        let mut i = name_end;
+        let mut quote: Option<u8> = None;
+        let mut previous = 0u8;
+        loop {
+            let Some(&b) = bytes.get(i) else {
+                return Err(format!("tag <{name}> at byte {start} is not terminated"));
+            };
+            match quote {
+                Some(q) if b == q => quote = None,
+                Some(_) => {}
+                None if b == b'"' || b == b'\'' => quote = Some(b),
+                None if b == b'<' => {
+                    return Err(format!("tag <{name}> at byte {start} is not terminated"));
+                }
+                None if b == b'>' => {
+                    self.pos = i + 1;
+                    return Ok(Token::Start {
+                        name,
+                        empty: previous == b'/',
+                    });
+                }
+                None => {}
+            }
+            previous = b;
+            i += 1;
+        }
+    }
+}
+
+fn is_xml_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+fn trim_xml_space(text: &str) -> &str {
+    text.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
+}
+
+/// Where a tag name starting at `from` ends.
+fn name_end(bytes: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while let Some(&b) = bytes.get(i) {
+        if is_xml_space(b) || b == b'/' || b == b'>' {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+fn tag_name(xml: &str, start: usize, end: usize) -> Result<&str, String> {
+    let name = &xml[start..end];
+    let valid = name
+        .bytes()
+        .next()
+        .is_some_and(|b| !matches!(b, b'-' | b'.' | b'0'..=b'9'))
+        && !name
+            .bytes()
+            .any(|b| matches!(b, b'<' | b'&' | b'"' | b'\'' | b'=' | b'!' | b'?'));
+    if valid {
+        Ok(name)
+    } else {
+        Err(format!("invalid tag name at byte {start}"))
+    }
+}
+
+/// The name without its namespace prefix.
+fn local_name(name: &str) -> &[u8] {
+    let bytes = name.as_bytes();
+    match bytes.iter().rposition(|&b| b == b':') {
+        Some(colon) => &bytes[colon + 1..],
+        None => bytes,
+    }
+}
+
+fn find_byte(bytes: &[u8], needle: u8, from: usize) -> Option<usize> {
+    bytes
+        .get(from..)?
+        .iter()
+        .position(|&b| b == needle)
+        .map(|i| from + i)
+}
+
+fn find(bytes: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    loop {
+        let candidate = find_byte(bytes, needle[0], at)?;
+        if bytes[candidate..].starts_with(needle) {
+            return Some(candidate);
+        }
+        at = candidate + 1;
+    }
+}
+
+/// Replaces the five predefined entities and character references.
+fn unescape(text: &str) -> Result<Cow<'_, str>, String> {
+    if !text.contains('&') {
+        return Ok(Cow::Borrowed(text));
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        rest = &rest[amp + 1..];
+        let shown = || rest.chars().take(12).collect::<String>();
+        let semicolon = rest
+            .find(';')
+            .filter(|&i| i <= 12)
+            .ok_or_else(|| format!("unterminated entity &{}", shown()))?;
+        let entity = &rest[..semicolon];
+        let c = match entity {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            "apos" => '\'',
+            _ => {
+                let code = if let Some(hex) = entity.strip_prefix("#x") {
+                    u32::from_str_radix(hex, 16).ok()
+                } else if let Some(decimal) = entity.strip_prefix('#') {
+                    decimal.parse::<u32>().ok()
+                } else {
+                    None
+                };
+                code.filter(|&c| c != 0)
+                    .and_then(char::from_u32)
+                    .ok_or_else(|| format!("unknown entity &{entity};"))?
+            }
+        };
+        out.push(c);
+        rest = &rest[semicolon + 1..];
+    }
+    out.push_str(rest);
+    Ok(Cow::Owned(out))
 }
 
 fn append<'a>(text: &mut Option<Cow<'a, str>>, piece: Cow<'a, str>) {
@@ -734,6 +971,153 @@ mod tests {
         ] {
             assert_eq!(change_type.as_str().parse(), Ok(change_type.clone()));
             assert!(!matches!(change_type, ChangeType::Other(_)));
+        }
+    }
+
+    #[test]
+    fn scanner_accepts_prolog_comments_attributes_prefixes_and_split_cdata() {
+        let xml = "\u{feff}<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- pushed by WeCom -->\n\
+            <xml a=\"1 > 0\" b='x'>\
+            <ToUserName><![CDATA[ww]]><!-- split --><![CDATA[1]]></ToUserName>\
+            <wx:CreateTime>\t12\r\n</wx:CreateTime>\
+            <Event attr=\"v\">customer_acquisition</Event>\
+            <Nested><ChangeType>wrong</ChangeType><![CDATA[ignored]]></Nested>\
+            <ChangeType>delete_link</ChangeType>\
+            <LinkId>&#x4E00;&#19968;&lt;&gt;&quot;&apos;</LinkId>\
+            <State></State >\
+            </xml>\n<!-- trailing -->\n";
+        let xml = xml.trim_start_matches('\u{feff}');
+        let event = parse_event(xml).unwrap();
+        assert_eq!(event.corp_id, "ww1");
+        assert_eq!(event.created_at, 12);
+        assert_eq!(event.change_type, ChangeType::DeleteLink);
+        assert_eq!(event.link_id.as_deref(), Some("一一<>\"'"));
+        assert_eq!(event.state, None);
+    }
+
+    #[test]
+    fn scanner_refuses_what_is_not_one_well_formed_root() {
+        for bad in [
+            "<!DOCTYPE xml [<!ENTITY x \"y\">]><xml></xml>",
+            "<xml></xml><xml></xml>",
+            "<xml></xml>trailing",
+            "leading<xml></xml>",
+            "<xml><![CDATA[x]]></xml><![CDATA[y]]>",
+            "<xml><!-- open </xml>",
+            "<xml><?pi </xml>",
+            "<xml><ToUserName a=\"unclosed></ToUserName></xml>",
+            "<xml><1a>x</1a></xml>",
+            "<xml></>",
+            "</xml>",
+            "<xml><State>&amp</State></xml>",
+            "<xml><State>&#0;</State></xml>",
+            "<xml><State>&#xD800;</State></xml>",
+            "<xml><Nested><Deep></Nested></Deep></xml>",
+        ] {
+            let mut fields = 0;
+            let result = read_root_fields(bad, |_| Some(()), |(), _| fields += 1);
+            assert!(result.is_err(), "{bad:?} accepted");
+            let err = result.unwrap_err();
+            assert!(!err.contains('\n'), "{err}");
+        }
+        assert_eq!(read_root_fields("<xml/>", |_| Some(()), |(), _| {}), Ok(()));
+    }
+
+    /// The quick-xml walker this scanner replaced, kept as the reference it must agree with.
+    fn quick_xml_fields(xml: &str) -> Result<Vec<(String, String)>, String> {
+        use quick_xml::Reader;
+        use quick_xml::events::Event;
+        let mut reader = Reader::from_str(xml);
+        reader.config_mut().trim_text(true);
+        let (mut depth, mut out) = (0usize, Vec::new());
+        let (mut current, mut text): (Option<String>, String) = (None, String::new());
+        loop {
+            match reader.read_event().map_err(|e| e.to_string())? {
+                Event::Start(s) => {
+                    depth += 1;
+                    if depth == 2 {
+                        current = Some(String::from_utf8_lossy(s.local_name().as_ref()).into());
+                        text.clear();
+                    }
+                }
+                Event::Empty(s) if depth == 1 => out.push((
+                    String::from_utf8_lossy(s.local_name().as_ref()).into(),
+                    String::new(),
+                )),
+                Event::End(_) => {
+                    if depth == 2
+                        && let Some(name) = current.take()
+                    {
+                        out.push((name, std::mem::take(&mut text)));
+                    }
+                    depth = depth.saturating_sub(1);
+                }
+                Event::Text(t) if depth == 2 => {
+                    text.push_str(&t.unescape().map_err(|e| e.to_string())?)
+                }
+                Event::CData(c) if depth == 2 => {
+                    text.push_str(std::str::from_utf8(&c).map_err(|e| e.to_string())?)
+                }
+                Event::Eof => return Ok(out),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn scanner_agrees_with_quick_xml_on_generated_wecom_documents() {
+        use rand::{Rng, SeedableRng, seq::SliceRandom};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let values = [
+            "",
+            "a",
+            "ww1",
+            "a&b",
+            "<x>",
+            "]]>",
+            "获客 链接",
+            " spaced ",
+            "q\"'",
+            "1700000000",
+        ];
+        let names = [
+            "ToUserName",
+            "CreateTime",
+            "Event",
+            "ChangeType",
+            "LinkId",
+            "State",
+            "UserID",
+            "Unknown",
+        ];
+        for _ in 0..3000 {
+            let mut children: Vec<String> = Vec::new();
+            for _ in 0..rng.gen_range(0..8) {
+                let name = names.choose(&mut rng).unwrap();
+                let value = values.choose(&mut rng).unwrap();
+                let mut child = String::new();
+                match rng.gen_range(0..4) {
+                    0 => push_cdata(&mut child, name, value),
+                    1 => child = format!("<{name}>{}</{name}>", quick_xml::escape::escape(*value)),
+                    2 => {
+                        child = format!(
+                            "<{name}>\n  {}<!-- c -->\n</{name}>",
+                            quick_xml::escape::escape(*value)
+                        )
+                    }
+                    _ => child = format!("<{name}/>"),
+                }
+                children.push(child);
+            }
+            let xml = format!("<xml>\n{}\n</xml>", children.join("\n"));
+            let mut ours = Vec::new();
+            read_root_fields(
+                &xml,
+                |n| Some(String::from_utf8_lossy(n).into_owned()),
+                |name, text| ours.push((name, text.into_owned())),
+            )
+            .unwrap();
+            assert_eq!(Ok(ours), quick_xml_fields(&xml), "{xml}");
         }
     }
 }
