@@ -7,8 +7,9 @@
 //! (413), the `Encrypt` element (400), the signature in constant time (403), the timestamp
 //! window (403), the (signature, nonce) replay check (200, not processed again), decryption
 //! and the receive id (400/403), event parsing (400; an authentic message that is no event
-//! is answered 200 and ignored), the decrypted-content replay check (200), then a non-blocking hand-off to a bounded queue (503 when full, so WeCom retries
-//! and nothing is lost silently). Nothing before the hand-off touches the Kubernetes API or
+//! is answered 200 and ignored), the decrypted-content replay check (200), then a
+//! non-blocking hand-off to a bounded queue (503 when full, so WeCom retries and nothing is
+//! lost silently). Nothing before the hand-off touches the Kubernetes API or
 //! WeCom, so the answer comes at once whatever they are doing.
 
 use std::borrow::Cow;
@@ -29,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::replay::{ReplayGuard, ReplayKey};
 use crate::metrics::{CallbackLabels, Metrics};
-use crate::wecom::crypto::{CallbackCrypto, CryptoError, extract_encrypt};
+use crate::wecom::crypto::{CallbackCrypto, CryptoError, extract_encrypt_borrowed};
 use crate::wecom::event::{CallbackEvent, Envelope, EventError, parse_event};
 
 /// Largest body accepted: WeCom's callbacks are well under 2 KiB.
@@ -81,8 +82,13 @@ pub struct AppCallback {
 }
 
 impl AppCallback {
-    fn answer(&self) -> &'static str {
-        if self.third_party { "success" } else { "" }
+    /// What WeCom expects back once an event is taken.
+    fn answer(&self) -> Response {
+        if self.third_party {
+            text(StatusCode::OK, "success")
+        } else {
+            empty(StatusCode::OK)
+        }
     }
 }
 
@@ -580,7 +586,7 @@ async fn receive_event<D: AppDirectory, S: EventSink>(
             Refusal::Message("the body is not UTF-8 text"),
         );
     };
-    let encrypt = match extract_encrypt(body) {
+    let encrypt = match extract_encrypt_borrowed(body) {
         Ok(encrypt) => encrypt,
         Err(err) => return refuse(crypto_outcome(&err), Refusal::Crypto(err)),
     };
@@ -594,7 +600,6 @@ async fn receive_event<D: AppDirectory, S: EventSink>(
     if let Err((outcome, why)) = endpoint.fresh(&timestamp) {
         return refuse(outcome, Refusal::Message(why));
     }
-    let answer = callback.answer();
     let app_id = [namespace.as_bytes(), app.as_bytes()];
     let delivery_key =
         endpoint
@@ -602,7 +607,7 @@ async fn receive_event<D: AppDirectory, S: EventSink>(
             .key(&[app_id[0], app_id[1], signature.as_bytes(), nonce.as_bytes()]);
     if endpoint.replays.contains(delivery_key) {
         endpoint.counters.inc(Outcome::Duplicate);
-        return text(StatusCode::OK, answer);
+        return callback.answer();
     }
     let plain = match callback.crypto.decrypt(&encrypt) {
         Ok(plain) => plain,
@@ -613,14 +618,14 @@ async fn receive_event<D: AppDirectory, S: EventSink>(
         Err(EventError::MissingField(field)) => {
             tracing::debug!(namespace = %namespace, app = %app, field, "authentic callback message that is not an event; ignored");
             endpoint.counters.inc(Outcome::NotAnEvent);
-            return text(StatusCode::OK, answer);
+            return callback.answer();
         }
         Err(err) => return refuse(Outcome::BadEvent, Refusal::Event(err)),
     };
     if event.envelope == Envelope::ThirdParty && event.corp_id != callback.corp_id {
         // Authentic, but about another corp that authorised the same suite.
         endpoint.counters.inc(Outcome::ForeignCorp);
-        return text(StatusCode::OK, answer);
+        return callback.answer();
     }
     let content_key = endpoint
         .replays
@@ -628,7 +633,7 @@ async fn receive_event<D: AppDirectory, S: EventSink>(
     let keys: [ReplayKey; 2] = [delivery_key, content_key];
     if !endpoint.replays.insert_all_new(&keys) {
         endpoint.counters.inc(Outcome::Duplicate);
-        return text(StatusCode::OK, answer);
+        return callback.answer();
     }
     let inbound = InboundEvent {
         namespace,
@@ -639,7 +644,7 @@ async fn receive_event<D: AppDirectory, S: EventSink>(
     match endpoint.sink.offer(inbound) {
         Ok(()) => {
             endpoint.counters.inc(Outcome::Accepted);
-            text(StatusCode::OK, answer)
+            callback.answer()
         }
         Err(inbound) => {
             // Not taken: WeCom's retry must be processed, so forget that it was seen.

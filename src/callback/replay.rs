@@ -10,13 +10,44 @@
 //! refuses anyway once they are old enough).
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A remembered callback: a hash of its app and of what identifies it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayKey(u128);
+
+impl std::hash::Hash for ReplayKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already a keyed hash: its low half is as good a bucket index as any.
+        state.write_u64(self.0 as u64);
+    }
+}
+
+/// The sets hash [`ReplayKey`]s, which are keyed hashes already: hashing them again with
+/// SipHash would only cost time.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (by `ReplayKey`); fold anything else in all the same.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type KeySet = HashSet<ReplayKey, BuildHasherDefault<PassThrough>>;
 
 /// The set of callbacks seen within the window.
 pub struct ReplayGuard {
@@ -30,8 +61,8 @@ pub struct ReplayGuard {
 }
 
 struct Generations {
-    current: HashSet<ReplayKey>,
-    previous: HashSet<ReplayKey>,
+    current: KeySet,
+    previous: KeySet,
     started: Instant,
 }
 
@@ -43,8 +74,8 @@ impl ReplayGuard {
             period,
             capacity: capacity.max(1),
             generations: Mutex::new(Generations {
-                current: HashSet::new(),
-                previous: HashSet::new(),
+                current: KeySet::default(),
+                previous: KeySet::default(),
                 started: Instant::now(),
             }),
         }

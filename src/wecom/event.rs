@@ -428,7 +428,7 @@ pub(crate) fn read_root_fields<'a, K>(
     mut on_field: impl FnMut(K, Cow<'a, str>),
 ) -> Result<(), String> {
     let mut scanner = Scanner { xml, pos: 0 };
-    let mut open: Vec<&'a str> = Vec::new();
+    let mut open = OpenTags::new();
     let mut root_seen = false;
     let mut current: Option<K> = None;
     let mut text: Option<Cow<'a, str>> = None;
@@ -484,8 +484,8 @@ pub(crate) fn read_root_fields<'a, K>(
             }
             Token::End { name } => {
                 match open.last() {
-                    Some(&expected) if expected == name => {}
-                    Some(&expected) => {
+                    Some(expected) if expected == name => {}
+                    Some(expected) => {
                         return Err(format!(
                             "end tag </{name}> at byte {at} does not close <{expected}>"
                         ));
@@ -531,6 +531,8 @@ struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
+    /// The next token. Searches use `memchr` (vectorised), so the cost is a few passes
+    /// over the markup, not a branch per byte of the `Encrypt` text.
     fn next_token(&mut self) -> Result<Token<'a>, String> {
         let bytes = self.xml.as_bytes();
         let start = self.pos;
@@ -542,78 +544,85 @@ impl<'a> Scanner<'a> {
             self.pos = end;
             return Ok(Token::Text(&self.xml[start..end]));
         }
-        let rest = &bytes[start..];
-        if rest.starts_with(b"<![CDATA[") {
-            let body = start + 9;
-            let end = find(bytes, b"]]>", body)
-                .ok_or_else(|| format!("CDATA section at byte {start} is not terminated"))?;
-            self.pos = end + 3;
-            return Ok(Token::CData(&self.xml[body..end]));
+        match bytes.get(start + 1) {
+            Some(b'!') => {
+                let rest = &bytes[start..];
+                if rest.starts_with(b"<![CDATA[") {
+                    let body = start + 9;
+                    let end = find(bytes, b"]]>", body).ok_or_else(|| {
+                        format!("CDATA section at byte {start} is not terminated")
+                    })?;
+                    self.pos = end + 3;
+                    Ok(Token::CData(&self.xml[body..end]))
+                } else if rest.starts_with(b"<!--") {
+                    let end = find(bytes, b"-->", start + 4)
+                        .ok_or_else(|| format!("comment at byte {start} is not terminated"))?;
+                    self.pos = end + 3;
+                    Ok(Token::Skipped)
+                } else {
+                    Err(format!(
+                        "declaration at byte {start} (DOCTYPE or similar) is not accepted"
+                    ))
+                }
+            }
+            Some(b'?') => {
+                let end = find(bytes, b"?>", start + 2).ok_or_else(|| {
+                    format!("processing instruction at byte {start} is not terminated")
+                })?;
+                self.pos = end + 2;
+                Ok(Token::Skipped)
+            }
+            Some(b'/') => {
+                let gt = find_byte(bytes, b'>', start + 2)
+                    .ok_or_else(|| format!("end tag at byte {start} is not terminated"))?;
+                let name = trim_xml_space(&self.xml[start + 2..gt]);
+                if name.bytes().any(is_xml_space) {
+                    return Err(format!("end tag at byte {start} is malformed"));
+                }
+                let name = tag_name(name, start)?;
+                self.pos = gt + 1;
+                Ok(Token::End { name })
+            }
+            _ => self.start_tag(start),
         }
-        if rest.starts_with(b"<!--") {
-            let end = find(bytes, b"-->", start + 4)
-                .ok_or_else(|| format!("comment at byte {start} is not terminated"))?;
-            self.pos = end + 3;
-            return Ok(Token::Skipped);
-        }
-        if rest.starts_with(b"<!") {
-            return Err(format!(
-                "declaration at byte {start} (DOCTYPE or similar) is not accepted"
-            ));
-        }
-        if rest.starts_with(b"<?") {
-            let end = find(bytes, b"?>", start + 2).ok_or_else(|| {
-                format!("processing instruction at byte {start} is not terminated")
-            })?;
-            self.pos = end + 2;
-            return Ok(Token::Skipped);
-        }
-        if rest.starts_with(b"</") {
-            let name_start = start + 2;
-            let name_end = name_end(bytes, name_start);
-            let name = tag_name(self.xml, name_start, name_end)?;
-            let mut i = name_end;
-            while bytes.get(i).is_some_and(|b| is_xml_space(*b)) {
+    }
+
+    /// `<name attributes...>` or `<name .../>` at `start`.
+    fn start_tag(&mut self, start: usize) -> Result<Token<'a>, String> {
+        let bytes = self.xml.as_bytes();
+        let unterminated = || format!("tag at byte {start} is not terminated");
+        let mut gt = find_byte(bytes, b'>', start + 1).ok_or_else(unterminated)?;
+        let inner = &bytes[start + 1..gt];
+        if memchr::memchr2(b'"', b'\'', inner).is_some() {
+            // Quoted attribute values may hold a `>`: find the one outside quotes.
+            let mut quote: Option<u8> = None;
+            let mut i = start + 1;
+            gt = loop {
+                let &b = bytes.get(i).ok_or_else(unterminated)?;
+                match quote {
+                    _ if b == b'<' => return Err(unterminated()),
+                    Some(q) if b == q => quote = None,
+                    Some(_) => {}
+                    None if b == b'"' || b == b'\'' => quote = Some(b),
+                    None if b == b'>' => break i,
+                    None => {}
+                }
                 i += 1;
-            }
-            if bytes.get(i) != Some(&b'>') {
-                return Err(format!(
-                    "end tag </{name}> at byte {start} is not terminated"
-                ));
-            }
-            self.pos = i + 1;
-            return Ok(Token::End { name });
-        }
-        let name_start = start + 1;
-        let name_end = name_end(bytes, name_start);
-        let name = tag_name(self.xml, name_start, name_end)?;
-        // Attributes are skipped; a `>` inside a quoted value does not end the tag.
-        let mut i = name_end;
-        let mut quote: Option<u8> = None;
-        let mut previous = 0u8;
-        loop {
-            let Some(&b) = bytes.get(i) else {
-                return Err(format!("tag <{name}> at byte {start} is not terminated"));
             };
-            match quote {
-                Some(q) if b == q => quote = None,
-                Some(_) => {}
-                None if b == b'"' || b == b'\'' => quote = Some(b),
-                None if b == b'<' => {
-                    return Err(format!("tag <{name}> at byte {start} is not terminated"));
-                }
-                None if b == b'>' => {
-                    self.pos = i + 1;
-                    return Ok(Token::Start {
-                        name,
-                        empty: previous == b'/',
-                    });
-                }
-                None => {}
-            }
-            previous = b;
-            i += 1;
+        } else if memchr::memchr(b'<', inner).is_some() {
+            return Err(unterminated());
         }
+        let inner = &self.xml[start + 1..gt];
+        let name_len = inner
+            .bytes()
+            .position(|b| is_xml_space(b) || b == b'/')
+            .unwrap_or(inner.len());
+        let name = tag_name(&inner[..name_len], start)?;
+        self.pos = gt + 1;
+        Ok(Token::Start {
+            name,
+            empty: inner.ends_with('/'),
+        })
     }
 }
 
@@ -625,20 +634,8 @@ fn trim_xml_space(text: &str) -> &str {
     text.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
 }
 
-/// Where a tag name starting at `from` ends.
-fn name_end(bytes: &[u8], from: usize) -> usize {
-    let mut i = from;
-    while let Some(&b) = bytes.get(i) {
-        if is_xml_space(b) || b == b'/' || b == b'>' {
-            break;
-        }
-        i += 1;
-    }
-    i
-}
-
-fn tag_name(xml: &str, start: usize, end: usize) -> Result<&str, String> {
-    let name = &xml[start..end];
+/// Checks a tag name found at byte `at`.
+fn tag_name(name: &str, at: usize) -> Result<&str, String> {
     let valid = name
         .bytes()
         .next()
@@ -649,41 +646,79 @@ fn tag_name(xml: &str, start: usize, end: usize) -> Result<&str, String> {
     if valid {
         Ok(name)
     } else {
-        Err(format!("invalid tag name at byte {start}"))
+        Err(format!("invalid tag name at byte {at}"))
     }
 }
 
 /// The name without its namespace prefix.
 fn local_name(name: &str) -> &[u8] {
     let bytes = name.as_bytes();
-    match bytes.iter().rposition(|&b| b == b':') {
+    match memchr::memrchr(b':', bytes) {
         Some(colon) => &bytes[colon + 1..],
         None => bytes,
     }
 }
 
 fn find_byte(bytes: &[u8], needle: u8, from: usize) -> Option<usize> {
-    bytes
-        .get(from..)?
-        .iter()
-        .position(|&b| b == needle)
-        .map(|i| from + i)
+    memchr::memchr(needle, bytes.get(from..)?).map(|i| from + i)
 }
 
 fn find(bytes: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    let mut at = from;
-    loop {
-        let candidate = find_byte(bytes, needle[0], at)?;
-        if bytes[candidate..].starts_with(needle) {
-            return Some(candidate);
+    memchr::memmem::find(bytes.get(from..)?, needle).map(|i| from + i)
+}
+
+/// The open elements, innermost last. Four fit inline (WeCom's documents have two
+/// levels), so a parse does not allocate for it.
+struct OpenTags<'a> {
+    inline: [&'a str; 4],
+    len: usize,
+    deeper: Vec<&'a str>,
+}
+
+impl<'a> OpenTags<'a> {
+    fn new() -> Self {
+        OpenTags {
+            inline: [""; 4],
+            len: 0,
+            deeper: Vec::new(),
         }
-        at = candidate + 1;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push(&mut self, name: &'a str) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = name,
+            None => self.deeper.push(name),
+        }
+        self.len += 1;
+    }
+
+    fn last(&self) -> Option<&'a str> {
+        let top = self.len.checked_sub(1)?;
+        match self.inline.get(top) {
+            Some(name) => Some(*name),
+            None => self.deeper.last().copied(),
+        }
+    }
+
+    fn pop(&mut self) {
+        if self.len > self.inline.len() {
+            self.deeper.pop();
+        }
+        self.len = self.len.saturating_sub(1);
     }
 }
 
 /// Replaces the five predefined entities and character references.
 fn unescape(text: &str) -> Result<Cow<'_, str>, String> {
-    if !text.contains('&') {
+    if memchr::memchr(b'&', text.as_bytes()).is_none() {
         return Ok(Cow::Borrowed(text));
     }
     let mut out = String::with_capacity(text.len());
@@ -1021,6 +1056,27 @@ mod tests {
             assert!(!err.contains('\n'), "{err}");
         }
         assert_eq!(read_root_fields("<xml/>", |_| Some(()), |(), _| {}), Ok(()));
+    }
+
+    #[test]
+    fn scanner_checks_end_tags_beyond_the_inline_depth() {
+        let deep = "<xml><a><b><c><d><e>x</e></d></c></b></a><LinkId>L</LinkId></xml>";
+        let mut seen = Vec::new();
+        read_root_fields(
+            deep,
+            |n| Some(String::from_utf8_lossy(n).into_owned()),
+            |n, t| seen.push((n, t.into_owned())),
+        )
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                ("a".to_string(), String::new()),
+                ("LinkId".into(), "L".into())
+            ]
+        );
+        let crossed = "<xml><a><b><c><d><e>x</d></e></c></b></a></xml>";
+        assert!(read_root_fields(crossed, |_| Some(()), |(), _| {}).is_err());
     }
 
     /// The quick-xml walker this scanner replaced, kept as the reference it must agree with.
