@@ -20,13 +20,16 @@ use wecom_acq::api::{
     AcquisitionLink, AcquisitionLinkSpec, AppRef, CallbackSpec, LinkRangeSpec, RemoteDeletePolicy,
     SecretKeyRef, WeComApp, WeComAppSpec,
 };
-use wecom_acq::callback::{self, CallbackSettings};
+use wecom_acq::callback::{
+    self, AppCallback, AppDirectory, CallbackSettings, DirectorySettings, KubeAppDirectory, Lookup,
+};
 use wecom_acq::controller::{self, Running};
 use wecom_acq::kubesim::{self, KubeSimHandle};
 use wecom_acq::metrics::Metrics;
 use wecom_acq::reconcile::conditions;
 use wecom_acq::reconcile::context::Cadence;
 use wecom_acq::sim::{self, SimCallback, SimConfig, SimHandle};
+use wecom_acq::wecom::crypto::CallbackCrypto;
 
 const NS: &str = "default";
 const APP: &str = "wecom";
@@ -44,6 +47,8 @@ struct World {
     stop: watch::Sender<bool>,
     served: tokio::task::JoinHandle<()>,
     http: reqwest::Client,
+    /// `http://ADDR/callback`
+    callback_base: String,
 }
 
 impl World {
@@ -56,10 +61,8 @@ impl World {
 
         // The endpoint's port first: the simulator needs the callback URL at start.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let callback_url = format!(
-            "http://{}/callback/{NS}/{APP}",
-            listener.local_addr().unwrap()
-        );
+        let callback_base = format!("http://{}/callback", listener.local_addr().unwrap());
+        let callback_url = format!("{callback_base}/{NS}/{APP}");
         let wecom = sim::spawn(
             SimConfig {
                 callback: Some(SimCallback {
@@ -75,18 +78,7 @@ impl World {
         .await
         .unwrap();
 
-        let secret = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some("wecom-credentials".into()),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([
-                ("secret".to_string(), ByteString(sim::DEFAULT_SECRET.into())),
-                ("token".to_string(), ByteString(TOKEN.into())),
-                ("aesKey".to_string(), ByteString(AES_KEY.into())),
-            ])),
-            ..Default::default()
-        };
+        let secret = secret_with_token(TOKEN);
         Api::<Secret>::namespaced(client.clone(), NS)
             .create(&PostParams::default(), &secret)
             .await
@@ -145,6 +137,7 @@ impl World {
             stop,
             served,
             http: reqwest::Client::new(),
+            callback_base,
         }
     }
 
@@ -244,6 +237,25 @@ impl World {
             .collect()
     }
 
+    /// Waits until the controller's cache holds the link as the API does, so a reconcile
+    /// triggered now starts from its latest state (a pass on a stale copy gets a 409 on its
+    /// first guarded write and retries a second later).
+    async fn cache_caught_up(&self, name: &str) {
+        wait_until(
+            &format!("the controller's cache of {name} up to date"),
+            || async {
+                let latest = self.links().get(name).await.ok()?;
+                let cached = self
+                    .running
+                    .context
+                    .link_store
+                    .get(&kube::runtime::reflector::ObjectRef::new(name).within(NS))?;
+                (cached.metadata.resource_version == latest.metadata.resource_version).then_some(())
+            },
+        )
+        .await;
+    }
+
     fn callbacks_counted(&self, result: &str) -> u64 {
         let needle = format!("wecom_acq_callbacks_total{{result=\"{result}\"}} ");
         self.running
@@ -295,6 +307,8 @@ async fn a_console_delete_reaches_the_controller_by_callback_and_the_link_is_rec
         .await;
     let (old_id, old_url) = world.ready_link("spring").await;
     let (orphan_id, _) = world.ready_link("summer").await;
+    world.cache_caught_up("spring").await;
+    world.cache_caught_up("summer").await;
 
     // Recreate: the console delete pushes delete_link; the reconcile re-checks (A2/A1)
     // and makes a new link.
@@ -338,7 +352,8 @@ async fn a_console_delete_reaches_the_controller_by_callback_and_the_link_is_rec
         recreated[0].contains(&old_url)
             && recreated[0].contains(&new_url)
             && recreated[0].contains(&new_id),
-        "{recreated:?}"
+        "{recreated:?} remote-deleted: {:?}",
+        world.events("spring", "RemoteDeleted").await
     );
     assert!(world.callbacks_counted("accepted") >= 1);
     assert!(
@@ -477,5 +492,157 @@ async fn exhausted_quota_stops_link_creation_until_quota_returns() {
     ));
     assert_eq!(status.quota.map(|q| q.balance), Some(100));
     assert!(!world.events(APP, "QuotaRestored").await.is_empty());
+    world.stop().await;
+}
+
+fn secret_with_token(token: &str) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("wecom-credentials".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([
+            ("secret".to_string(), ByteString(sim::DEFAULT_SECRET.into())),
+            ("token".to_string(), ByteString(token.into())),
+            ("aesKey".to_string(), ByteString(AES_KEY.into())),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// Whether `callback` verifies a signature made with `token`.
+fn signs_with(callback: &AppCallback, token: &str) -> bool {
+    let reference = CallbackCrypto::new(token, AES_KEY, sim::DEFAULT_CORP_ID).unwrap();
+    let signature = reference.signature("1700000000", "42", "QUJD");
+    callback
+        .crypto
+        .verify_signature(&signature, "1700000000", "42", "QUJD")
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_credentials_follow_the_app_and_its_secrets() {
+    let world = World::start().await;
+    wait_until("the controller's store has the app", || async {
+        world.running.context.app(NS, APP).map(|_| ())
+    })
+    .await;
+
+    // A freshly seen app is loaded by its first request: URL verification over HTTP.
+    let crypto = CallbackCrypto::new(TOKEN, AES_KEY, sim::DEFAULT_CORP_ID).unwrap();
+    let now = jiff::Timestamp::now().as_second().to_string();
+    let echostr = crypto.encrypt("echo-4711");
+    let signature = crypto.signature(&now, "9", &echostr);
+    let resp = world
+        .http
+        .get(format!("{}/{NS}/{APP}", world.callback_base))
+        .query(&[
+            ("msg_signature", signature.as_str()),
+            ("timestamp", now.as_str()),
+            ("nonce", "9"),
+            ("echostr", echostr.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "echo-4711");
+
+    // A directory of its own with short timings, on the same controller.
+    let settings = DirectorySettings {
+        scan_interval: Duration::from_millis(50),
+        secret_recheck: Duration::from_millis(200),
+        load_timeout: Duration::from_secs(2),
+    };
+    let directory = KubeAppDirectory::new(world.running.context.clone(), settings);
+    let (stop_refresher, stopped) = watch::channel(false);
+    let refresher = directory.spawn_refresher(stopped);
+    let found = |lookup: Lookup| match lookup {
+        Lookup::Found(callback) => Some(callback),
+        _ => None,
+    };
+    let callback = found(directory.lookup(NS, APP).await).expect("the app's credentials");
+    assert!(signs_with(&callback, TOKEN));
+    assert_eq!(callback.crypto.receive_id(), sim::DEFAULT_CORP_ID);
+    assert!(!callback.third_party);
+    assert!(matches!(
+        directory.lookup(NS, "no-such-app").await,
+        Lookup::Unknown
+    ));
+    assert!(matches!(
+        directory.lookup("elsewhere", APP).await,
+        Lookup::Unknown
+    ));
+
+    // A rotated Token is picked up without a restart.
+    let secrets: Api<Secret> = Api::namespaced(world.client.clone(), NS);
+    secrets
+        .replace("wecom-credentials", &PostParams::default(), &{
+            let mut rotated = secrets.get("wecom-credentials").await.unwrap();
+            rotated.data = secret_with_token("rotatedToken01").data;
+            rotated
+        })
+        .await
+        .unwrap();
+    wait_until("the rotated Token in use", || async {
+        let callback = found(directory.lookup(NS, APP).await)?;
+        signs_with(&callback, "rotatedToken01").then_some(())
+    })
+    .await;
+
+    // Without its Token the app answers like an unknown one, and recovers when it is back.
+    secrets
+        .replace("wecom-credentials", &PostParams::default(), &{
+            let mut broken = secrets.get("wecom-credentials").await.unwrap();
+            broken.data.as_mut().unwrap().remove("token");
+            broken
+        })
+        .await
+        .unwrap();
+    wait_until("the app unknown without its Token", || async {
+        matches!(directory.lookup(NS, APP).await, Lookup::Unknown).then_some(())
+    })
+    .await;
+    secrets
+        .replace("wecom-credentials", &PostParams::default(), &{
+            let mut fixed = secrets.get("wecom-credentials").await.unwrap();
+            fixed.data = secret_with_token(TOKEN).data;
+            fixed
+        })
+        .await
+        .unwrap();
+    wait_until("the app known again", || async {
+        found(directory.lookup(NS, APP).await).map(|_| ())
+    })
+    .await;
+
+    // A suite id makes it a third-party receiver answered `success`.
+    let apps = world.apps();
+    let mut app = apps.get(APP).await.unwrap();
+    if let Some(callback) = app.spec.callback.as_mut() {
+        callback.receive_id = Some("wwsuite01".into());
+    }
+    apps.replace(APP, &PostParams::default(), &app)
+        .await
+        .unwrap();
+    wait_until("the suite id as receive id", || async {
+        let callback = found(directory.lookup(NS, APP).await)?;
+        (callback.third_party && callback.crypto.receive_id() == "wwsuite01").then_some(())
+    })
+    .await;
+
+    // An app without callback settings has no endpoint.
+    let mut plain = apps.get(APP).await.unwrap();
+    plain.spec.callback = None;
+    apps.replace(APP, &PostParams::default(), &plain)
+        .await
+        .unwrap();
+    wait_until("the app without callbacks unknown", || async {
+        matches!(directory.lookup(NS, APP).await, Lookup::Unknown).then_some(())
+    })
+    .await;
+
+    let _ = stop_refresher.send(true);
+    let _ = refresher.await;
     world.stop().await;
 }

@@ -48,11 +48,17 @@ type AppKey = (String, String);
 struct Entry {
     generation: Option<i64>,
     loaded_at: Instant,
-    /// `None`: the app has no callback settings, or they are unusable (logged).
+    /// `None`: the app has no callback settings, or they are unusable (see `problem`).
     callback: Option<Arc<AppCallback>>,
     /// Keyed hash of the credentials, to tell a rotation from a re-read.
     fingerprint: u64,
+    /// What makes the callback settings unusable, for the operator (no secret in it).
+    problem: Option<String>,
 }
+
+/// Unusable settings are read again this often, so a fix (a Secret created after the app)
+/// is picked up quickly; the problem is logged once per change.
+const UNUSABLE_RECHECK: Duration = Duration::from_secs(5);
 
 /// The Kubernetes API did not answer while loading credentials; try again. (Unusable
 /// settings are not an error: they load as an entry without credentials.) Holds no secret.
@@ -154,6 +160,9 @@ impl Inner {
             }
             match self.load(&app).await {
                 Ok(entry) => {
+                    if let Some(problem) = &entry.problem {
+                        unusable(&key.0, &key.1, problem);
+                    }
                     let found = match &entry.callback {
                         Some(callback) => Lookup::Found(callback.clone()),
                         None => Lookup::Unknown,
@@ -188,9 +197,13 @@ impl Inner {
                 let stale = match entries.get(&key.0).and_then(|apps| apps.get(&key.1)) {
                     None => true,
                     Some(entry) => {
+                        let recheck = if entry.problem.is_some() {
+                            UNUSABLE_RECHECK.min(self.settings.secret_recheck)
+                        } else {
+                            self.settings.secret_recheck
+                        };
                         entry.generation != app.metadata.generation
-                            || (app.spec.callback.is_some()
-                                && entry.loaded_at.elapsed() >= self.settings.secret_recheck)
+                            || (app.spec.callback.is_some() && entry.loaded_at.elapsed() >= recheck)
                     }
                 };
                 if stale {
@@ -215,6 +228,11 @@ impl Inner {
                     let changed = previous.is_none_or(|p| p.fingerprint != entry.fingerprint);
                     if changed && entry.callback.is_some() {
                         tracing::info!(namespace = %key.0, app = %key.1, "callback credentials loaded");
+                    }
+                    if let Some(problem) = &entry.problem
+                        && previous.is_none_or(|p| p.problem.as_ref() != Some(problem))
+                    {
+                        unusable(&key.0, &key.1, problem);
                     }
                     // Keep the same Arc when nothing changed.
                     let entry = match previous {
@@ -249,14 +267,15 @@ impl Inner {
     async fn load(&self, app: &WeComApp) -> Result<Entry, LoadError> {
         let namespace = app.namespace().unwrap_or_default();
         let name = app.name_any();
-        let entry = |callback: Option<Arc<AppCallback>>, fingerprint| Entry {
+        let entry = |callback: Option<Arc<AppCallback>>, fingerprint, problem| Entry {
             generation: app.metadata.generation,
             loaded_at: Instant::now(),
             callback,
             fingerprint,
+            problem,
         };
         let Some(spec) = &app.spec.callback else {
-            return Ok(entry(None, 0));
+            return Ok(entry(None, 0, None));
         };
         let read = |reference| self.context.apps.read_secret(&namespace, reference, &name);
         let secrets = async {
@@ -269,10 +288,7 @@ impl Inner {
                     "reading the callback Secrets of WeComApp {namespace}/{name}: {source}"
                 )));
             }
-            Err(err) => {
-                self.unusable(&namespace, &name, &err.to_string());
-                return Ok(entry(None, 0));
-            }
+            Err(err) => return Ok(entry(None, 0, Some(err.to_string()))),
         };
         let receive_id = spec
             .receive_id
@@ -289,29 +305,27 @@ impl Inner {
                     third_party: spec.receive_id.is_some(),
                 })),
                 fingerprint,
+                None,
             )),
-            Err(err) => {
-                self.unusable(
-                    &namespace,
-                    &name,
-                    &format!(
-                        "Secret {}/{} or {}/{}: {err}",
-                        spec.token_ref.name,
-                        spec.token_ref.key,
-                        spec.aes_key_ref.name,
-                        spec.aes_key_ref.key
-                    ),
-                );
-                Ok(entry(None, fingerprint))
-            }
+            Err(err) => Ok(entry(
+                None,
+                fingerprint,
+                Some(format!(
+                    "Secret {}/{} or {}/{}: {err}",
+                    spec.token_ref.name,
+                    spec.token_ref.key,
+                    spec.aes_key_ref.name,
+                    spec.aes_key_ref.key
+                )),
+            )),
         }
     }
+}
 
-    fn unusable(&self, namespace: &str, name: &str, why: &str) {
-        tracing::warn!(
-            namespace,
-            app = name,
-            "callbacks for WeComApp {namespace}/{name} are answered 404 until its callback settings are fixed: {why}"
-        );
-    }
+fn unusable(namespace: &str, name: &str, why: &str) {
+    tracing::warn!(
+        namespace,
+        app = name,
+        "callbacks for WeComApp {namespace}/{name} are answered 404 until its callback settings are fixed: {why}"
+    );
 }

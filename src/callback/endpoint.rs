@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::Response;
 use axum::routing::get;
 use prometheus_client::metrics::counter::Counter;
@@ -505,10 +505,9 @@ impl<D: AppDirectory, S: EventSink> Endpoint<D, S> {
 async fn verify_url<D: AppDirectory, S: EventSink>(
     State(endpoint): State<Arc<Endpoint<D, S>>>,
     Path((namespace, app)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
+    uri: Uri,
 ) -> Response {
-    let query = query.unwrap_or_default();
-    let query = SignedQuery::parse(&query);
+    let query = SignedQuery::parse(uri.query().unwrap_or_default());
     let callback = match endpoint.find(&namespace, &app).await {
         Ok(callback) => callback,
         Err(response) => return response,
@@ -547,11 +546,10 @@ async fn verify_url<D: AppDirectory, S: EventSink>(
 async fn receive_event<D: AppDirectory, S: EventSink>(
     State(endpoint): State<Arc<Endpoint<D, S>>>,
     Path((namespace, app)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
+    uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let query = query.unwrap_or_default();
-    let query = SignedQuery::parse(&query);
+    let query = SignedQuery::parse(uri.query().unwrap_or_default());
     let callback = match endpoint.find(&namespace, &app).await {
         Ok(callback) => callback,
         Err(response) => return response,

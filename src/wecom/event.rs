@@ -419,210 +419,382 @@ fn push_number(xml: &mut String, name: &str, value: impl fmt::Display) {
 /// one. The error is a one-line description of the syntax problem.
 ///
 /// A small scanner rather than a general XML parser: WeCom's documents are flat, a few
-/// hundred bytes, and this sits on the hot path of every callback. It still checks what a
-/// parser would for such documents (one root, matching end tags, terminated CDATA, comments
-/// and tags, known entities) and refuses declarations (`<!DOCTYPE`), which WeCom never sends.
+/// hundred bytes, and this sits on the hot path of every callback. It works on byte
+/// positions, takes `<Name><![CDATA[..]]></Name>` and `<Name>text</Name>` in one step each,
+/// and still checks what a parser would for such documents (one root, matching end tags,
+/// terminated CDATA, comments and tags, known entities). Declarations (`<!DOCTYPE`), which
+/// WeCom never sends, are refused.
 pub(crate) fn read_root_fields<'a, K>(
     xml: &'a str,
     classify: impl Fn(&[u8]) -> Option<K>,
     mut on_field: impl FnMut(K, Cow<'a, str>),
 ) -> Result<(), String> {
-    let mut scanner = Scanner { xml, pos: 0 };
-    let mut open = OpenTags::new();
-    let mut root_seen = false;
-    let mut current: Option<K> = None;
-    let mut text: Option<Cow<'a, str>> = None;
+    let mut scan = Scan { xml, pos: 0 };
+    // Prolog: whitespace, comments, processing instructions, then the root.
+    let root = loop {
+        scan.skip_space();
+        match scan.markup_kind() {
+            None if scan.at_end() => return Err("no root element".to_string()),
+            None => {
+                return Err(format!(
+                    "text outside the root element at byte {}",
+                    scan.pos
+                ));
+            }
+            Some(Markup::Comment | Markup::Instruction) => scan.skip_misc()?,
+            Some(Markup::Start) => break scan.start_tag()?,
+            Some(Markup::CData) => {
+                return Err(format!(
+                    "CDATA outside the root element at byte {}",
+                    scan.pos
+                ));
+            }
+            Some(Markup::End) => return Err(scan.stray_end()),
+        }
+    };
+    if !root.empty {
+        // Children of the root.
+        loop {
+            // Text directly inside the root is ignored.
+            scan.skip_text();
+            match scan.markup_kind() {
+                None => return Err("input ends inside an element (1 left open)".to_string()),
+                Some(Markup::End) => {
+                    scan.end_tag(root.name)?;
+                    break;
+                }
+                Some(Markup::Comment | Markup::Instruction) => scan.skip_misc()?,
+                Some(Markup::CData) => {
+                    scan.cdata()?;
+                }
+                Some(Markup::Start) => {
+                    let child = scan.start_tag()?;
+                    let field = classify(local_name(child.name));
+                    match (field, child.empty) {
+                        (Some(field), true) => on_field(field, Cow::Borrowed("")),
+                        (None, true) => {}
+                        (Some(field), false) => on_field(field, scan.field_text(child.name)?),
+                        (None, false) => scan.skip_content(child.name)?,
+                    }
+                }
+            }
+        }
+    }
+    // Epilogue: only whitespace, comments and processing instructions.
     loop {
-        let at = scanner.pos;
-        match scanner.next_token()? {
-            Token::Eof => {
-                return match (root_seen, open.len()) {
-                    (false, _) => Err("no root element".to_string()),
-                    (true, 0) => Ok(()),
-                    (true, depth) => {
-                        Err(format!("input ends inside an element ({depth} left open)"))
-                    }
-                };
+        scan.skip_space();
+        match scan.markup_kind() {
+            None if scan.at_end() => return Ok(()),
+            Some(Markup::Comment | Markup::Instruction) => scan.skip_misc()?,
+            Some(Markup::Start) => {
+                return Err(format!("a second root element at byte {}", scan.pos));
             }
-            Token::Text(raw) => match open.len() {
-                0 if !trim_xml_space(raw).is_empty() => {
-                    return Err(format!("text outside the root element at byte {at}"));
-                }
-                2 if current.is_some() => {
-                    let trimmed = trim_xml_space(raw);
-                    if !trimmed.is_empty() {
-                        append(&mut text, unescape(trimmed)?);
-                    }
-                }
-                _ => {}
-            },
-            Token::CData(raw) => match open.len() {
-                0 => return Err(format!("CDATA outside the root element at byte {at}")),
-                2 if current.is_some() => append(&mut text, Cow::Borrowed(raw)),
-                _ => {}
-            },
-            Token::Start { name, empty } => {
-                if open.is_empty() {
-                    if root_seen {
-                        return Err(format!("a second root element <{name}> at byte {at}"));
-                    }
-                    root_seen = true;
-                }
-                if empty {
-                    if open.len() == 1
-                        && let Some(field) = classify(local_name(name))
-                    {
-                        on_field(field, Cow::Borrowed(""));
-                    }
-                } else {
-                    open.push(name);
-                    if open.len() == 2 {
-                        current = classify(local_name(name));
-                        text = None;
-                    }
-                }
+            _ => {
+                return Err(format!(
+                    "content after the root element at byte {}",
+                    scan.pos
+                ));
             }
-            Token::End { name } => {
-                match open.last() {
-                    Some(expected) if expected == name => {}
-                    Some(expected) => {
-                        return Err(format!(
-                            "end tag </{name}> at byte {at} does not close <{expected}>"
-                        ));
-                    }
-                    None => {
-                        return Err(format!("end tag </{name}> at byte {at} closes nothing"));
-                    }
-                }
-                if open.len() == 2
-                    && let Some(field) = current.take()
-                {
-                    on_field(field, text.take().unwrap_or(Cow::Borrowed("")));
-                }
-                open.pop();
-            }
-            Token::Skipped => {}
         }
     }
 }
 
-/// One piece of an XML document, borrowed from it.
-enum Token<'a> {
-    /// Character data between two pieces of markup, still escaped.
-    Text(&'a str),
-    /// The content of a `<![CDATA[...]]>` section.
-    CData(&'a str),
-    Start {
-        name: &'a str,
-        /// `<name/>`
-        empty: bool,
-    },
-    End {
-        name: &'a str,
-    },
-    /// A comment or a processing instruction (`<?xml ...?>`).
-    Skipped,
-    Eof,
+/// What the `<` at the current position opens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Markup {
+    Start,
+    End,
+    CData,
+    Comment,
+    Instruction,
 }
 
-struct Scanner<'a> {
+struct Tag<'a> {
+    name: &'a str,
+    /// `<name/>`
+    empty: bool,
+}
+
+struct Scan<'a> {
     xml: &'a str,
     pos: usize,
 }
 
-impl<'a> Scanner<'a> {
-    /// The next token. Searches use `memchr` (vectorised), so the cost is a few passes
-    /// over the markup, not a branch per byte of the `Encrypt` text.
-    fn next_token(&mut self) -> Result<Token<'a>, String> {
-        let bytes = self.xml.as_bytes();
-        let start = self.pos;
-        let Some(&first) = bytes.get(start) else {
-            return Ok(Token::Eof);
-        };
-        if first != b'<' {
-            let end = find_byte(bytes, b'<', start).unwrap_or(bytes.len());
-            self.pos = end;
-            return Ok(Token::Text(&self.xml[start..end]));
-        }
-        match bytes.get(start + 1) {
-            Some(b'!') => {
-                let rest = &bytes[start..];
-                if rest.starts_with(b"<![CDATA[") {
-                    let body = start + 9;
-                    let end = find(bytes, b"]]>", body).ok_or_else(|| {
-                        format!("CDATA section at byte {start} is not terminated")
-                    })?;
-                    self.pos = end + 3;
-                    Ok(Token::CData(&self.xml[body..end]))
-                } else if rest.starts_with(b"<!--") {
-                    let end = find(bytes, b"-->", start + 4)
-                        .ok_or_else(|| format!("comment at byte {start} is not terminated"))?;
-                    self.pos = end + 3;
-                    Ok(Token::Skipped)
-                } else {
-                    Err(format!(
-                        "declaration at byte {start} (DOCTYPE or similar) is not accepted"
-                    ))
-                }
-            }
-            Some(b'?') => {
-                let end = find(bytes, b"?>", start + 2).ok_or_else(|| {
-                    format!("processing instruction at byte {start} is not terminated")
-                })?;
-                self.pos = end + 2;
-                Ok(Token::Skipped)
-            }
-            Some(b'/') => {
-                let gt = find_byte(bytes, b'>', start + 2)
-                    .ok_or_else(|| format!("end tag at byte {start} is not terminated"))?;
-                let name = trim_xml_space(&self.xml[start + 2..gt]);
-                if name.bytes().any(is_xml_space) {
-                    return Err(format!("end tag at byte {start} is malformed"));
-                }
-                let name = tag_name(name, start)?;
-                self.pos = gt + 1;
-                Ok(Token::End { name })
-            }
-            _ => self.start_tag(start),
+impl<'a> Scan<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.xml.as_bytes()
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.xml.len()
+    }
+
+    fn rest(&self) -> &'a [u8] {
+        self.bytes().get(self.pos..).unwrap_or_default()
+    }
+
+    fn skip_space(&mut self) {
+        while self
+            .bytes()
+            .get(self.pos)
+            .copied()
+            .is_some_and(is_xml_space)
+        {
+            self.pos += 1;
         }
     }
 
-    /// `<name attributes...>` or `<name .../>` at `start`.
-    fn start_tag(&mut self, start: usize) -> Result<Token<'a>, String> {
-        let bytes = self.xml.as_bytes();
-        let unterminated = || format!("tag at byte {start} is not terminated");
-        let mut gt = find_byte(bytes, b'>', start + 1).ok_or_else(unterminated)?;
-        let inner = &bytes[start + 1..gt];
-        if memchr::memchr2(b'"', b'\'', inner).is_some() {
-            // Quoted attribute values may hold a `>`: find the one outside quotes.
-            let mut quote: Option<u8> = None;
-            let mut i = start + 1;
-            gt = loop {
-                let &b = bytes.get(i).ok_or_else(unterminated)?;
-                match quote {
-                    _ if b == b'<' => return Err(unterminated()),
-                    Some(q) if b == q => quote = None,
-                    Some(_) => {}
-                    None if b == b'"' || b == b'\'' => quote = Some(b),
-                    None if b == b'>' => break i,
-                    None => {}
-                }
-                i += 1;
-            };
-        } else if memchr::memchr(b'<', inner).is_some() {
-            return Err(unterminated());
+    /// Moves to the next `<` (or the end).
+    fn skip_text(&mut self) {
+        self.pos = find_byte(self.bytes(), b'<', self.pos).unwrap_or(self.xml.len());
+    }
+
+    /// `None` when the current byte is not `<` (text, or the end).
+    fn markup_kind(&self) -> Option<Markup> {
+        let rest = self.rest();
+        if rest.first() != Some(&b'<') {
+            return None;
         }
-        let inner = &self.xml[start + 1..gt];
-        let name_len = inner
-            .bytes()
-            .position(|b| is_xml_space(b) || b == b'/')
-            .unwrap_or(inner.len());
-        let name = tag_name(&inner[..name_len], start)?;
-        self.pos = gt + 1;
-        Ok(Token::Start {
-            name,
-            empty: inner.ends_with('/'),
+        Some(match rest.get(1) {
+            Some(b'/') => Markup::End,
+            Some(b'?') => Markup::Instruction,
+            Some(b'!') if rest.starts_with(b"<![CDATA[") => Markup::CData,
+            Some(b'!') if rest.starts_with(b"<!--") => Markup::Comment,
+            // A declaration: refused by skip_misc.
+            Some(b'!') => Markup::Comment,
+            _ => Markup::Start,
         })
+    }
+
+    /// Skips a comment or processing instruction; refuses declarations.
+    fn skip_misc(&mut self) -> Result<(), String> {
+        let start = self.pos;
+        let rest = self.rest();
+        let (open, close, what) = if rest.starts_with(b"<!--") {
+            (4, &b"-->"[..], "comment")
+        } else if rest.starts_with(b"<?") {
+            (2, &b"?>"[..], "processing instruction")
+        } else {
+            return Err(format!(
+                "declaration at byte {start} (DOCTYPE or similar) is not accepted"
+            ));
+        };
+        let end = find(self.bytes(), close, start + open)
+            .ok_or_else(|| format!("{what} at byte {start} is not terminated"))?;
+        self.pos = end + close.len();
+        Ok(())
+    }
+
+    /// A CDATA section at the current position: its content.
+    fn cdata(&mut self) -> Result<&'a str, String> {
+        let start = self.pos;
+        let body = start + 9;
+        let bytes = self.bytes();
+        let mut at = body;
+        let end = loop {
+            let bracket = find_byte(bytes, b']', at)
+                .ok_or_else(|| format!("CDATA section at byte {start} is not terminated"))?;
+            if bytes.get(bracket + 1..bracket + 3) == Some(b"]>") {
+                break bracket;
+            }
+            at = bracket + 1;
+        };
+        self.pos = end + 3;
+        Ok(&self.xml[body..end])
+    }
+
+    /// A start tag at the current position (`<` not followed by `/`, `!` or `?`).
+    fn start_tag(&mut self) -> Result<Tag<'a>, String> {
+        let start = self.pos;
+        let bytes = self.bytes();
+        let name_end = self.name_end(start + 1)?;
+        let name = &self.xml[start + 1..name_end];
+        match bytes.get(name_end) {
+            Some(b'>') => {
+                self.pos = name_end + 1;
+                return Ok(Tag { name, empty: false });
+            }
+            Some(b'/') if bytes.get(name_end + 1) == Some(&b'>') => {
+                self.pos = name_end + 2;
+                return Ok(Tag { name, empty: true });
+            }
+            _ => {}
+        }
+        // Attributes, skipped; a `>` inside a quoted value does not end the tag.
+        let unterminated = || format!("tag <{name}> at byte {start} is not terminated");
+        let mut quote: Option<u8> = None;
+        let mut previous = 0u8;
+        let mut i = name_end;
+        loop {
+            let &b = bytes.get(i).ok_or_else(unterminated)?;
+            match quote {
+                _ if b == b'<' => return Err(unterminated()),
+                Some(q) if b == q => quote = None,
+                Some(_) => {}
+                None if b == b'"' || b == b'\'' => quote = Some(b),
+                None if b == b'>' => {
+                    self.pos = i + 1;
+                    return Ok(Tag {
+                        name,
+                        empty: previous == b'/',
+                    });
+                }
+                None => {}
+            }
+            previous = b;
+            i += 1;
+        }
+    }
+
+    /// Where the tag name starting at `from` ends; checks its characters.
+    fn name_end(&self, from: usize) -> Result<usize, String> {
+        let bytes = self.bytes();
+        let invalid = || format!("invalid tag name at byte {}", from.saturating_sub(1));
+        match bytes.get(from) {
+            Some(b'-' | b'.' | b'0'..=b'9') | None => return Err(invalid()),
+            _ => {}
+        }
+        let mut i = from;
+        while let Some(&b) = bytes.get(i) {
+            match b {
+                b' ' | b'\t' | b'\r' | b'\n' | b'/' | b'>' => break,
+                b'<' | b'&' | b'"' | b'\'' | b'=' | b'!' | b'?' => return Err(invalid()),
+                _ => i += 1,
+            }
+        }
+        if i == from { Err(invalid()) } else { Ok(i) }
+    }
+
+    /// The end tag at the current position, which must close `open`.
+    fn end_tag(&mut self, open: &str) -> Result<(), String> {
+        let start = self.pos;
+        let name_end = self.name_end(start + 2)?;
+        let name = &self.xml[start + 2..name_end];
+        let mut i = name_end;
+        while self.bytes().get(i).copied().is_some_and(is_xml_space) {
+            i += 1;
+        }
+        if self.bytes().get(i) != Some(&b'>') {
+            return Err(format!(
+                "end tag </{name}> at byte {start} is not terminated"
+            ));
+        }
+        if name != open {
+            return Err(format!(
+                "end tag </{name}> at byte {start} does not close <{open}>"
+            ));
+        }
+        self.pos = i + 1;
+        Ok(())
+    }
+
+    fn stray_end(&self) -> String {
+        format!("end tag at byte {} closes nothing", self.pos)
+    }
+
+    /// The text of a field element whose start tag was just read, up to and including
+    /// its end tag: CDATA and text pieces joined, nested elements skipped.
+    fn field_text(&mut self, name: &'a str) -> Result<Cow<'a, str>, String> {
+        // The common shapes in one step: `<![CDATA[..]]></name>` and `text</name>`.
+        if self.rest().starts_with(b"<![CDATA[") {
+            let text = self.cdata()?;
+            if self.closes(name) {
+                return Ok(Cow::Borrowed(text));
+            }
+            let mut joined = Some(Cow::Borrowed(text));
+            self.field_pieces(name, &mut joined)?;
+            return Ok(joined.unwrap_or_default());
+        }
+        let mut joined = None;
+        self.field_pieces(name, &mut joined)?;
+        Ok(joined.unwrap_or_default())
+    }
+
+    /// Consumes `</name>` when it is next, exactly (the fast path).
+    fn closes(&mut self, name: &str) -> bool {
+        let rest = self.rest();
+        let closes = rest.len() > name.len() + 2
+            && rest.starts_with(b"</")
+            && &rest[2..2 + name.len()] == name.as_bytes()
+            && rest[2 + name.len()] == b'>';
+        if closes {
+            self.pos += name.len() + 3;
+        }
+        closes
+    }
+
+    /// The general case of [`Self::field_text`].
+    fn field_pieces(
+        &mut self,
+        name: &'a str,
+        joined: &mut Option<Cow<'a, str>>,
+    ) -> Result<(), String> {
+        loop {
+            let start = self.pos;
+            self.skip_text();
+            let raw = trim_xml_space(&self.xml[start..self.pos]);
+            if !raw.is_empty() {
+                append(joined, unescape(raw)?);
+            }
+            match self.markup_kind() {
+                None => return Err(format!("input ends inside <{name}>")),
+                Some(Markup::End) => return self.end_tag(name),
+                Some(Markup::CData) => {
+                    let text = self.cdata()?;
+                    append(joined, Cow::Borrowed(text));
+                }
+                Some(Markup::Comment | Markup::Instruction) => self.skip_misc()?,
+                Some(Markup::Start) => {
+                    let nested = self.start_tag()?;
+                    if !nested.empty {
+                        self.skip_content(nested.name)?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Skips the content of an element whose start tag was just read, up to and including
+    /// its end tag, checking that nested end tags match.
+    fn skip_content(&mut self, name: &'a str) -> Result<(), String> {
+        // The common shapes without a stack: CDATA or text, then `</name>`.
+        let start = self.pos;
+        if self.rest().starts_with(b"<![CDATA[") {
+            self.cdata()?;
+        } else {
+            self.skip_text();
+        }
+        if self.closes(name) {
+            return Ok(());
+        }
+        self.pos = start;
+        let mut open: Vec<&'a str> = vec![name];
+        while let Some(&innermost) = open.last() {
+            self.skip_text();
+            match self.markup_kind() {
+                None => {
+                    return Err(format!(
+                        "input ends inside an element ({} left open)",
+                        open.len() + 1
+                    ));
+                }
+                Some(Markup::End) => {
+                    self.end_tag(innermost)?;
+                    open.pop();
+                }
+                Some(Markup::CData) => {
+                    self.cdata()?;
+                }
+                Some(Markup::Comment | Markup::Instruction) => self.skip_misc()?,
+                Some(Markup::Start) => {
+                    let nested = self.start_tag()?;
+                    if !nested.empty {
+                        open.push(nested.name);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -634,85 +806,37 @@ fn trim_xml_space(text: &str) -> &str {
     text.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
 }
 
-/// Checks a tag name found at byte `at`.
-fn tag_name(name: &str, at: usize) -> Result<&str, String> {
-    let valid = name
-        .bytes()
-        .next()
-        .is_some_and(|b| !matches!(b, b'-' | b'.' | b'0'..=b'9'))
-        && !name
-            .bytes()
-            .any(|b| matches!(b, b'<' | b'&' | b'"' | b'\'' | b'=' | b'!' | b'?'));
-    if valid {
-        Ok(name)
-    } else {
-        Err(format!("invalid tag name at byte {at}"))
-    }
-}
-
 /// The name without its namespace prefix.
 fn local_name(name: &str) -> &[u8] {
     let bytes = name.as_bytes();
-    match memchr::memrchr(b':', bytes) {
+    match bytes.iter().rposition(|&b| b == b':') {
         Some(colon) => &bytes[colon + 1..],
         None => bytes,
     }
 }
 
+/// Most searches end within a few bytes (field values are short), where a plain loop beats
+/// `memchr`'s setup; the long ones (the `Encrypt` text) go to `memchr`.
 fn find_byte(bytes: &[u8], needle: u8, from: usize) -> Option<usize> {
-    memchr::memchr(needle, bytes.get(from..)?).map(|i| from + i)
+    const SHORT: usize = 32;
+    let haystack = bytes.get(from..)?;
+    let (head, tail) = haystack.split_at(haystack.len().min(SHORT));
+    match head.iter().position(|&b| b == needle) {
+        Some(i) => Some(from + i),
+        None => memchr::memchr(needle, tail).map(|i| from + head.len() + i),
+    }
 }
 
+/// `needle` (two or three bytes) from `from` on.
 fn find(bytes: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    memchr::memmem::find(bytes.get(from..)?, needle).map(|i| from + i)
-}
-
-/// The open elements, innermost last. Four fit inline (WeCom's documents have two
-/// levels), so a parse does not allocate for it.
-struct OpenTags<'a> {
-    inline: [&'a str; 4],
-    len: usize,
-    deeper: Vec<&'a str>,
-}
-
-impl<'a> OpenTags<'a> {
-    fn new() -> Self {
-        OpenTags {
-            inline: [""; 4],
-            len: 0,
-            deeper: Vec::new(),
+    let (&first, tail) = needle.split_first()?;
+    let mut at = from;
+    loop {
+        let candidate = find_byte(bytes, first, at)?;
+        if bytes.get(candidate + 1..candidate + 1 + tail.len()) == Some(tail) {
+            return Some(candidate);
         }
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn push(&mut self, name: &'a str) {
-        match self.inline.get_mut(self.len) {
-            Some(slot) => *slot = name,
-            None => self.deeper.push(name),
-        }
-        self.len += 1;
-    }
-
-    fn last(&self) -> Option<&'a str> {
-        let top = self.len.checked_sub(1)?;
-        match self.inline.get(top) {
-            Some(name) => Some(*name),
-            None => self.deeper.last().copied(),
-        }
-    }
-
-    fn pop(&mut self) {
-        if self.len > self.inline.len() {
-            self.deeper.pop();
-        }
-        self.len = self.len.saturating_sub(1);
+        at = candidate + 1;
     }
 }
 
@@ -1059,7 +1183,7 @@ mod tests {
     }
 
     #[test]
-    fn scanner_checks_end_tags_beyond_the_inline_depth() {
+    fn scanner_checks_end_tags_of_deeply_nested_elements() {
         let deep = "<xml><a><b><c><d><e>x</e></d></c></b></a><LinkId>L</LinkId></xml>";
         let mut seen = Vec::new();
         read_root_fields(
@@ -1151,18 +1275,20 @@ mod tests {
             for _ in 0..rng.gen_range(0..8) {
                 let name = names.choose(&mut rng).unwrap();
                 let value = values.choose(&mut rng).unwrap();
-                let mut child = String::new();
-                match rng.gen_range(0..4) {
-                    0 => push_cdata(&mut child, name, value),
-                    1 => child = format!("<{name}>{}</{name}>", quick_xml::escape::escape(*value)),
-                    2 => {
-                        child = format!(
-                            "<{name}>\n  {}<!-- c -->\n</{name}>",
-                            quick_xml::escape::escape(*value)
-                        )
-                    }
-                    _ => child = format!("<{name}/>"),
-                }
+                let escaped = quick_xml::escape::escape(*value);
+                let cdata = format!("<![CDATA[{}]]>", value.replace("]]>", "]]]]><![CDATA[>"));
+                let child = match rng.gen_range(0..6) {
+                    0 => format!("<{name}>{cdata}</{name}>"),
+                    1 => format!("<{name}>{escaped}</{name}>"),
+                    2 => format!("<{name}>\n  {escaped}<!-- c -->\n</{name}>"),
+                    // Pieces of CDATA and text, joined.
+                    3 => format!("<{name}>{cdata} {escaped} {cdata}</{name}>"),
+                    // A nested element (with a `>` in an attribute) is skipped.
+                    4 => format!(
+                        "<{name}>{escaped}<Inner a=\"1>2\"><Deep>{cdata}</Deep></Inner>x</{name}>"
+                    ),
+                    _ => format!("<{name}/>"),
+                };
                 children.push(child);
             }
             let xml = format!("<xml>\n{}\n</xml>", children.join("\n"));
