@@ -14,6 +14,9 @@
 //!    - `naive, Kubernetes 1 s per event`: a consumer that waits on the API for every
 //!      event; the queue fills and the endpoint answers 503 at once (WeCom retries), to show
 //!      the answer still does not wait.
+//!
+//!    A calibration run first: the same server answering 200 without the endpoint, the
+//!    ceiling the transport (kernel TCP, hyper, axum) leaves on this machine.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -168,6 +171,9 @@ fn prepare(count: usize) -> Vec<Prepared> {
 
 #[derive(Clone, Copy)]
 enum Consumer {
+    /// No endpoint at all: the same route answers 200 at once. The transport's ceiling on
+    /// this machine, for calibration.
+    NoEndpoint,
     /// Counters inline, coalesced per-link writes every 2 s, each write `api` long.
     Worker { api: Duration },
     /// Waits `api` for every event.
@@ -203,7 +209,13 @@ fn start_server(
             );
             let (tx, rx) = mpsc::channel::<InboundEvent>(QUEUE);
             let consuming = tokio::spawn(consume(consumer, rx, metrics.clone()));
-            let app = router(directory, tx, &metrics, EndpointSettings::default());
+            let app = match consumer {
+                Consumer::NoEndpoint => axum::Router::new().route(
+                    PATH,
+                    axum::routing::post(|_body: Bytes| async { http::StatusCode::OK }),
+                ),
+                _ => router(directory, tx, &metrics, EndpointSettings::default()),
+            };
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stop_rx.await;
@@ -217,6 +229,7 @@ fn start_server(
 
 async fn consume(consumer: Consumer, mut rx: mpsc::Receiver<InboundEvent>, metrics: Arc<Metrics>) {
     match consumer {
+        Consumer::NoEndpoint => while rx.recv().await.is_some() {},
         Consumer::Naive { api } => {
             while rx.recv().await.is_some() {
                 tokio::time::sleep(api).await;
@@ -388,6 +401,12 @@ fn main() {
     // Each run has its own server, so its replay memory has seen none of them. In a closed
     // loop the latency grows with the connections in flight (Little's law), so the
     // fast-API run is repeated with twice as many.
+    http_run(
+        "calibration: no endpoint, 200 at once",
+        Consumer::NoEndpoint,
+        requests.clone(),
+        32,
+    );
     let fast = Consumer::Worker {
         api: Duration::from_millis(2),
     };

@@ -9,7 +9,6 @@
 //! Secrets itself, bounded by `load_timeout`.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -121,14 +120,12 @@ async fn until_stopped(mut stop: watch::Receiver<bool>) {
 }
 
 impl AppDirectory for KubeAppDirectory {
-    fn lookup(&self, namespace: &str, app: &str) -> impl Future<Output = Lookup> + Send {
-        let inner = self.inner.clone();
-        let cached = inner.cached(namespace, app);
-        let key = (namespace.to_string(), app.to_string());
-        async move {
-            match cached {
-                Some(found) => found,
-                None => inner.load_first(key).await,
+    async fn lookup(&self, namespace: &str, app: &str) -> Lookup {
+        match self.inner.cached(namespace, app) {
+            Some(found) => found,
+            None => {
+                let key = (namespace.to_string(), app.to_string());
+                self.inner.load_first(key).await
             }
         }
     }
