@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// Address of the WeCom callback endpoint (/callback/{namespace}/{app}).
     #[arg(long, env = "CALLBACK_ADDR", default_value = "0.0.0.0:8081")]
     pub callback_addr: SocketAddr,
+    /// Refuse callbacks whose timestamp is further than this from this host's clock;
+    /// replays within it are answered without being processed again.
+    #[arg(long, env = "CALLBACK_MAX_SKEW", default_value = "5m", value_parser = parse_duration)]
+    pub callback_max_skew: Duration,
     /// Observe every link (A2) at least this often; callbacks make it faster.
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub resync_interval: Duration,
@@ -391,10 +395,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let callbacks = crate::callback::serve(
+    let callbacks = crate::callback::serve_with(
         args.callback_addr,
         running.context.clone(),
         running.triggers.clone(),
+        crate::callback::CallbackSettings::with_max_skew(args.callback_max_skew),
         stop_rx.clone(),
     )
     .await?;

@@ -55,6 +55,11 @@ pub struct CallbackLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallbackEventLabels {
+    pub change_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConversionLabels {
     pub namespace: String,
     pub app: String,
@@ -74,6 +79,7 @@ pub struct Metrics {
     pub quota_balance: Family<AppLabels, Gauge>,
     pub callbacks: Family<CallbackLabels, Counter>,
     pub conversions: Family<ConversionLabels, Counter>,
+    pub callback_events: Family<CallbackEventLabels, Counter>,
     link_ready: Mutex<HashMap<String, String>>,
 }
 
@@ -96,6 +102,7 @@ impl Default for Metrics {
         let quota_balance = Family::<AppLabels, Gauge>::default();
         let callbacks = Family::<CallbackLabels, Counter>::default();
         let conversions = Family::<ConversionLabels, Counter>::default();
+        let callback_events = Family::<CallbackEventLabels, Counter>::default();
         registry.register(
             "reconciles",
             "Reconcile passes by kind and result",
@@ -136,6 +143,11 @@ impl Default for Metrics {
             "Conversion callbacks per app, link, channel and change type",
             conversions.clone(),
         );
+        registry.register(
+            "callback_events",
+            "Verified callback events handled, by change type (unknown ones as \"unknown\")",
+            callback_events.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -146,6 +158,7 @@ impl Default for Metrics {
             quota_balance,
             callbacks,
             conversions,
+            callback_events,
             link_ready: Mutex::new(HashMap::new()),
         }
     }

@@ -1,29 +1,118 @@
-//! The WeCom callback endpoint (`/callback/{namespace}/{app}`).
+//! The WeCom callback endpoint (`/callback/{namespace}/{app}`): verified, decrypted events
+//! from WeCom drive remote-delete handling, conversion counters, customer counts and quota
+//! conditions, while polling stays the backup (R13).
+//!
+//! - [`endpoint`]: the HTTP layer and its checks (signature, timestamp window, replays,
+//!   body limit, bounded queue), over an abstract [`AppDirectory`] and [`EventSink`], so it
+//!   is tested and benchmarked without Kubernetes.
+//! - [`directory`]: callback credentials from the WeComApps and their Secrets, cached.
+//! - [`worker`]: turns queued events into reconcile triggers and status writes.
+//! - [`replay`]: the memory of callbacks already taken.
+//!
+//! [`serve`] wires them to the controller: the answer never waits on the Kubernetes API or
+//! on WeCom (R12).
 
-use std::{net::SocketAddr, sync::Arc};
+pub mod directory;
+pub mod endpoint;
+pub mod replay;
+pub mod worker;
 
-use tokio::sync::watch;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::mpsc, sync::watch, task::JoinHandle};
+
+pub use directory::{DirectorySettings, KubeAppDirectory};
+pub use endpoint::{
+    AppCallback, AppDirectory, EndpointSettings, EventSink, InboundEvent, Lookup, StaticDirectory,
+    router,
+};
+pub use worker::WorkerSettings;
 
 use crate::{controller::Triggers, reconcile::context::Context};
 
-/// Binds the callback endpoint and serves it until `stop` turns true.
+/// Events accepted but not yet handled; beyond this the endpoint answers 503.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
+
+/// Everything tunable about the callback endpoint.
+#[derive(Debug, Clone)]
+pub struct CallbackSettings {
+    pub endpoint: EndpointSettings,
+    pub directory: DirectorySettings,
+    pub worker: WorkerSettings,
+    pub queue_capacity: usize,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        CallbackSettings {
+            endpoint: EndpointSettings::default(),
+            directory: DirectorySettings::default(),
+            worker: WorkerSettings::default(),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+        }
+    }
+}
+
+impl CallbackSettings {
+    /// The defaults with another timestamp window (`--callback-max-skew`).
+    pub fn with_max_skew(max_skew: Duration) -> Self {
+        let mut settings = Self::default();
+        settings.endpoint.max_skew = Some(max_skew);
+        settings
+    }
+}
+
+/// Binds the callback endpoint with the default settings and serves it until `stop`
+/// turns true.
 pub async fn serve(
     addr: SocketAddr,
     context: Arc<Context>,
     triggers: Triggers,
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let _ = (context, triggers);
-    let listener = tokio::net::TcpListener::bind(addr)
+) -> anyhow::Result<JoinHandle<()>> {
+    serve_with(addr, context, triggers, CallbackSettings::default(), stop).await
+}
+
+/// [`serve`] with explicit settings.
+pub async fn serve_with(
+    addr: SocketAddr,
+    context: Arc<Context>,
+    triggers: Triggers,
+    settings: CallbackSettings,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on --callback-addr {addr}: {e}"))?;
+    Ok(serve_on(listener, context, triggers, settings, stop))
+}
+
+/// Serves the callback endpoint on a bound listener (tests bind port 0 first, to know the
+/// URL before the simulator starts) until `stop` turns true. The worker then handles what
+/// was queued and writes the pending customer counts before the task ends.
+pub fn serve_on(
+    listener: TcpListener,
+    context: Arc<Context>,
+    triggers: Triggers,
+    settings: CallbackSettings,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let (queue, events) = mpsc::channel::<InboundEvent>(settings.queue_capacity.max(1));
+    let directory = KubeAppDirectory::new(context.clone(), settings.directory);
+    let refresher = directory.spawn_refresher(stop.clone());
+    let worker = worker::spawn(context.clone(), triggers, events, settings.worker);
+    let app = router(directory, queue, &context.metrics, settings.endpoint);
     let mut stop = stop;
-    Ok(tokio::spawn(async move {
-        let router = axum::Router::new();
-        let _ = axum::serve(listener, router)
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
-    }))
+        if let Err(err) = served {
+            tracing::error!(error = %err, "the callback endpoint stopped serving");
+        }
+        refresher.abort();
+        let _ = worker.await;
+    })
 }

@@ -4,17 +4,15 @@
 //! Both envelopes of WECOM-NOTES "Callbacks" are read: the self-built one
 //! (`ToUserName`, `CreateTime`, `Event`, `ChangeType`, ...) and the third-party one
 //! (`SuiteId`, `AuthCorpId`, `InfoType`, `TimeStamp`, `ChangeType`, ...). Every extra element
-//! is optional, unknown elements are ignored, values may be CDATA or plain text. Parsing walks
-//! quick-xml events once and borrows from the input until the final struct is built: it sits
-//! on the hot path of the callback endpoint.
+//! is optional, unknown elements are ignored, values may be CDATA or plain text. Parsing is one
+//! pass of a small scanner made for WeCom's flat documents (`read_root_fields`) and
+//! borrows from the input until the final struct is built: it sits on the hot path of the
+//! callback endpoint.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
-
-use quick_xml::Reader;
-use quick_xml::events::Event;
 
 /// Which of WeCom's two callback envelopes an event came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -419,71 +417,469 @@ fn push_number(xml: &mut String, name: &str, value: impl fmt::Display) {
 /// CDATA pieces of one child are joined, entities unescaped, surrounding whitespace of plain
 /// text trimmed; grandchildren are skipped. A later duplicate element overrides an earlier
 /// one. The error is a one-line description of the syntax problem.
-pub(crate) fn read_root_fields<'a, K: Copy>(
+///
+/// A small scanner rather than a general XML parser: WeCom's documents are flat, a few
+/// hundred bytes, and this sits on the hot path of every callback. It works on byte
+/// positions, takes `<Name><![CDATA[..]]></Name>` and `<Name>text</Name>` in one step each,
+/// and still checks what a parser would for such documents (one root, matching end tags,
+/// terminated CDATA, comments and tags, known entities). Declarations (`<!DOCTYPE`), which
+/// WeCom never sends, are refused.
+pub(crate) fn read_root_fields<'a, K>(
     xml: &'a str,
     classify: impl Fn(&[u8]) -> Option<K>,
     mut on_field: impl FnMut(K, Cow<'a, str>),
 ) -> Result<(), String> {
-    let mut reader = Reader::from_str(xml);
-    reader.config_mut().trim_text(true);
-    let mut depth = 0usize;
-    let mut current: Option<K> = None;
-    let mut text: Option<Cow<'a, str>> = None;
+    let mut scan = Scan { xml, pos: 0 };
+    // Prolog: whitespace, comments, processing instructions, then the root.
+    let root = loop {
+        scan.skip_space();
+        match scan.markup_kind() {
+            None if scan.at_end() => return Err("no root element".to_string()),
+            None => {
+                return Err(format!(
+                    "text outside the root element at byte {}",
+                    scan.pos
+                ));
+            }
+            Some(Markup::Comment | Markup::Instruction) => scan.skip_misc()?,
+            Some(Markup::Start) => break scan.start_tag()?,
+            Some(Markup::CData) => {
+                return Err(format!(
+                    "CDATA outside the root element at byte {}",
+                    scan.pos
+                ));
+            }
+            Some(Markup::End) => return Err(scan.stray_end()),
+        }
+    };
+    if !root.empty {
+        // Children of the root.
+        loop {
+            // Text directly inside the root is ignored.
+            scan.skip_text();
+            match scan.markup_kind() {
+                None => return Err("input ends inside an element (1 left open)".to_string()),
+                Some(Markup::End) => {
+                    scan.end_tag(root.name)?;
+                    break;
+                }
+                Some(Markup::Comment | Markup::Instruction) => scan.skip_misc()?,
+                Some(Markup::CData) => {
+                    scan.cdata()?;
+                }
+                Some(Markup::Start) => {
+                    let child = scan.start_tag()?;
+                    let field = classify(local_name(child.name));
+                    match (field, child.empty) {
+                        (Some(field), true) => on_field(field, Cow::Borrowed("")),
+                        (None, true) => {}
+                        (Some(field), false) => on_field(field, scan.field_text(child.name)?),
+                        (None, false) => scan.skip_content(child.name)?,
+                    }
+                }
+            }
+        }
+    }
+    // Epilogue: only whitespace, comments and processing instructions.
     loop {
-        let event = reader.read_event().map_err(|err| {
-            format!(
-                "{err} at byte {}",
-                reader.error_position().min(xml.len() as u64)
-            )
-        })?;
-        match event {
-            Event::Start(start) => {
-                depth += 1;
-                if depth == 2 {
-                    current = classify(start.local_name().as_ref());
-                    text = None;
-                }
+        scan.skip_space();
+        match scan.markup_kind() {
+            None if scan.at_end() => return Ok(()),
+            Some(Markup::Comment | Markup::Instruction) => scan.skip_misc()?,
+            Some(Markup::Start) => {
+                return Err(format!("a second root element at byte {}", scan.pos));
             }
-            Event::Empty(start) => {
-                if depth == 1
-                    && let Some(field) = classify(start.local_name().as_ref())
-                {
-                    on_field(field, Cow::Borrowed(""));
-                }
+            _ => {
+                return Err(format!(
+                    "content after the root element at byte {}",
+                    scan.pos
+                ));
             }
-            Event::End(_) => {
-                if depth == 2
-                    && let Some(field) = current.take()
-                {
-                    on_field(field, text.take().unwrap_or(Cow::Borrowed("")));
-                }
-                depth = depth.saturating_sub(1);
+        }
+    }
+}
+
+/// What the `<` at the current position opens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Markup {
+    Start,
+    End,
+    CData,
+    Comment,
+    Instruction,
+}
+
+struct Tag<'a> {
+    name: &'a str,
+    /// `<name/>`
+    empty: bool,
+}
+
+struct Scan<'a> {
+    xml: &'a str,
+    pos: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.xml.as_bytes()
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.xml.len()
+    }
+
+    fn rest(&self) -> &'a [u8] {
+        self.bytes().get(self.pos..).unwrap_or_default()
+    }
+
+    fn skip_space(&mut self) {
+        while self
+            .bytes()
+            .get(self.pos)
+            .copied()
+            .is_some_and(is_xml_space)
+        {
+            self.pos += 1;
+        }
+    }
+
+    /// Moves to the next `<` (or the end).
+    fn skip_text(&mut self) {
+        self.pos = find_byte(self.bytes(), b'<', self.pos).unwrap_or(self.xml.len());
+    }
+
+    /// `None` when the current byte is not `<` (text, or the end).
+    fn markup_kind(&self) -> Option<Markup> {
+        let rest = self.rest();
+        if rest.first() != Some(&b'<') {
+            return None;
+        }
+        Some(match rest.get(1) {
+            Some(b'/') => Markup::End,
+            Some(b'?') => Markup::Instruction,
+            Some(b'!') if rest.starts_with(b"<![CDATA[") => Markup::CData,
+            Some(b'!') if rest.starts_with(b"<!--") => Markup::Comment,
+            // A declaration: refused by skip_misc.
+            Some(b'!') => Markup::Comment,
+            _ => Markup::Start,
+        })
+    }
+
+    /// Skips a comment or processing instruction; refuses declarations.
+    fn skip_misc(&mut self) -> Result<(), String> {
+        let start = self.pos;
+        let rest = self.rest();
+        let (open, close, what) = if rest.starts_with(b"<!--") {
+            (4, &b"-->"[..], "comment")
+        } else if rest.starts_with(b"<?") {
+            (2, &b"?>"[..], "processing instruction")
+        } else {
+            return Err(format!(
+                "declaration at byte {start} (DOCTYPE or similar) is not accepted"
+            ));
+        };
+        let end = find(self.bytes(), close, start + open)
+            .ok_or_else(|| format!("{what} at byte {start} is not terminated"))?;
+        self.pos = end + close.len();
+        Ok(())
+    }
+
+    /// A CDATA section at the current position: its content.
+    fn cdata(&mut self) -> Result<&'a str, String> {
+        let start = self.pos;
+        let body = start + 9;
+        let bytes = self.bytes();
+        let mut at = body;
+        let end = loop {
+            let bracket = find_byte(bytes, b']', at)
+                .ok_or_else(|| format!("CDATA section at byte {start} is not terminated"))?;
+            if bytes.get(bracket + 1..bracket + 3) == Some(b"]>") {
+                break bracket;
             }
-            Event::Text(piece) if depth == 2 && current.is_some() => {
-                let piece = piece.unescape().map_err(|err| err.to_string())?;
-                append(&mut text, piece);
+            at = bracket + 1;
+        };
+        self.pos = end + 3;
+        Ok(&self.xml[body..end])
+    }
+
+    /// A start tag at the current position (`<` not followed by `/`, `!` or `?`).
+    fn start_tag(&mut self) -> Result<Tag<'a>, String> {
+        let start = self.pos;
+        let bytes = self.bytes();
+        let name_end = self.name_end(start + 1)?;
+        let name = &self.xml[start + 1..name_end];
+        match bytes.get(name_end) {
+            Some(b'>') => {
+                self.pos = name_end + 1;
+                return Ok(Tag { name, empty: false });
             }
-            Event::CData(piece) if depth == 2 && current.is_some() => {
-                let piece = match piece.into_inner() {
-                    Cow::Borrowed(bytes) => {
-                        Cow::Borrowed(std::str::from_utf8(bytes).map_err(|err| err.to_string())?)
-                    }
-                    Cow::Owned(bytes) => {
-                        Cow::Owned(String::from_utf8(bytes).map_err(|err| err.to_string())?)
-                    }
-                };
-                append(&mut text, piece);
-            }
-            Event::Eof => {
-                return if depth == 0 {
-                    Ok(())
-                } else {
-                    Err(format!("input ends inside an element ({depth} left open)"))
-                };
+            Some(b'/') if bytes.get(name_end + 1) == Some(&b'>') => {
+                self.pos = name_end + 2;
+                return Ok(Tag { name, empty: true });
             }
             _ => {}
         }
+        // Attributes, skipped; a `>` inside a quoted value does not end the tag.
+        let unterminated = || format!("tag <{name}> at byte {start} is not terminated");
+        let mut quote: Option<u8> = None;
+        let mut previous = 0u8;
+        let mut i = name_end;
+        loop {
+            let &b = bytes.get(i).ok_or_else(unterminated)?;
+            match quote {
+                _ if b == b'<' => return Err(unterminated()),
+                Some(q) if b == q => quote = None,
+                Some(_) => {}
+                None if b == b'"' || b == b'\'' => quote = Some(b),
+                None if b == b'>' => {
+                    self.pos = i + 1;
+                    return Ok(Tag {
+                        name,
+                        empty: previous == b'/',
+                    });
+                }
+                None => {}
+            }
+            previous = b;
+            i += 1;
+        }
     }
+
+    /// Where the tag name starting at `from` ends; checks its characters.
+    fn name_end(&self, from: usize) -> Result<usize, String> {
+        let bytes = self.bytes();
+        let invalid = || format!("invalid tag name at byte {}", from.saturating_sub(1));
+        match bytes.get(from) {
+            Some(b'-' | b'.' | b'0'..=b'9') | None => return Err(invalid()),
+            _ => {}
+        }
+        let mut i = from;
+        while let Some(&b) = bytes.get(i) {
+            match b {
+                b' ' | b'\t' | b'\r' | b'\n' | b'/' | b'>' => break,
+                b'<' | b'&' | b'"' | b'\'' | b'=' | b'!' | b'?' => return Err(invalid()),
+                _ => i += 1,
+            }
+        }
+        if i == from { Err(invalid()) } else { Ok(i) }
+    }
+
+    /// The end tag at the current position, which must close `open`.
+    fn end_tag(&mut self, open: &str) -> Result<(), String> {
+        let start = self.pos;
+        let name_end = self.name_end(start + 2)?;
+        let name = &self.xml[start + 2..name_end];
+        let mut i = name_end;
+        while self.bytes().get(i).copied().is_some_and(is_xml_space) {
+            i += 1;
+        }
+        if self.bytes().get(i) != Some(&b'>') {
+            return Err(format!(
+                "end tag </{name}> at byte {start} is not terminated"
+            ));
+        }
+        if name != open {
+            return Err(format!(
+                "end tag </{name}> at byte {start} does not close <{open}>"
+            ));
+        }
+        self.pos = i + 1;
+        Ok(())
+    }
+
+    fn stray_end(&self) -> String {
+        format!("end tag at byte {} closes nothing", self.pos)
+    }
+
+    /// The text of a field element whose start tag was just read, up to and including
+    /// its end tag: CDATA and text pieces joined, nested elements skipped.
+    fn field_text(&mut self, name: &'a str) -> Result<Cow<'a, str>, String> {
+        // The common shapes in one step: `<![CDATA[..]]></name>` and `text</name>`.
+        if self.rest().starts_with(b"<![CDATA[") {
+            let text = self.cdata()?;
+            if self.closes(name) {
+                return Ok(Cow::Borrowed(text));
+            }
+            let mut joined = Some(Cow::Borrowed(text));
+            self.field_pieces(name, &mut joined)?;
+            return Ok(joined.unwrap_or_default());
+        }
+        let mut joined = None;
+        self.field_pieces(name, &mut joined)?;
+        Ok(joined.unwrap_or_default())
+    }
+
+    /// Consumes `</name>` when it is next, exactly (the fast path).
+    fn closes(&mut self, name: &str) -> bool {
+        let rest = self.rest();
+        let closes = rest.len() > name.len() + 2
+            && rest.starts_with(b"</")
+            && &rest[2..2 + name.len()] == name.as_bytes()
+            && rest[2 + name.len()] == b'>';
+        if closes {
+            self.pos += name.len() + 3;
+        }
+        closes
+    }
+
+    /// The general case of [`Self::field_text`].
+    fn field_pieces(
+        &mut self,
+        name: &'a str,
+        joined: &mut Option<Cow<'a, str>>,
+    ) -> Result<(), String> {
+        loop {
+            let start = self.pos;
+            self.skip_text();
+            let raw = trim_xml_space(&self.xml[start..self.pos]);
+            if !raw.is_empty() {
+                append(joined, unescape(raw)?);
+            }
+            match self.markup_kind() {
+                None => return Err(format!("input ends inside <{name}>")),
+                Some(Markup::End) => return self.end_tag(name),
+                Some(Markup::CData) => {
+                    let text = self.cdata()?;
+                    append(joined, Cow::Borrowed(text));
+                }
+                Some(Markup::Comment | Markup::Instruction) => self.skip_misc()?,
+                Some(Markup::Start) => {
+                    let nested = self.start_tag()?;
+                    if !nested.empty {
+                        self.skip_content(nested.name)?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Skips the content of an element whose start tag was just read, up to and including
+    /// its end tag, checking that nested end tags match.
+    fn skip_content(&mut self, name: &'a str) -> Result<(), String> {
+        // The common shapes without a stack: CDATA or text, then `</name>`.
+        let start = self.pos;
+        if self.rest().starts_with(b"<![CDATA[") {
+            self.cdata()?;
+        } else {
+            self.skip_text();
+        }
+        if self.closes(name) {
+            return Ok(());
+        }
+        self.pos = start;
+        let mut open: Vec<&'a str> = vec![name];
+        while let Some(&innermost) = open.last() {
+            self.skip_text();
+            match self.markup_kind() {
+                None => {
+                    return Err(format!(
+                        "input ends inside an element ({} left open)",
+                        open.len() + 1
+                    ));
+                }
+                Some(Markup::End) => {
+                    self.end_tag(innermost)?;
+                    open.pop();
+                }
+                Some(Markup::CData) => {
+                    self.cdata()?;
+                }
+                Some(Markup::Comment | Markup::Instruction) => self.skip_misc()?,
+                Some(Markup::Start) => {
+                    let nested = self.start_tag()?;
+                    if !nested.empty {
+                        open.push(nested.name);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_xml_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+fn trim_xml_space(text: &str) -> &str {
+    text.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
+}
+
+/// The name without its namespace prefix.
+fn local_name(name: &str) -> &[u8] {
+    let bytes = name.as_bytes();
+    match bytes.iter().rposition(|&b| b == b':') {
+        Some(colon) => &bytes[colon + 1..],
+        None => bytes,
+    }
+}
+
+/// Most searches end within a few bytes (field values are short), where a plain loop beats
+/// `memchr`'s setup; the long ones (the `Encrypt` text) go to `memchr`.
+fn find_byte(bytes: &[u8], needle: u8, from: usize) -> Option<usize> {
+    const SHORT: usize = 32;
+    let haystack = bytes.get(from..)?;
+    let (head, tail) = haystack.split_at(haystack.len().min(SHORT));
+    match head.iter().position(|&b| b == needle) {
+        Some(i) => Some(from + i),
+        None => memchr::memchr(needle, tail).map(|i| from + head.len() + i),
+    }
+}
+
+/// `needle` (two or three bytes) from `from` on.
+fn find(bytes: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    let (&first, tail) = needle.split_first()?;
+    let mut at = from;
+    loop {
+        let candidate = find_byte(bytes, first, at)?;
+        if bytes.get(candidate + 1..candidate + 1 + tail.len()) == Some(tail) {
+            return Some(candidate);
+        }
+        at = candidate + 1;
+    }
+}
+
+/// Replaces the five predefined entities and character references.
+fn unescape(text: &str) -> Result<Cow<'_, str>, String> {
+    if memchr::memchr(b'&', text.as_bytes()).is_none() {
+        return Ok(Cow::Borrowed(text));
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        rest = &rest[amp + 1..];
+        let shown = || rest.chars().take(12).collect::<String>();
+        let semicolon = rest
+            .find(';')
+            .filter(|&i| i <= 12)
+            .ok_or_else(|| format!("unterminated entity &{}", shown()))?;
+        let entity = &rest[..semicolon];
+        let c = match entity {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            "apos" => '\'',
+            _ => {
+                let code = if let Some(hex) = entity.strip_prefix("#x") {
+                    u32::from_str_radix(hex, 16).ok()
+                } else if let Some(decimal) = entity.strip_prefix('#') {
+                    decimal.parse::<u32>().ok()
+                } else {
+                    None
+                };
+                code.filter(|&c| c != 0)
+                    .and_then(char::from_u32)
+                    .ok_or_else(|| format!("unknown entity &{entity};"))?
+            }
+        };
+        out.push(c);
+        rest = &rest[semicolon + 1..];
+    }
+    out.push_str(rest);
+    Ok(Cow::Owned(out))
 }
 
 fn append<'a>(text: &mut Option<Cow<'a, str>>, piece: Cow<'a, str>) {
@@ -734,6 +1130,176 @@ mod tests {
         ] {
             assert_eq!(change_type.as_str().parse(), Ok(change_type.clone()));
             assert!(!matches!(change_type, ChangeType::Other(_)));
+        }
+    }
+
+    #[test]
+    fn scanner_accepts_prolog_comments_attributes_prefixes_and_split_cdata() {
+        let xml = "\u{feff}<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- pushed by WeCom -->\n\
+            <xml a=\"1 > 0\" b='x'>\
+            <ToUserName><![CDATA[ww]]><!-- split --><![CDATA[1]]></ToUserName>\
+            <wx:CreateTime>\t12\r\n</wx:CreateTime>\
+            <Event attr=\"v\">customer_acquisition</Event>\
+            <Nested><ChangeType>wrong</ChangeType><![CDATA[ignored]]></Nested>\
+            <ChangeType>delete_link</ChangeType>\
+            <LinkId>&#x4E00;&#19968;&lt;&gt;&quot;&apos;</LinkId>\
+            <State></State >\
+            </xml>\n<!-- trailing -->\n";
+        let xml = xml.trim_start_matches('\u{feff}');
+        let event = parse_event(xml).unwrap();
+        assert_eq!(event.corp_id, "ww1");
+        assert_eq!(event.created_at, 12);
+        assert_eq!(event.change_type, ChangeType::DeleteLink);
+        assert_eq!(event.link_id.as_deref(), Some("一一<>\"'"));
+        assert_eq!(event.state, None);
+    }
+
+    #[test]
+    fn scanner_refuses_what_is_not_one_well_formed_root() {
+        for bad in [
+            "<!DOCTYPE xml [<!ENTITY x \"y\">]><xml></xml>",
+            "<xml></xml><xml></xml>",
+            "<xml></xml>trailing",
+            "leading<xml></xml>",
+            "<xml><![CDATA[x]]></xml><![CDATA[y]]>",
+            "<xml><!-- open </xml>",
+            "<xml><?pi </xml>",
+            "<xml><ToUserName a=\"unclosed></ToUserName></xml>",
+            "<xml><1a>x</1a></xml>",
+            "<xml></>",
+            "</xml>",
+            "<xml><State>&amp</State></xml>",
+            "<xml><State>&#0;</State></xml>",
+            "<xml><State>&#xD800;</State></xml>",
+            "<xml><Nested><Deep></Nested></Deep></xml>",
+        ] {
+            let mut fields = 0;
+            let result = read_root_fields(bad, |_| Some(()), |(), _| fields += 1);
+            assert!(result.is_err(), "{bad:?} accepted");
+            let err = result.unwrap_err();
+            assert!(!err.contains('\n'), "{err}");
+        }
+        assert_eq!(read_root_fields("<xml/>", |_| Some(()), |(), _| {}), Ok(()));
+    }
+
+    #[test]
+    fn scanner_checks_end_tags_of_deeply_nested_elements() {
+        let deep = "<xml><a><b><c><d><e>x</e></d></c></b></a><LinkId>L</LinkId></xml>";
+        let mut seen = Vec::new();
+        read_root_fields(
+            deep,
+            |n| Some(String::from_utf8_lossy(n).into_owned()),
+            |n, t| seen.push((n, t.into_owned())),
+        )
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                ("a".to_string(), String::new()),
+                ("LinkId".into(), "L".into())
+            ]
+        );
+        let crossed = "<xml><a><b><c><d><e>x</d></e></c></b></a></xml>";
+        assert!(read_root_fields(crossed, |_| Some(()), |(), _| {}).is_err());
+    }
+
+    /// The quick-xml walker this scanner replaced, kept as the reference it must agree with.
+    fn quick_xml_fields(xml: &str) -> Result<Vec<(String, String)>, String> {
+        use quick_xml::Reader;
+        use quick_xml::events::Event;
+        let mut reader = Reader::from_str(xml);
+        reader.config_mut().trim_text(true);
+        let (mut depth, mut out) = (0usize, Vec::new());
+        let (mut current, mut text): (Option<String>, String) = (None, String::new());
+        loop {
+            match reader.read_event().map_err(|e| e.to_string())? {
+                Event::Start(s) => {
+                    depth += 1;
+                    if depth == 2 {
+                        current = Some(String::from_utf8_lossy(s.local_name().as_ref()).into());
+                        text.clear();
+                    }
+                }
+                Event::Empty(s) if depth == 1 => out.push((
+                    String::from_utf8_lossy(s.local_name().as_ref()).into(),
+                    String::new(),
+                )),
+                Event::End(_) => {
+                    if depth == 2
+                        && let Some(name) = current.take()
+                    {
+                        out.push((name, std::mem::take(&mut text)));
+                    }
+                    depth = depth.saturating_sub(1);
+                }
+                Event::Text(t) if depth == 2 => {
+                    text.push_str(&t.unescape().map_err(|e| e.to_string())?)
+                }
+                Event::CData(c) if depth == 2 => {
+                    text.push_str(std::str::from_utf8(&c).map_err(|e| e.to_string())?)
+                }
+                Event::Eof => return Ok(out),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn scanner_agrees_with_quick_xml_on_generated_wecom_documents() {
+        use rand::{Rng, SeedableRng, seq::SliceRandom};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let values = [
+            "",
+            "a",
+            "ww1",
+            "a&b",
+            "<x>",
+            "]]>",
+            "获客 链接",
+            " spaced ",
+            "q\"'",
+            "1700000000",
+        ];
+        let names = [
+            "ToUserName",
+            "CreateTime",
+            "Event",
+            "ChangeType",
+            "LinkId",
+            "State",
+            "UserID",
+            "Unknown",
+        ];
+        for _ in 0..3000 {
+            let mut children: Vec<String> = Vec::new();
+            for _ in 0..rng.gen_range(0..8) {
+                let name = names.choose(&mut rng).unwrap();
+                let value = values.choose(&mut rng).unwrap();
+                let escaped = quick_xml::escape::escape(*value);
+                let cdata = format!("<![CDATA[{}]]>", value.replace("]]>", "]]]]><![CDATA[>"));
+                let child = match rng.gen_range(0..6) {
+                    0 => format!("<{name}>{cdata}</{name}>"),
+                    1 => format!("<{name}>{escaped}</{name}>"),
+                    2 => format!("<{name}>\n  {escaped}<!-- c -->\n</{name}>"),
+                    // Pieces of CDATA and text, joined.
+                    3 => format!("<{name}>{cdata} {escaped} {cdata}</{name}>"),
+                    // A nested element (with a `>` in an attribute) is skipped.
+                    4 => format!(
+                        "<{name}>{escaped}<Inner a=\"1>2\"><Deep>{cdata}</Deep></Inner>x</{name}>"
+                    ),
+                    _ => format!("<{name}/>"),
+                };
+                children.push(child);
+            }
+            let xml = format!("<xml>\n{}\n</xml>", children.join("\n"));
+            let mut ours = Vec::new();
+            read_root_fields(
+                &xml,
+                |n| Some(String::from_utf8_lossy(n).into_owned()),
+                |name, text| ours.push((name, text.into_owned())),
+            )
+            .unwrap();
+            assert_eq!(Ok(ours), quick_xml_fields(&xml), "{xml}");
         }
     }
 }

@@ -1,0 +1,687 @@
+//! The HTTP side of the callback endpoint: `GET` (URL verification) and `POST` (events) on
+//! `/callback/{namespace}/{app}`, with every safety check of issue 4, independent of
+//! Kubernetes. Where an app's credentials come from ([`AppDirectory`]) and where accepted
+//! events go ([`EventSink`]) are abstract, so tests and benchmarks run it alone.
+//!
+//! A POST goes through, in this order: app lookup (404 that reveals nothing), body limit
+//! (413), the `Encrypt` element (400), the signature in constant time (403), the timestamp
+//! window (403), the (signature, nonce) replay check (200, not processed again), decryption
+//! and the receive id (400/403), event parsing (400; an authentic message that is no event
+//! is answered 200 and ignored), the decrypted-content replay check (200), then a
+//! non-blocking hand-off to a bounded queue (503 when full, so WeCom retries and nothing is
+//! lost silently). Nothing before the hand-off touches the Kubernetes API or
+//! WeCom, so the answer comes at once whatever they are doing.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::Response;
+use axum::routing::get;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
+
+use super::replay::{ReplayGuard, ReplayKey};
+use crate::metrics::{CallbackLabels, Metrics};
+use crate::wecom::crypto::{CallbackCrypto, CryptoError, extract_encrypt_borrowed};
+use crate::wecom::event::{CallbackEvent, Envelope, EventError, parse_event};
+
+/// Largest body accepted: WeCom's callbacks are well under 2 KiB.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Default window for the `timestamp` of a callback (`--callback-max-skew`).
+pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(300);
+/// Most keys one replay generation holds (about 50 MB for both generations at most).
+pub const DEFAULT_REPLAY_CAPACITY: usize = 1_000_000;
+
+/// How the endpoint checks what it receives.
+#[derive(Debug, Clone)]
+pub struct EndpointSettings {
+    /// Refuse a callback whose `timestamp` is further than this from the local clock.
+    /// `None` turns the check off; only for replaying published test vectors.
+    pub max_skew: Option<Duration>,
+    /// Body limit in bytes (413 above it).
+    pub body_limit: usize,
+    /// Replay memory bound (keys per generation).
+    pub replay_capacity: usize,
+}
+
+impl Default for EndpointSettings {
+    fn default() -> Self {
+        EndpointSettings {
+            max_skew: Some(DEFAULT_MAX_SKEW),
+            body_limit: BODY_LIMIT,
+            replay_capacity: DEFAULT_REPLAY_CAPACITY,
+        }
+    }
+}
+
+impl EndpointSettings {
+    /// How long accepted callbacks are remembered: a request stamped `t` is accepted from
+    /// `t - skew` to `t + skew`, so a copy can come up to twice the skew after the first.
+    fn replay_period(&self) -> Duration {
+        self.max_skew.unwrap_or(DEFAULT_MAX_SKEW) * 2
+    }
+}
+
+/// One app's callback credentials and how to answer it.
+#[derive(Debug)]
+pub struct AppCallback {
+    pub crypto: CallbackCrypto,
+    /// The corp the app belongs to: third-party events about another corp are not ours.
+    pub corp_id: String,
+    /// Third-party instruction callbacks (receive id = suite id) are answered `success`;
+    /// self-built apps get an empty body.
+    pub third_party: bool,
+}
+
+impl AppCallback {
+    /// What WeCom expects back once an event is taken.
+    fn answer(&self) -> Response {
+        if self.third_party {
+            text(StatusCode::OK, "success")
+        } else {
+            empty(StatusCode::OK)
+        }
+    }
+}
+
+/// What [`AppDirectory::lookup`] found.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Found(Arc<AppCallback>),
+    /// No such app, or it has no usable callback settings: 404.
+    Unknown,
+    /// The credentials cannot be read right now: 503, WeCom retries.
+    Unavailable,
+}
+
+/// Where the endpoint finds an app's callback credentials. A lookup of a known app must
+/// not wait on anything (the Kubernetes implementation answers from its cache).
+pub trait AppDirectory: Send + Sync + 'static {
+    fn lookup(&self, namespace: &str, app: &str) -> impl Future<Output = Lookup> + Send;
+}
+
+/// A fixed set of apps: for tests, benchmarks and the demo.
+#[derive(Debug, Default, Clone)]
+pub struct StaticDirectory {
+    /// namespace -> app -> credentials (nested, so a lookup borrows instead of allocating)
+    apps: HashMap<String, HashMap<String, Arc<AppCallback>>>,
+}
+
+impl StaticDirectory {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_app(mut self, namespace: &str, app: &str, callback: AppCallback) -> Self {
+        self.apps
+            .entry(namespace.to_string())
+            .or_default()
+            .insert(app.to_string(), Arc::new(callback));
+        self
+    }
+}
+
+impl AppDirectory for StaticDirectory {
+    fn lookup(&self, namespace: &str, app: &str) -> impl Future<Output = Lookup> + Send {
+        let found = self
+            .apps
+            .get(namespace)
+            .and_then(|apps| apps.get(app))
+            .cloned();
+        std::future::ready(match found {
+            Some(callback) => Lookup::Found(callback),
+            None => Lookup::Unknown,
+        })
+    }
+}
+
+/// A verified, decrypted, parsed and de-duplicated event, on its way to the worker.
+#[derive(Debug, Clone)]
+pub struct InboundEvent {
+    pub namespace: String,
+    pub app: String,
+    pub event: CallbackEvent,
+    pub received_at: Instant,
+}
+
+/// Where accepted events go. `offer` never waits: it gives the event back when there is no
+/// room, and the endpoint answers 503.
+pub trait EventSink: Send + Sync + 'static {
+    fn offer(&self, event: InboundEvent) -> Result<(), Box<InboundEvent>>;
+}
+
+impl EventSink for mpsc::Sender<InboundEvent> {
+    fn offer(&self, event: InboundEvent) -> Result<(), Box<InboundEvent>> {
+        self.try_send(event)
+            .map_err(|err| Box::new(err.into_inner()))
+    }
+}
+
+/// How a request ended: the `result` label of `wecom_acq_callbacks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// An event queued for the worker.
+    Accepted,
+    /// A replay or redelivery, answered 200 and not processed again.
+    Duplicate,
+    /// A URL verification answered.
+    Verified,
+    /// A third-party event about another corp than the app's: answered 200, ignored.
+    ForeignCorp,
+    /// An authentic message that is not an event (no Event/InfoType or ChangeType, e.g. a
+    /// text message): answered 200 so WeCom does not retry it, ignored.
+    NotAnEvent,
+    BadRequest,
+    TooLarge,
+    UnknownApp,
+    Unavailable,
+    BadSignature,
+    Stale,
+    BadCiphertext,
+    WrongReceiver,
+    BadXml,
+    BadEvent,
+    QueueFull,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 16] = [
+        Outcome::Accepted,
+        Outcome::Duplicate,
+        Outcome::Verified,
+        Outcome::ForeignCorp,
+        Outcome::NotAnEvent,
+        Outcome::BadRequest,
+        Outcome::TooLarge,
+        Outcome::UnknownApp,
+        Outcome::Unavailable,
+        Outcome::BadSignature,
+        Outcome::Stale,
+        Outcome::BadCiphertext,
+        Outcome::WrongReceiver,
+        Outcome::BadXml,
+        Outcome::BadEvent,
+        Outcome::QueueFull,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Verified => "verified",
+            Outcome::ForeignCorp => "foreign_corp",
+            Outcome::NotAnEvent => "not_an_event",
+            Outcome::BadRequest => "bad_request",
+            Outcome::TooLarge => "too_large",
+            Outcome::UnknownApp => "unknown_app",
+            Outcome::Unavailable => "unavailable",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::Stale => "stale",
+            Outcome::BadCiphertext => "bad_ciphertext",
+            Outcome::WrongReceiver => "wrong_receiver",
+            Outcome::BadXml => "bad_xml",
+            Outcome::BadEvent => "bad_event",
+            Outcome::QueueFull => "queue_full",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Outcome::Accepted
+            | Outcome::Duplicate
+            | Outcome::Verified
+            | Outcome::ForeignCorp
+            | Outcome::NotAnEvent => StatusCode::OK,
+            Outcome::BadRequest | Outcome::BadCiphertext | Outcome::BadXml | Outcome::BadEvent => {
+                StatusCode::BAD_REQUEST
+            }
+            Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::UnknownApp => StatusCode::NOT_FOUND,
+            Outcome::BadSignature | Outcome::Stale | Outcome::WrongReceiver => {
+                StatusCode::FORBIDDEN
+            }
+            Outcome::Unavailable | Outcome::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Counters resolved once, so the hot path does not hash label sets.
+struct OutcomeCounters(Vec<Counter>);
+
+impl OutcomeCounters {
+    fn new(metrics: &Metrics) -> Self {
+        OutcomeCounters(
+            Outcome::ALL
+                .iter()
+                .map(|outcome| {
+                    metrics
+                        .callbacks
+                        .get_or_create(&CallbackLabels {
+                            result: outcome.label().to_string(),
+                        })
+                        .clone()
+                })
+                .collect(),
+        )
+    }
+
+    fn inc(&self, outcome: Outcome) {
+        if let Some(counter) = Outcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .and_then(|i| self.0.get(i))
+        {
+            counter.inc();
+        }
+    }
+}
+
+/// At most a few refusal lines per second, so a flood of forged requests cannot flood the
+/// log; the number left out is reported with the next line.
+struct LogThrottle {
+    state: Mutex<(u64, u32, u64)>,
+}
+
+const LOG_LINES_PER_SECOND: u32 = 10;
+
+impl LogThrottle {
+    fn new() -> Self {
+        LogThrottle {
+            state: Mutex::new((0, 0, 0)),
+        }
+    }
+
+    /// `Some(suppressed so far)` when a line may be written now.
+    fn admit(&self) -> Option<u64> {
+        let second = unix_now().max(0) as u64;
+        let mut state = self.state.lock().ok()?;
+        let (window, lines, suppressed) = &mut *state;
+        if *window != second {
+            *window = second;
+            *lines = 0;
+        }
+        if *lines < LOG_LINES_PER_SECOND {
+            *lines += 1;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+}
+
+struct Endpoint<D, S> {
+    directory: D,
+    sink: S,
+    settings: EndpointSettings,
+    replays: ReplayGuard,
+    counters: OutcomeCounters,
+    log: LogThrottle,
+}
+
+/// The callback routes, on any app directory and event sink. Unknown paths are an empty
+/// 404, the same answer as an unknown app.
+pub fn router<D: AppDirectory, S: EventSink>(
+    directory: D,
+    sink: S,
+    metrics: &Metrics,
+    settings: EndpointSettings,
+) -> Router {
+    let limit = settings.body_limit;
+    let endpoint = Arc::new(Endpoint {
+        directory,
+        sink,
+        replays: ReplayGuard::new(settings.replay_period(), settings.replay_capacity),
+        settings,
+        counters: OutcomeCounters::new(metrics),
+        log: LogThrottle::new(),
+    });
+    Router::new()
+        .route(
+            "/callback/{namespace}/{app}",
+            get(verify_url::<D, S>).post(receive_event::<D, S>),
+        )
+        .fallback(|| async { empty(StatusCode::NOT_FOUND) })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(endpoint)
+}
+
+fn empty(status: StatusCode) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    response
+}
+
+fn text(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The signature query WeCom adds, values URL-decoded. A `+` stays a `+`: the values are
+/// hex, digits and base64, and base64 uses `+` (WeCom sends it as `%2B`, a raw one is
+/// still meant as `+`).
+#[derive(Default)]
+struct SignedQuery<'a> {
+    msg_signature: Option<Cow<'a, str>>,
+    timestamp: Option<Cow<'a, str>>,
+    nonce: Option<Cow<'a, str>>,
+    echostr: Option<Cow<'a, str>>,
+}
+
+impl<'a> SignedQuery<'a> {
+    fn parse(raw: &'a str) -> Self {
+        let mut query = SignedQuery::default();
+        for pair in raw.split('&') {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match name {
+                "msg_signature" => &mut query.msg_signature,
+                "timestamp" => &mut query.timestamp,
+                "nonce" => &mut query.nonce,
+                "echostr" => &mut query.echostr,
+                _ => continue,
+            };
+            *slot = percent_encoding::percent_decode_str(value)
+                .decode_utf8()
+                .ok();
+        }
+        query
+    }
+}
+
+/// What was wrong with a refused request, for the log line (never a secret: crypto and
+/// event errors carry none).
+enum Refusal {
+    Message(&'static str),
+    Crypto(CryptoError),
+    Event(EventError),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Message(message) => f.write_str(message),
+            Refusal::Crypto(err) => err.fmt(f),
+            Refusal::Event(err) => err.fmt(f),
+        }
+    }
+}
+
+fn crypto_outcome(err: &CryptoError) -> Outcome {
+    match err {
+        CryptoError::SignatureMismatch => Outcome::BadSignature,
+        CryptoError::ReceiveIdMismatch { .. } => Outcome::WrongReceiver,
+        CryptoError::MalformedXml(_) | CryptoError::MissingEncrypt => Outcome::BadXml,
+        _ => Outcome::BadCiphertext,
+    }
+}
+
+/// A path segment as it may appear in a log line: short and printable.
+fn loggable(segment: &str) -> String {
+    segment
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+impl<D: AppDirectory, S: EventSink> Endpoint<D, S> {
+    /// Counts the outcome, logs a refusal (throttled, without secrets) and answers.
+    fn refuse(&self, outcome: Outcome, namespace: &str, app: &str, why: Refusal) -> Response {
+        self.counters.inc(outcome);
+        if outcome == Outcome::UnknownApp {
+            tracing::debug!(
+                namespace = %loggable(namespace),
+                app = %loggable(app),
+                "callback for an unknown app or one without callback settings"
+            );
+        } else if let Some(suppressed) = self.log.admit() {
+            tracing::warn!(
+                namespace = %loggable(namespace),
+                app = %loggable(app),
+                result = outcome.label(),
+                status = outcome.status().as_u16(),
+                suppressed,
+                "callback refused: {why}"
+            );
+        }
+        empty(outcome.status())
+    }
+
+    async fn find(&self, namespace: &str, app: &str) -> Result<Arc<AppCallback>, Response> {
+        match self.directory.lookup(namespace, app).await {
+            Lookup::Found(callback) => Ok(callback),
+            Lookup::Unknown => Err(self.refuse(
+                Outcome::UnknownApp,
+                namespace,
+                app,
+                Refusal::Message("unknown app"),
+            )),
+            Lookup::Unavailable => Err(self.refuse(
+                Outcome::Unavailable,
+                namespace,
+                app,
+                Refusal::Message(
+                    "the app's callback credentials cannot be read right now; WeCom will retry",
+                ),
+            )),
+        }
+    }
+
+    /// The timestamp check, after the signature has proven the timestamp is WeCom's.
+    fn fresh(&self, timestamp: &str) -> Result<(), (Outcome, &'static str)> {
+        let stamped: i64 = timestamp
+            .parse()
+            .map_err(|_| (Outcome::BadRequest, "timestamp is not a number"))?;
+        match self.settings.max_skew {
+            Some(skew) if stamped.abs_diff(unix_now()) > skew.as_secs() => Err((
+                Outcome::Stale,
+                "timestamp is outside the accepted window (--callback-max-skew): a replay, or this host's clock is off",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn verify_url<D: AppDirectory, S: EventSink>(
+    State(endpoint): State<Arc<Endpoint<D, S>>>,
+    Path((namespace, app)): Path<(String, String)>,
+    uri: Uri,
+) -> Response {
+    let query = SignedQuery::parse(uri.query().unwrap_or_default());
+    let callback = match endpoint.find(&namespace, &app).await {
+        Ok(callback) => callback,
+        Err(response) => return response,
+    };
+    let refuse = |outcome, why| endpoint.refuse(outcome, &namespace, &app, why);
+    let (Some(signature), Some(timestamp), Some(nonce), Some(echostr)) = (
+        query.msg_signature,
+        query.timestamp,
+        query.nonce,
+        query.echostr,
+    ) else {
+        return refuse(
+            Outcome::BadRequest,
+            Refusal::Message("URL verification needs msg_signature, timestamp, nonce and echostr"),
+        );
+    };
+    if let Err(err) = callback
+        .crypto
+        .verify_signature(&signature, &timestamp, &nonce, &echostr)
+    {
+        return refuse(crypto_outcome(&err), Refusal::Crypto(err));
+    }
+    if let Err((outcome, why)) = endpoint.fresh(&timestamp) {
+        return refuse(outcome, Refusal::Message(why));
+    }
+    match callback.crypto.decrypt(&echostr) {
+        Ok(plain) => {
+            endpoint.counters.inc(Outcome::Verified);
+            tracing::info!(namespace = %namespace, app = %app, "callback URL verified");
+            text(StatusCode::OK, plain)
+        }
+        Err(err) => refuse(crypto_outcome(&err), Refusal::Crypto(err)),
+    }
+}
+
+async fn receive_event<D: AppDirectory, S: EventSink>(
+    State(endpoint): State<Arc<Endpoint<D, S>>>,
+    Path((namespace, app)): Path<(String, String)>,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let query = SignedQuery::parse(uri.query().unwrap_or_default());
+    let callback = match endpoint.find(&namespace, &app).await {
+        Ok(callback) => callback,
+        Err(response) => return response,
+    };
+    let refuse = |outcome, why| endpoint.refuse(outcome, &namespace, &app, why);
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(
+                Outcome::TooLarge,
+                Refusal::Message("the body is larger than 64 KiB"),
+            );
+        }
+        Err(_) => {
+            return refuse(
+                Outcome::BadRequest,
+                Refusal::Message("the body could not be read"),
+            );
+        }
+    };
+    let (Some(signature), Some(timestamp), Some(nonce)) =
+        (query.msg_signature, query.timestamp, query.nonce)
+    else {
+        return refuse(
+            Outcome::BadRequest,
+            Refusal::Message("an event needs msg_signature, timestamp and nonce"),
+        );
+    };
+    let Ok(body) = std::str::from_utf8(&body) else {
+        return refuse(
+            Outcome::BadXml,
+            Refusal::Message("the body is not UTF-8 text"),
+        );
+    };
+    let encrypt = match extract_encrypt_borrowed(body) {
+        Ok(encrypt) => encrypt,
+        Err(err) => return refuse(crypto_outcome(&err), Refusal::Crypto(err)),
+    };
+    // Nothing about the content is looked at before the signature is known to be WeCom's.
+    if let Err(err) = callback
+        .crypto
+        .verify_signature(&signature, &timestamp, &nonce, &encrypt)
+    {
+        return refuse(crypto_outcome(&err), Refusal::Crypto(err));
+    }
+    if let Err((outcome, why)) = endpoint.fresh(&timestamp) {
+        return refuse(outcome, Refusal::Message(why));
+    }
+    let app_id = [namespace.as_bytes(), app.as_bytes()];
+    let delivery_key =
+        endpoint
+            .replays
+            .key(&[app_id[0], app_id[1], signature.as_bytes(), nonce.as_bytes()]);
+    if endpoint.replays.contains(delivery_key) {
+        endpoint.counters.inc(Outcome::Duplicate);
+        return callback.answer();
+    }
+    let plain = match callback.crypto.decrypt(&encrypt) {
+        Ok(plain) => plain,
+        Err(err) => return refuse(crypto_outcome(&err), Refusal::Crypto(err)),
+    };
+    let event = match parse_event(&plain) {
+        Ok(event) => event,
+        Err(EventError::MissingField(field)) => {
+            tracing::debug!(namespace = %namespace, app = %app, field, "authentic callback message that is not an event; ignored");
+            endpoint.counters.inc(Outcome::NotAnEvent);
+            return callback.answer();
+        }
+        Err(err) => return refuse(Outcome::BadEvent, Refusal::Event(err)),
+    };
+    if event.envelope == Envelope::ThirdParty && event.corp_id != callback.corp_id {
+        // Authentic, but about another corp that authorised the same suite.
+        endpoint.counters.inc(Outcome::ForeignCorp);
+        return callback.answer();
+    }
+    let content_key = endpoint
+        .replays
+        .key(&[app_id[0], app_id[1], plain.as_bytes()]);
+    let keys: [ReplayKey; 2] = [delivery_key, content_key];
+    if !endpoint.replays.insert_all_new(&keys) {
+        endpoint.counters.inc(Outcome::Duplicate);
+        return callback.answer();
+    }
+    let inbound = InboundEvent {
+        namespace,
+        app,
+        event,
+        received_at: Instant::now(),
+    };
+    match endpoint.sink.offer(inbound) {
+        Ok(()) => {
+            endpoint.counters.inc(Outcome::Accepted);
+            callback.answer()
+        }
+        Err(inbound) => {
+            // Not taken: WeCom's retry must be processed, so forget that it was seen.
+            endpoint.replays.forget(&keys);
+            endpoint.refuse(
+                Outcome::QueueFull,
+                &inbound.namespace,
+                &inbound.app,
+                Refusal::Message("the event queue is full; WeCom will retry"),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded_and_plus_stays_plus() {
+        let query =
+            SignedQuery::parse("msg_signature=ab&timestamp=1&nonce=2&echostr=a%2Bb%3D%3D+c&x");
+        assert_eq!(query.msg_signature.as_deref(), Some("ab"));
+        assert_eq!(query.echostr.as_deref(), Some("a+b==+c"));
+        assert!(SignedQuery::parse("echostr=%FF").echostr.is_none());
+        assert!(SignedQuery::parse("").nonce.is_none());
+    }
+
+    #[test]
+    fn every_outcome_has_its_own_label_and_refusals_are_4xx_or_503() {
+        let labels: std::collections::HashSet<_> = Outcome::ALL.iter().map(|o| o.label()).collect();
+        assert_eq!(labels.len(), Outcome::ALL.len());
+        for outcome in Outcome::ALL {
+            let status = outcome.status();
+            assert!(
+                status == StatusCode::OK
+                    || status.is_client_error()
+                    || status == StatusCode::SERVICE_UNAVAILABLE
+            );
+        }
+    }
+}

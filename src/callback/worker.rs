@@ -1,0 +1,818 @@
+//! The callback worker: turns verified events into Kubernetes state, off the request path.
+//!
+//! - `delete_link`, `link_unavailable`: the AcquisitionLink holding that link id is
+//!   reconciled at once. The reconciler re-checks with A2/A1 (a callback is a hint, never
+//!   proof) and applies `onRemoteDelete`.
+//! - conversions (`open_profile`, `friend_request`, `customer_start_chat`,
+//!   `add_external_contact`, `message_from_customer`): Prometheus counters per app, link and
+//!   channel; `add_external_contact` on a known link also bumps `status.customers`, at most
+//!   one status write per link per flush window, until the next full A6 recount.
+//! - quota (`balance_low`, `balance_exhausted`, `balance_increased`, `quota_expire_soon`):
+//!   the WeComApp's conditions are set at once, with Events, and an A8 refresh is asked
+//!   for. After `balance_increased` the links waiting to be created are re-triggered once
+//!   A8 has shown the new balance.
+//! - anything else: counted and logged at debug level.
+//!
+//! The event loop itself never waits on the Kubernetes API: link triggers are channel
+//! sends, status writes run in their own tasks, quota updates in their own ordered task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::reflector::{ObjectRef, Store},
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::endpoint::InboundEvent;
+use crate::{
+    api::{AcquisitionLink, CustomerCount, LINK_ID_ANNOTATION, WeComApp, WeComAppStatus},
+    controller::Triggers,
+    metrics::{CallbackEventLabels, ConversionLabels},
+    reconcile::{
+        app::{LOW_BALANCE, publish_transitions},
+        conditions::{self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, reason},
+        context::Context,
+    },
+    wecom::event::ChangeType,
+};
+
+/// Timings of the worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Customer bumps are written at most once per link per this window.
+    pub customers_flush: Duration,
+    /// After `balance_increased`, how long to wait for the A8 refresh before re-triggering
+    /// the links waiting to be created anyway.
+    pub quota_follow_up: Duration,
+    /// Quota notices waiting for their status write (they are rare).
+    pub quota_queue: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            customers_flush: Duration::from_secs(2),
+            quota_follow_up: Duration::from_secs(30),
+            quota_queue: 256,
+        }
+    }
+}
+
+/// Starts the worker on `events`. It ends when every sender is gone (the endpoint
+/// stopped), after writing the customer bumps still pending.
+pub fn spawn(
+    context: Arc<Context>,
+    triggers: Triggers,
+    mut events: mpsc::Receiver<InboundEvent>,
+    settings: WorkerSettings,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let (quota_tx, quota_rx) = mpsc::channel(settings.quota_queue.max(1));
+        let quota_task = tokio::spawn(quota_loop(
+            context.clone(),
+            triggers.clone(),
+            quota_rx,
+            settings.quota_follow_up,
+        ));
+        let mut worker = Worker {
+            context,
+            triggers,
+            index: LinkIndex::default(),
+            tally: CustomerTally::default(),
+            quota: quota_tx,
+            flushing: None,
+        };
+        let mut flush = tokio::time::interval(settings.customers_flush);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        flush.tick().await;
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => worker.handle(event),
+                    None => break,
+                },
+                _ = flush.tick() => worker.flush(),
+            }
+        }
+        if let Some(previous) = worker.flushing.take() {
+            let _ = previous.await;
+        }
+        worker.flush();
+        if let Some(last) = worker.flushing.take() {
+            let _ = last.await;
+        }
+        drop(worker);
+        let _ = quota_task.await;
+    })
+}
+
+struct Worker {
+    context: Arc<Context>,
+    triggers: Triggers,
+    index: LinkIndex,
+    tally: CustomerTally,
+    quota: mpsc::Sender<QuotaNotice>,
+    /// The flush still writing, if any: the next one waits for the window after it.
+    flushing: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn handle(&mut self, inbound: InboundEvent) {
+        let change = &inbound.event.change_type;
+        let label = match change {
+            ChangeType::Other(_) => "unknown",
+            known => known.as_str(),
+        };
+        self.context
+            .metrics
+            .callback_events
+            .get_or_create(&CallbackEventLabels {
+                change_type: label.to_string(),
+            })
+            .inc();
+        match change {
+            ChangeType::DeleteLink | ChangeType::LinkUnavailable => self.link_gone(&inbound),
+            ChangeType::OpenProfile
+            | ChangeType::FriendRequest
+            | ChangeType::CustomerStartChat
+            | ChangeType::AddExternalContact
+            | ChangeType::MessageFromCustomer => self.conversion(&inbound),
+            ChangeType::BalanceLow
+            | ChangeType::BalanceExhausted
+            | ChangeType::BalanceIncreased
+            | ChangeType::QuotaExpireSoon => self.quota(&inbound),
+            ChangeType::Other(name) => tracing::debug!(
+                namespace = %inbound.namespace,
+                app = %inbound.app,
+                family = %inbound.event.family,
+                change_type = %name,
+                "callback event of a kind this controller does not handle; ignored"
+            ),
+        }
+    }
+
+    fn find_link(
+        &mut self,
+        inbound: &InboundEvent,
+    ) -> Option<(ObjectRef<AcquisitionLink>, String)> {
+        let link_id = inbound.event.link_id.as_deref()?;
+        let found = self.index.find(
+            &self.context.link_store,
+            &inbound.namespace,
+            &inbound.app,
+            link_id,
+        )?;
+        Some((found, link_id.to_string()))
+    }
+
+    fn link_gone(&mut self, inbound: &InboundEvent) {
+        let change = inbound.event.change_type.as_str();
+        match self.find_link(inbound) {
+            Some((link, link_id)) => {
+                tracing::info!(
+                    namespace = %inbound.namespace,
+                    link = %link.name,
+                    %link_id,
+                    change,
+                    "WeCom reports the link gone; reconciling it now"
+                );
+                trigger(&self.triggers.links, link);
+            }
+            None => tracing::debug!(
+                namespace = %inbound.namespace,
+                app = %inbound.app,
+                link_id = ?inbound.event.link_id,
+                change,
+                "no AcquisitionLink manages this link id; ignored"
+            ),
+        }
+    }
+
+    fn conversion(&mut self, inbound: &InboundEvent) {
+        let event = &inbound.event;
+        let channel = event.state.clone().unwrap_or_default();
+        self.context
+            .metrics
+            .conversions
+            .get_or_create(&ConversionLabels {
+                namespace: inbound.namespace.clone(),
+                app: inbound.app.clone(),
+                link_id: event.link_id.clone().unwrap_or_default(),
+                channel: channel.clone(),
+                change_type: event.change_type.as_str().to_string(),
+            })
+            .inc();
+        if event.change_type == ChangeType::AddExternalContact
+            && let Some((link, link_id)) = self.find_link(inbound)
+        {
+            self.tally.add(link, &link_id, &channel);
+        }
+    }
+
+    fn quota(&mut self, inbound: &InboundEvent) {
+        let notice = QuotaNotice {
+            namespace: inbound.namespace.clone(),
+            app: inbound.app.clone(),
+            change: inbound.event.change_type.clone(),
+            expire_time: inbound.event.expire_time,
+            expire_quota_num: inbound.event.expire_quota_num,
+        };
+        if let Err(err) = self.quota.try_send(notice) {
+            // Only under a storm of quota events; the periodic A8 check still catches up.
+            tracing::warn!(
+                namespace = %inbound.namespace,
+                app = %inbound.app,
+                error = %err,
+                "quota callback dropped: too many pending; the next A8 check reports the quota"
+            );
+        }
+    }
+
+    /// Writes the pending customer bumps, unless the previous flush is still writing (then
+    /// they wait for the next window, so a link never gets more than one write per window).
+    fn flush(&mut self) {
+        if self.flushing.as_ref().is_some_and(|f| !f.is_finished()) || self.tally.is_empty() {
+            return;
+        }
+        let bumps = self.tally.take();
+        let context = self.context.clone();
+        self.flushing = Some(tokio::spawn(async move {
+            futures::stream::iter(bumps)
+                .for_each_concurrent(8, |(link, bump)| {
+                    let context = context.clone();
+                    async move { write_customer_bump(&context, &link, &bump).await }
+                })
+                .await;
+        }));
+    }
+}
+
+/// Asks the controller to reconcile `target` now, without waiting.
+fn trigger<K>(sender: &mpsc::Sender<ObjectRef<K>>, target: ObjectRef<K>)
+where
+    K: kube::Resource + 'static,
+    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
+{
+    match sender.try_send(target) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(target)) => {
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let _ = sender.send(target).await;
+            });
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            tracing::debug!("controller stopped; reconcile request dropped");
+        }
+    }
+}
+
+/// Which AcquisitionLink holds a WeCom link id: by `status.linkId`, the
+/// `acquisition.wecom.dev/link-id` annotation (status lost) or `spec.linkId` (adopted).
+/// Rebuilt from the controller's store when older than a few seconds, or on a miss.
+#[derive(Default)]
+pub struct LinkIndex {
+    by_id: HashMap<(String, String), LinkHolder>,
+    built_at: Option<Instant>,
+}
+
+struct LinkHolder {
+    link: ObjectRef<AcquisitionLink>,
+    app: String,
+}
+
+const INDEX_MAX_AGE: Duration = Duration::from_secs(5);
+const INDEX_MIN_AGE_FOR_MISS: Duration = Duration::from_millis(200);
+
+impl LinkIndex {
+    pub fn rebuild(&mut self, links: &[Arc<AcquisitionLink>]) {
+        self.by_id.clear();
+        for link in links {
+            let namespace = link.namespace().unwrap_or_default();
+            let ids = [
+                link.status.as_ref().and_then(|s| s.link_id.clone()),
+                link.annotations().get(LINK_ID_ANNOTATION).cloned(),
+                link.spec.link_id.clone(),
+            ];
+            for id in ids.into_iter().flatten().filter(|id| !id.is_empty()) {
+                self.by_id.insert(
+                    (namespace.clone(), id),
+                    LinkHolder {
+                        link: ObjectRef::from_obj(&**link),
+                        app: link.spec.app_ref.name.clone(),
+                    },
+                );
+            }
+        }
+        self.built_at = Some(Instant::now());
+    }
+
+    /// The AcquisitionLink in `namespace`, using `app`, that holds `link_id`.
+    pub fn find(
+        &mut self,
+        store: &Store<AcquisitionLink>,
+        namespace: &str,
+        app: &str,
+        link_id: &str,
+    ) -> Option<ObjectRef<AcquisitionLink>> {
+        let age = self.built_at.map(|at| at.elapsed());
+        if age.is_none_or(|age| age >= INDEX_MAX_AGE) {
+            self.rebuild(&store.state());
+        }
+        if let Some(found) = self.lookup(namespace, app, link_id) {
+            return Some(found);
+        }
+        if self
+            .built_at
+            .is_some_and(|at| at.elapsed() >= INDEX_MIN_AGE_FOR_MISS)
+        {
+            self.rebuild(&store.state());
+            return self.lookup(namespace, app, link_id);
+        }
+        None
+    }
+
+    fn lookup(
+        &self,
+        namespace: &str,
+        app: &str,
+        link_id: &str,
+    ) -> Option<ObjectRef<AcquisitionLink>> {
+        self.by_id
+            .get(&(namespace.to_string(), link_id.to_string()))
+            .filter(|holder| holder.app == app)
+            .map(|holder| holder.link.clone())
+    }
+}
+
+/// Customers added through a link since the last flush.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CustomerBump {
+    /// The link id the customers came through: a bump for an id the object no longer
+    /// holds (recreated meanwhile) is dropped.
+    pub link_id: String,
+    pub added: u64,
+    pub by_channel: BTreeMap<String, u64>,
+}
+
+/// Pending customer bumps, one entry per link however many events came.
+#[derive(Debug, Default)]
+pub struct CustomerTally {
+    pending: HashMap<ObjectRef<AcquisitionLink>, CustomerBump>,
+}
+
+impl CustomerTally {
+    pub fn add(&mut self, link: ObjectRef<AcquisitionLink>, link_id: &str, channel: &str) {
+        let bump = self.pending.entry(link).or_default();
+        if bump.link_id != link_id {
+            *bump = CustomerBump {
+                link_id: link_id.to_string(),
+                ..CustomerBump::default()
+            };
+        }
+        bump.added += 1;
+        *bump.by_channel.entry(channel.to_string()).or_default() += 1;
+    }
+
+    pub fn take(&mut self) -> Vec<(ObjectRef<AcquisitionLink>, CustomerBump)> {
+        self.pending.drain().collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+/// The count after `bump`; `countedAt` stays the time of the last full A6 count.
+pub fn bumped(current: &CustomerCount, bump: &CustomerBump) -> CustomerCount {
+    let mut next = current.clone();
+    next.total = next.total.saturating_add(bump.added);
+    for (channel, added) in &bump.by_channel {
+        let count = next.by_channel.entry(channel.clone()).or_default();
+        *count = count.saturating_add(*added);
+    }
+    next
+}
+
+/// One merge patch of `status.customers`, guarded by the resourceVersion it was computed
+/// from (a conflict re-reads and tries again).
+async fn write_customer_bump(
+    context: &Context,
+    link: &ObjectRef<AcquisitionLink>,
+    bump: &CustomerBump,
+) {
+    let namespace = link.namespace.clone().unwrap_or_default();
+    let api: Api<AcquisitionLink> = Api::namespaced(context.kube.clone(), &namespace);
+    let mut current = context.link_store.get(link);
+    for _ in 0..3 {
+        let Some(object) = current.take() else {
+            return;
+        };
+        let status = object.status.clone().unwrap_or_default();
+        if status.link_id.as_deref() != Some(bump.link_id.as_str()) {
+            tracing::debug!(namespace = %namespace, link = %link.name, link_id = %bump.link_id, "link changed since the customers were added; the next A6 count has them");
+            return;
+        }
+        let Some(count) = &status.customers else {
+            tracing::debug!(namespace = %namespace, link = %link.name, "customers not counted yet; the first A6 count has them");
+            return;
+        };
+        let next = bumped(count, bump);
+        let by_channel: serde_json::Map<String, serde_json::Value> = bump
+            .by_channel
+            .keys()
+            .map(|channel| (channel.clone(), json!(next.by_channel.get(channel))))
+            .collect();
+        let patch = json!({
+            "metadata": { "resourceVersion": object.resource_version() },
+            "status": { "customers": { "total": next.total, "byChannel": by_channel } },
+        });
+        match api
+            .patch_status(&link.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return,
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                current = api.get_status(&link.name).await.ok().map(Arc::new);
+            }
+            Err(err) => {
+                tracing::warn!(namespace = %namespace, link = %link.name, error = %err, "could not write the customer count; the next A6 count corrects it");
+                return;
+            }
+        }
+    }
+}
+
+/// A quota callback for one app.
+#[derive(Debug, Clone)]
+struct QuotaNotice {
+    namespace: String,
+    app: String,
+    change: ChangeType,
+    expire_time: Option<i64>,
+    expire_quota_num: Option<u64>,
+}
+
+/// Sets the quota conditions a quota callback implies. `false` for other change types.
+/// The messages are stable (no timestamps), and name the callback, so an operator can tell
+/// them from an A8 reading (which replaces them at the next check).
+pub fn apply_quota_callback(
+    status: &mut WeComAppStatus,
+    change: &ChangeType,
+    expire_time: Option<i64>,
+    expire_quota_num: Option<u64>,
+    generation: Option<i64>,
+    now: &Time,
+) -> bool {
+    let c = &mut status.conditions;
+    match change {
+        ChangeType::BalanceLow => conditions::set(
+            c,
+            QUOTA_LOW,
+            true,
+            reason::BALANCE_LOW,
+            format!(
+                "WeCom reports fewer than {LOW_BALANCE} quota left (balance_low callback): buy more quota"
+            ),
+            generation,
+            now,
+        ),
+        ChangeType::BalanceExhausted => {
+            conditions::set(
+                c,
+                QUOTA_EXHAUSTED,
+                true,
+                reason::BALANCE_EXHAUSTED,
+                "the acquisition quota is used up (balance_exhausted callback): no new link is created until quota is added",
+                generation,
+                now,
+            );
+            conditions::set(
+                c,
+                QUOTA_LOW,
+                true,
+                reason::BALANCE_LOW,
+                "the acquisition quota is used up (balance_exhausted callback): buy more quota",
+                generation,
+                now,
+            );
+        }
+        ChangeType::BalanceIncreased => conditions::set(
+            c,
+            QUOTA_EXHAUSTED,
+            false,
+            reason::BALANCE_OK,
+            "quota was added (balance_increased callback); links are created again",
+            generation,
+            now,
+        ),
+        ChangeType::QuotaExpireSoon => {
+            let amount = expire_quota_num
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "some".to_string());
+            let when = expire_time
+                .and_then(|t| k8s_openapi::jiff::Timestamp::from_second(t).ok())
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "soon".to_string());
+            conditions::set(
+                c,
+                QUOTA_EXPIRING_SOON,
+                true,
+                reason::BATCH_EXPIRING,
+                format!(
+                    "{amount} quota expire at {when} (quota_expire_soon callback): use or renew it"
+                ),
+                generation,
+                now,
+            );
+        }
+        _ => return false,
+    }
+    true
+}
+
+async fn quota_loop(
+    context: Arc<Context>,
+    triggers: Triggers,
+    mut notices: mpsc::Receiver<QuotaNotice>,
+    follow_up: Duration,
+) {
+    while let Some(notice) = notices.recv().await {
+        apply_quota_notice(&context, &triggers, &notice, follow_up).await;
+    }
+}
+
+/// Writes the conditions (guarded by resourceVersion), publishes the transitions, and asks
+/// for an A8 refresh.
+async fn apply_quota_notice(
+    context: &Arc<Context>,
+    triggers: &Triggers,
+    notice: &QuotaNotice,
+    follow_up: Duration,
+) {
+    let (namespace, name) = (notice.namespace.as_str(), notice.app.as_str());
+    let api: Api<WeComApp> = Api::namespaced(context.kube.clone(), namespace);
+    let mut current = context.app(namespace, name);
+    let observed_before = quota_observed_at(current.as_deref());
+    for _ in 0..3 {
+        let Some(app) = current.take() else {
+            tracing::debug!(
+                namespace,
+                app = name,
+                "quota callback for a WeComApp that is gone"
+            );
+            return;
+        };
+        let old = app.status.clone().unwrap_or_default();
+        let mut new = old.clone();
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        apply_quota_callback(
+            &mut new,
+            &notice.change,
+            notice.expire_time,
+            notice.expire_quota_num,
+            app.metadata.generation,
+            &now,
+        );
+        if new.conditions == old.conditions {
+            break;
+        }
+        let patch = json!({
+            "metadata": { "resourceVersion": app.resource_version() },
+            "status": { "conditions": new.conditions },
+        });
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(namespace, app = name, change = %notice.change, "quota conditions updated from a callback");
+                publish_transitions(context, &app, &old, &new).await;
+                break;
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                current = api.get_status(name).await.ok().map(Arc::new);
+            }
+            Err(err) => {
+                tracing::warn!(namespace, app = name, error = %err, "could not write the quota conditions; the A8 refresh reports the quota");
+                break;
+            }
+        }
+    }
+    context.expire_quota_check(namespace, name);
+    trigger(&triggers.apps, ObjectRef::new(name).within(namespace));
+    if notice.change == ChangeType::BalanceIncreased {
+        tokio::spawn(retrigger_waiting_links(
+            context.clone(),
+            triggers.clone(),
+            namespace.to_string(),
+            name.to_string(),
+            observed_before,
+            follow_up,
+        ));
+    }
+}
+
+fn quota_observed_at(app: Option<&WeComApp>) -> Option<String> {
+    app?.status.as_ref()?.quota.as_ref()?.observed_at.clone()
+}
+
+/// Once the A8 refresh has landed (or `timeout` passed), reconciles the app's links that
+/// have no WeCom link yet: they were refused for lack of quota and would otherwise wait
+/// for their next requeue.
+async fn retrigger_waiting_links(
+    context: Arc<Context>,
+    triggers: Triggers,
+    namespace: String,
+    app: String,
+    observed_before: Option<String>,
+    timeout: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while quota_observed_at(context.app(&namespace, &app).as_deref()) == observed_before
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for link in context.link_store.state() {
+        let waiting = link.status.as_ref().is_none_or(|s| s.link_id.is_none())
+            && link.spec.link_id.is_none()
+            && !link.annotations().contains_key(LINK_ID_ANNOTATION);
+        if waiting
+            && link.namespace().as_deref() == Some(namespace.as_str())
+            && link.spec.app_ref.name == app
+        {
+            trigger(&triggers.links, ObjectRef::from_obj(&*link));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AcquisitionLinkSpec, AcquisitionLinkStatus, AppRef, LinkRangeSpec};
+
+    fn link(
+        name: &str,
+        app: &str,
+        status_id: Option<&str>,
+        annotation_id: Option<&str>,
+    ) -> Arc<AcquisitionLink> {
+        let mut link = AcquisitionLink::new(
+            name,
+            AcquisitionLinkSpec {
+                app_ref: AppRef { name: app.into() },
+                link_name: name.into(),
+                range: LinkRangeSpec {
+                    user_list: vec!["zhangsan".into()],
+                    department_list: vec![],
+                },
+                skip_verify: true,
+                priority_option: None,
+                mark_source: None,
+                channels: vec![],
+                deletion_policy: Default::default(),
+                on_remote_delete: Default::default(),
+                link_id: None,
+            },
+        );
+        link.metadata.namespace = Some("ns".into());
+        link.status = status_id.map(|id| AcquisitionLinkStatus {
+            link_id: Some(id.into()),
+            ..Default::default()
+        });
+        if let Some(id) = annotation_id {
+            link.annotations_mut()
+                .insert(LINK_ID_ANNOTATION.into(), id.into());
+        }
+        Arc::new(link)
+    }
+
+    #[test]
+    fn index_finds_links_by_status_or_annotation_within_namespace_and_app() {
+        let mut index = LinkIndex::default();
+        index.rebuild(&[
+            link("a", "app", Some("L1"), Some("L1")),
+            link("b", "app", None, Some("L2")),
+            link("c", "other", Some("L3"), None),
+        ]);
+        assert_eq!(
+            index.lookup("ns", "app", "L1").map(|r| r.name),
+            Some("a".into())
+        );
+        assert_eq!(
+            index.lookup("ns", "app", "L2").map(|r| r.name),
+            Some("b".into())
+        );
+        // Another app's link, another namespace, an unknown id: not ours.
+        assert_eq!(index.lookup("ns", "app", "L3"), None);
+        assert_eq!(index.lookup("other-ns", "app", "L1"), None);
+        assert_eq!(index.lookup("ns", "app", "L9"), None);
+    }
+
+    #[test]
+    fn tally_keeps_one_bump_per_link_and_restarts_for_a_new_link_id() {
+        let mut tally = CustomerTally::default();
+        let a = ObjectRef::new("a").within("ns");
+        let b = ObjectRef::new("b").within("ns");
+        for channel in ["x", "x", "y"] {
+            tally.add(a.clone(), "L1", channel);
+        }
+        tally.add(b.clone(), "L2", "");
+        let mut taken = tally.take();
+        taken.sort_by(|l, r| l.0.name.cmp(&r.0.name));
+        assert!(tally.is_empty());
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[0].1.added, 3);
+        assert_eq!(
+            taken[0].1.by_channel,
+            BTreeMap::from([("x".into(), 2), ("y".into(), 1)])
+        );
+        assert_eq!(taken[1].1.by_channel, BTreeMap::from([(String::new(), 1)]));
+
+        tally.add(a.clone(), "L1", "x");
+        tally.add(a.clone(), "L9", "z");
+        let taken = tally.take();
+        assert_eq!(taken[0].1.link_id, "L9");
+        assert_eq!(taken[0].1.added, 1);
+    }
+
+    #[test]
+    fn bumped_adds_to_total_and_channels_and_keeps_counted_at() {
+        let current = CustomerCount {
+            total: 5,
+            by_channel: BTreeMap::from([("x".into(), 5)]),
+            counted_at: Some("2025-01-01T00:00:00Z".into()),
+        };
+        let bump = CustomerBump {
+            link_id: "L1".into(),
+            added: 3,
+            by_channel: BTreeMap::from([("x".into(), 1), ("y".into(), 2)]),
+        };
+        let next = bumped(&current, &bump);
+        assert_eq!(next.total, 8);
+        assert_eq!(
+            next.by_channel,
+            BTreeMap::from([("x".into(), 6), ("y".into(), 2)])
+        );
+        assert_eq!(next.counted_at, current.counted_at);
+    }
+
+    #[test]
+    fn quota_callbacks_set_the_matching_conditions() {
+        let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_790_000_000).unwrap());
+        let mut status = WeComAppStatus::default();
+        assert!(apply_quota_callback(
+            &mut status,
+            &ChangeType::BalanceExhausted,
+            None,
+            None,
+            Some(1),
+            &now
+        ));
+        assert!(conditions::is_true(&status.conditions, QUOTA_EXHAUSTED));
+        assert!(conditions::is_true(&status.conditions, QUOTA_LOW));
+        assert!(apply_quota_callback(
+            &mut status,
+            &ChangeType::BalanceIncreased,
+            None,
+            None,
+            Some(1),
+            &now
+        ));
+        assert!(!conditions::is_true(&status.conditions, QUOTA_EXHAUSTED));
+        assert!(apply_quota_callback(
+            &mut status,
+            &ChangeType::QuotaExpireSoon,
+            Some(1_767_196_800),
+            Some(150),
+            Some(1),
+            &now
+        ));
+        let expiring = conditions::find(&status.conditions, QUOTA_EXPIRING_SOON).unwrap();
+        assert_eq!(expiring.status, "True");
+        assert!(
+            expiring.message.contains("150") && expiring.message.contains("2025-12-31T16:00:00Z"),
+            "{}",
+            expiring.message
+        );
+        let before = status.clone();
+        assert!(!apply_quota_callback(
+            &mut status,
+            &ChangeType::DeleteLink,
+            None,
+            None,
+            Some(1),
+            &now
+        ));
+        assert_eq!(status, before);
+    }
+}

@@ -1,0 +1,748 @@
+//! The callback endpoint over real HTTP on loopback, without Kubernetes: a fixed app
+//! directory and a bounded queue whose receiver the test holds, so every test can prove
+//! what reached the worker ("the sink saw nothing") besides what was answered.
+//!
+//! The published vectors (WECOM-NOTES) were signed in 2014 over their own timestamps and
+//! cannot be re-signed, so the tests that replay them run an endpoint whose timestamp
+//! window reaches back to 2014 (`vector_settings`). Freshness itself is tested with events
+//! sealed now (`stale_or_future_timestamps_are_refused`), on the default 5-minute window.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::StatusCode;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
+use wecom_acq::callback::{AppCallback, EndpointSettings, InboundEvent, StaticDirectory, router};
+use wecom_acq::metrics::Metrics;
+use wecom_acq::wecom::crypto::{CallbackCrypto, post_body};
+use wecom_acq::wecom::event::{CallbackEvent, ChangeType, Envelope, EventFamily, render_event};
+
+const CLASSIC_TOKEN: &str = "QDG6eK";
+const CLASSIC_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+const CLASSIC_RECEIVE_ID: &str = "wx5823bf96d3bd56c7";
+const CLASSIC_ECHOSTR: &str =
+    "P9nAzCzyDtyTWESHep1vC5X9xho/qYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp+4RPcs8TgAE7OaBO+FZXvnaqQ==";
+const CLASSIC_ENCRYPT: &str = "RypEvHKD8QQKFhvQ6QleEB4J58tiPdvo+rtK1I9qca6aM/wvqnLSV5zEPeusUiX5L5X/0lWfrf0QADHHhGd3QczcdCUpj911L3vg3W/sYYvuJTs3TUUkSUXxaccAS0qhxchrRYt66wiSpGLYL42aM6A8dTT+6k4aSknmPj48kzJs8qLjvd4Xgpue06DOdnLxAUHzM6+kDZ+HMZfJYuR+LtwGc2hgf5gsijff0ekUNXZiqATP7PF5mZxZ3Izoun1s4zG4LUMnvw2r+KqCKIw+3IQH03v+BCA9nMELNqbSf6tiWSrXJB3LAVGUcallcrw8V2t9EL4EhzJWrQUax5wLVMNS0+rUPA3k22Ncx4XXZS9o0MBH27Bo6BpNelZpS+/uh9KsNlY6bHCmJU9p8g7m3fVKn28H3KDYA5Pl/T8Z1ptDAVe0lXdQ2YoyyH2uyPIGHBZZIs2pDBS8R07+qN+E7Q==";
+const WECHATPY_TOKEN: &str = "123456";
+const WECHATPY_KEY: &str = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR";
+const WECHATPY_RECEIVE_ID: &str = "wx49f0ab532d5d035a";
+const WECHATPY_ECHOSTR: &str =
+    "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q==";
+
+/// Our own app's callback settings, for events sealed now.
+const TOKEN: &str = "cbToken2024";
+const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+const CORP: &str = "ww1234567890abcdef";
+const SUITE: &str = "wwsuite0000000001";
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn crypto(receive_id: &str) -> CallbackCrypto {
+    CallbackCrypto::new(TOKEN, AES_KEY, receive_id).unwrap()
+}
+
+fn directory() -> StaticDirectory {
+    StaticDirectory::new()
+        .with_app(
+            "default",
+            "classic",
+            AppCallback {
+                crypto: CallbackCrypto::new(CLASSIC_TOKEN, CLASSIC_KEY, CLASSIC_RECEIVE_ID)
+                    .unwrap(),
+                corp_id: CLASSIC_RECEIVE_ID.into(),
+                third_party: false,
+            },
+        )
+        .with_app(
+            "default",
+            "wechatpy",
+            AppCallback {
+                crypto: CallbackCrypto::new(WECHATPY_TOKEN, WECHATPY_KEY, WECHATPY_RECEIVE_ID)
+                    .unwrap(),
+                corp_id: WECHATPY_RECEIVE_ID.into(),
+                third_party: false,
+            },
+        )
+        .with_app(
+            "shop",
+            "selfbuilt",
+            AppCallback {
+                crypto: crypto(CORP),
+                corp_id: CORP.into(),
+                third_party: false,
+            },
+        )
+        .with_app(
+            "shop",
+            "thirdparty",
+            AppCallback {
+                crypto: crypto(SUITE),
+                corp_id: CORP.into(),
+                third_party: true,
+            },
+        )
+}
+
+/// An endpoint on loopback and the receiving end of its queue.
+struct Endpoint {
+    base: String,
+    events: mpsc::Receiver<InboundEvent>,
+    metrics: Arc<Metrics>,
+    http: reqwest::Client,
+}
+
+impl Endpoint {
+    async fn start(settings: EndpointSettings, queue: usize) -> Endpoint {
+        let (tx, events) = mpsc::channel(queue);
+        let metrics = Metrics::new();
+        let app = router(directory(), tx, &metrics, settings);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Endpoint {
+            base: format!("http://{addr}"),
+            events,
+            metrics,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn default() -> Endpoint {
+        Endpoint::start(EndpointSettings::default(), 16).await
+    }
+
+    async fn get(&self, path: &str, query: &[(&str, &str)]) -> (StatusCode, String) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .query(query)
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, String) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .query(query)
+            .header("content-type", "text/xml")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    }
+
+    /// Posts a sealed callback as WeCom would.
+    async fn deliver(&self, path: &str, sealed: &Sealed) -> (StatusCode, String) {
+        self.post(path, &sealed.query(), sealed.body.clone()).await
+    }
+
+    /// The event the worker got, failing if there is none.
+    fn taken(&mut self) -> InboundEvent {
+        self.events.try_recv().expect("an event reached the queue")
+    }
+
+    /// Proves the request changed nothing downstream.
+    fn assert_nothing_queued(&mut self) {
+        assert!(
+            matches!(self.events.try_recv(), Err(TryRecvError::Empty)),
+            "an event reached the queue"
+        );
+    }
+
+    fn count(&self, result: &str) -> u64 {
+        let needle = format!("wecom_acq_callbacks_total{{result=\"{result}\"}} ");
+        self.metrics
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(&needle))
+            .map(|n| n.trim().parse().unwrap())
+            .unwrap_or(0)
+    }
+}
+
+/// A window wide enough for the 2014 vectors (see the module comment).
+fn vector_settings() -> EndpointSettings {
+    let since_2014 = (unix_now() - 1_409_659_589) as u64;
+    EndpointSettings {
+        max_skew: Some(Duration::from_secs(since_2014 + 86_400)),
+        ..EndpointSettings::default()
+    }
+}
+
+struct Sealed {
+    signature: String,
+    timestamp: String,
+    nonce: String,
+    body: String,
+}
+
+impl Sealed {
+    fn query(&self) -> [(&'static str, &str); 3] {
+        [
+            ("msg_signature", &self.signature),
+            ("timestamp", &self.timestamp),
+            ("nonce", &self.nonce),
+        ]
+    }
+}
+
+fn seal_with(crypto: &CallbackCrypto, xml: &str, timestamp: i64, nonce: &str) -> Sealed {
+    let sealed = crypto.seal(xml, &timestamp.to_string(), nonce);
+    Sealed {
+        body: post_body(crypto.receive_id(), "1000002", &sealed.encrypt),
+        signature: sealed.msg_signature,
+        timestamp: sealed.timestamp,
+        nonce: sealed.nonce,
+    }
+}
+
+fn event(change_type: ChangeType, link_id: &str) -> CallbackEvent {
+    CallbackEvent {
+        envelope: Envelope::SelfBuilt,
+        corp_id: CORP.into(),
+        suite_id: None,
+        family: EventFamily::CustomerAcquisition,
+        change_type,
+        created_at: 1_700_000_000,
+        link_id: Some(link_id.into()),
+        state: None,
+        user_id: None,
+        external_user_id: None,
+        expire_time: None,
+        expire_quota_num: None,
+        welcome_code: None,
+        chat_key: None,
+    }
+}
+
+fn delete_link(link_id: &str) -> String {
+    render_event(&event(ChangeType::DeleteLink, link_id))
+}
+
+const SELF_BUILT: &str = "/callback/shop/selfbuilt";
+
+#[tokio::test]
+async fn published_url_verification_vectors_answer_the_decrypted_echostr() {
+    let mut endpoint = Endpoint::start(vector_settings(), 16).await;
+    // reqwest URL-encodes the query, as WeCom does (`+` as %2B, `/` and `=` too).
+    let (status, body) = endpoint
+        .get(
+            "/callback/default/classic",
+            &[
+                ("msg_signature", "5c45ff5e21c57e6ad56bac8758b79b1d9ac89fd3"),
+                ("timestamp", "1409659589"),
+                ("nonce", "263014780"),
+                ("echostr", CLASSIC_ECHOSTR),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "1616140317555161061")
+    );
+    let wechatpy = |nonce| {
+        [
+            ("msg_signature", "dd6b9c95b495b3f7e2901bfbc76c664930ffdb96"),
+            ("timestamp", "1411443780"),
+            ("nonce", nonce),
+            ("echostr", WECHATPY_ECHOSTR),
+        ]
+    };
+    let (status, body) = endpoint
+        .get("/callback/default/wechatpy", &wechatpy("437374425"))
+        .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "5927782489442352469")
+    );
+    // The same with another nonce must fail, and says nothing in the body.
+    let (status, body) = endpoint
+        .get("/callback/default/wechatpy", &wechatpy("437374424"))
+        .await;
+    assert_eq!((status, body.as_str()), (StatusCode::FORBIDDEN, ""));
+    assert_eq!(endpoint.count("verified"), 2);
+    assert_eq!(endpoint.count("bad_signature"), 1);
+    endpoint.assert_nothing_queued();
+}
+
+#[tokio::test]
+async fn an_echostr_with_a_raw_plus_is_still_verified() {
+    // A raw `+` in a query is a space to form decoders; here it stays the base64 `+`.
+    let endpoint = Endpoint::start(vector_settings(), 16).await;
+    let url = format!(
+        "{}/callback/default/classic?msg_signature=5c45ff5e21c57e6ad56bac8758b79b1d9ac89fd3&timestamp=1409659589&nonce=263014780&echostr={CLASSIC_ECHOSTR}",
+        endpoint.base
+    );
+    let resp = endpoint.http.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "1616140317555161061");
+}
+
+#[tokio::test]
+async fn published_message_vector_is_verified_decrypted_and_ignored_as_no_event() {
+    let mut endpoint = Endpoint::start(vector_settings(), 16).await;
+    let query = [
+        ("msg_signature", "477715d11cdb4164915debcba66cb864d751f3e6"),
+        ("timestamp", "1409659813"),
+        ("nonce", "1372623149"),
+    ];
+    let body = post_body(CLASSIC_RECEIVE_ID, "218", CLASSIC_ENCRYPT);
+    let (status, answer) = endpoint
+        .post("/callback/default/classic", &query, body.clone())
+        .await;
+    // A text message from `mycreate`: authentic, decrypted, but not an event to act on.
+    assert_eq!((status, answer.as_str()), (StatusCode::OK, ""));
+    assert_eq!(endpoint.count("not_an_event"), 1);
+    endpoint.assert_nothing_queued();
+
+    // The same body with one digit of the signature changed is refused before decryption.
+    let mut wrong = query;
+    wrong[0].1 = "477715d11cdb4164915debcba66cb864d751f3e7";
+    let (status, _) = endpoint
+        .post("/callback/default/classic", &wrong, body)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(endpoint.count("bad_signature"), 1);
+    endpoint.assert_nothing_queued();
+}
+
+#[tokio::test]
+async fn a_sealed_self_built_event_is_queued_and_answered_with_an_empty_body() {
+    let mut endpoint = Endpoint::default().await;
+    let sealed = seal_with(&crypto(CORP), &delete_link("cawcde1"), unix_now(), "1001");
+    let (status, body) = endpoint.deliver(SELF_BUILT, &sealed).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, ""));
+    let taken = endpoint.taken();
+    assert_eq!(
+        (taken.namespace.as_str(), taken.app.as_str()),
+        ("shop", "selfbuilt")
+    );
+    assert_eq!(taken.event.change_type, ChangeType::DeleteLink);
+    assert_eq!(taken.event.link_id.as_deref(), Some("cawcde1"));
+    assert_eq!(endpoint.count("accepted"), 1);
+}
+
+#[tokio::test]
+async fn third_party_events_are_answered_success_and_other_corps_are_ignored() {
+    let mut endpoint = Endpoint::default().await;
+    let third_party = |corp: &str| {
+        render_event(&CallbackEvent {
+            envelope: Envelope::ThirdParty,
+            corp_id: corp.into(),
+            suite_id: Some(SUITE.into()),
+            family: EventFamily::ChangeExternalContact,
+            state: Some("chan-a".into()),
+            ..event(ChangeType::AddExternalContact, "cawcde2")
+        })
+    };
+    let sealed = seal_with(&crypto(SUITE), &third_party(CORP), unix_now(), "2001");
+    let (status, body) = endpoint.deliver("/callback/shop/thirdparty", &sealed).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "success"));
+    let taken = endpoint.taken();
+    assert_eq!(taken.event.envelope, Envelope::ThirdParty);
+    assert_eq!(taken.event.state.as_deref(), Some("chan-a"));
+
+    // Authentic, but about another corp that authorised the same suite.
+    let sealed = seal_with(
+        &crypto(SUITE),
+        &third_party("wwothercorp"),
+        unix_now(),
+        "2002",
+    );
+    let (status, body) = endpoint.deliver("/callback/shop/thirdparty", &sealed).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "success"));
+    assert_eq!(endpoint.count("foreign_corp"), 1);
+    endpoint.assert_nothing_queued();
+}
+
+#[tokio::test]
+async fn a_forged_signature_is_refused_and_does_not_block_the_genuine_callback() {
+    let mut endpoint = Endpoint::default().await;
+    let genuine = seal_with(&crypto(CORP), &delete_link("cawcde3"), unix_now(), "3001");
+    let forged = Sealed {
+        signature: "0".repeat(40),
+        ..seal_with(&crypto(CORP), &delete_link("cawcde3"), unix_now(), "3001")
+    };
+    let (status, body) = endpoint.deliver(SELF_BUILT, &forged).await;
+    assert_eq!((status, body.as_str()), (StatusCode::FORBIDDEN, ""));
+    // Signed with another Token: refused the same way.
+    let other_token = CallbackCrypto::new("anotherToken", AES_KEY, CORP).unwrap();
+    let (status, _) = endpoint
+        .deliver(
+            SELF_BUILT,
+            &seal_with(&other_token, &delete_link("x"), unix_now(), "3002"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(endpoint.count("bad_signature"), 2);
+    endpoint.assert_nothing_queued();
+    // The forgery with the same nonce left no trace in the replay memory.
+    let (status, _) = endpoint.deliver(SELF_BUILT, &genuine).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(endpoint.taken().event.link_id.as_deref(), Some("cawcde3"));
+}
+
+#[tokio::test]
+async fn a_message_for_another_receive_id_is_refused() {
+    let mut endpoint = Endpoint::default().await;
+    // Right Token and key (so the signature is valid), addressed to another corp.
+    let sealed = seal_with(
+        &crypto("wwsomeoneelse"),
+        &delete_link("cawcde4"),
+        unix_now(),
+        "4001",
+    );
+    let (status, body) = endpoint.deliver(SELF_BUILT, &sealed).await;
+    assert_eq!((status, body.as_str()), (StatusCode::FORBIDDEN, ""));
+    assert_eq!(endpoint.count("wrong_receiver"), 1);
+    endpoint.assert_nothing_queued();
+}
+
+#[tokio::test]
+async fn replays_and_redeliveries_are_answered_200_and_processed_once() {
+    let mut endpoint = Endpoint::default().await;
+    let xml = delete_link("cawcde5");
+    let first = seal_with(&crypto(CORP), &xml, unix_now(), "5001");
+    assert_eq!(endpoint.deliver(SELF_BUILT, &first).await.0, StatusCode::OK);
+    // The same request again (a replay).
+    assert_eq!(
+        endpoint.deliver(SELF_BUILT, &first).await,
+        (StatusCode::OK, String::new())
+    );
+    // The same event sealed again with a new nonce and timestamp (WeCom's retry).
+    let resealed = seal_with(&crypto(CORP), &xml, unix_now() - 1, "5002");
+    assert_eq!(
+        endpoint.deliver(SELF_BUILT, &resealed).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(endpoint.taken().event.link_id.as_deref(), Some("cawcde5"));
+    endpoint.assert_nothing_queued();
+    assert_eq!(endpoint.count("accepted"), 1);
+    assert_eq!(endpoint.count("duplicate"), 2);
+    // A different event is still taken.
+    let other = seal_with(&crypto(CORP), &delete_link("cawcde6"), unix_now(), "5003");
+    assert_eq!(endpoint.deliver(SELF_BUILT, &other).await.0, StatusCode::OK);
+    assert_eq!(endpoint.taken().event.link_id.as_deref(), Some("cawcde6"));
+}
+
+#[tokio::test]
+async fn stale_or_future_timestamps_are_refused() {
+    let mut endpoint = Endpoint::default().await;
+    for (offset, nonce) in [(-301, "6001"), (301, "6002"), (-86_400 * 365, "6003")] {
+        let sealed = seal_with(
+            &crypto(CORP),
+            &delete_link("cawcde7"),
+            unix_now() + offset,
+            nonce,
+        );
+        let (status, body) = endpoint.deliver(SELF_BUILT, &sealed).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::FORBIDDEN, ""),
+            "offset {offset}"
+        );
+    }
+    assert_eq!(endpoint.count("stale"), 3);
+    endpoint.assert_nothing_queued();
+    // Inside the window it is taken.
+    let sealed = seal_with(
+        &crypto(CORP),
+        &delete_link("cawcde7"),
+        unix_now() - 200,
+        "6004",
+    );
+    assert_eq!(
+        endpoint.deliver(SELF_BUILT, &sealed).await.0,
+        StatusCode::OK
+    );
+    endpoint.taken();
+    // A narrower window from the settings (--callback-max-skew) is honoured.
+    let mut narrow = Endpoint::start(
+        EndpointSettings {
+            max_skew: Some(Duration::from_secs(60)),
+            ..EndpointSettings::default()
+        },
+        16,
+    )
+    .await;
+    let sealed = seal_with(
+        &crypto(CORP),
+        &delete_link("cawcde7"),
+        unix_now() - 200,
+        "6005",
+    );
+    assert_eq!(
+        narrow.deliver(SELF_BUILT, &sealed).await.0,
+        StatusCode::FORBIDDEN
+    );
+    narrow.assert_nothing_queued();
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413_with_or_without_content_length() {
+    let mut endpoint = Endpoint::default().await;
+    let sealed = seal_with(&crypto(CORP), &delete_link("cawcde8"), unix_now(), "7001");
+    let padding = " ".repeat(64 * 1024);
+    let big = format!("{}{padding}", sealed.body);
+    let (status, body) = endpoint
+        .post(SELF_BUILT, &sealed.query(), big.clone())
+        .await;
+    assert_eq!((status, body.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, ""));
+    // Streamed (chunked, no Content-Length): cut off at the limit all the same.
+    let query: String = sealed
+        .query()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let status = chunked_post(
+        &endpoint.base,
+        &format!("{SELF_BUILT}?{query}"),
+        big.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert_eq!(endpoint.count("too_large"), 2);
+    endpoint.assert_nothing_queued();
+    // The genuine body (whose nonce the refused ones carried) is still taken.
+    assert_eq!(
+        endpoint.deliver(SELF_BUILT, &sealed).await.0,
+        StatusCode::OK
+    );
+    endpoint.taken();
+}
+
+/// A POST with `Transfer-Encoding: chunked` (no Content-Length), over a raw connection:
+/// the status code of the answer.
+async fn chunked_post(base: &str, path_and_query: &str, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/xml\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.chunks(4096) {
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
+        // The server may answer and close before the whole body is sent.
+        if stream.write_all(&framed).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let status_line = String::from_utf8_lossy(&answer);
+    status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {status_line:?}"))
+}
+
+#[tokio::test]
+async fn garbage_xml_ciphertext_and_events_are_400() {
+    let mut endpoint = Endpoint::default().await;
+    let now = unix_now();
+    let ts = now.to_string();
+    let signed = |encrypt: &str, nonce: &str| {
+        let signature = crypto(CORP).signature(&ts, nonce, encrypt);
+        (signature, nonce.to_string())
+    };
+
+    // Not XML at all, or XML without Encrypt.
+    for (body, nonce) in [
+        ("this is not xml", "8001"),
+        ("<xml><ToUserName>x</ToUserName></xml>", "8002"),
+    ] {
+        let (status, answer) = endpoint
+            .post(
+                SELF_BUILT,
+                &[("msg_signature", "0"), ("timestamp", &ts), ("nonce", nonce)],
+                body,
+            )
+            .await;
+        assert_eq!(
+            (status, answer.as_str()),
+            (StatusCode::BAD_REQUEST, ""),
+            "{body}"
+        );
+    }
+    assert_eq!(endpoint.count("bad_xml"), 2);
+
+    // Correctly signed, but the ciphertext is not base64 / not a block multiple.
+    for (encrypt, nonce) in [("not base64!", "8003"), ("QUJD", "8004")] {
+        let (signature, nonce) = signed(encrypt, nonce);
+        let body = post_body(CORP, "1", encrypt);
+        let (status, _) = endpoint
+            .post(
+                SELF_BUILT,
+                &[
+                    ("msg_signature", &signature),
+                    ("timestamp", &ts),
+                    ("nonce", &nonce),
+                ],
+                body,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{encrypt}");
+    }
+    assert_eq!(endpoint.count("bad_ciphertext"), 2);
+
+    // Authentic, but the decrypted event is broken XML or has a broken number.
+    for (xml, nonce) in [
+        ("<xml><ToUserName>ww1", "8005"),
+        (
+            "<xml><ToUserName>ww1</ToUserName><CreateTime>soon</CreateTime><Event>customer_acquisition</Event><ChangeType>delete_link</ChangeType></xml>",
+            "8006",
+        ),
+    ] {
+        let sealed = seal_with(&crypto(CORP), xml, now, nonce);
+        assert_eq!(
+            endpoint.deliver(SELF_BUILT, &sealed).await.0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+    assert_eq!(endpoint.count("bad_event"), 2);
+
+    // Missing signature query.
+    let (status, _) = endpoint.post(SELF_BUILT, &[], "<xml/>").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = endpoint.get(SELF_BUILT, &[("echostr", "x")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    endpoint.assert_nothing_queued();
+}
+
+#[tokio::test]
+async fn an_unknown_app_is_a_404_that_reveals_nothing() {
+    let mut endpoint = Endpoint::default().await;
+    let sealed = seal_with(&crypto(CORP), &delete_link("cawcde9"), unix_now(), "9001");
+    let mut answers = Vec::new();
+    for path in [
+        "/callback/shop/nosuchapp",
+        "/callback/nosuchns/selfbuilt",
+        "/callback/shop",
+        "/something/else",
+    ] {
+        let resp = endpoint
+            .http
+            .post(format!("{}{path}", endpoint.base))
+            .query(&sealed.query())
+            .body(sealed.body.clone())
+            .send()
+            .await
+            .unwrap();
+        let content_type = resp.headers().get("content-type").cloned();
+        answers.push((resp.status(), content_type, resp.text().await.unwrap()));
+    }
+    for answer in &answers {
+        assert_eq!(answer, &(StatusCode::NOT_FOUND, None, String::new()));
+    }
+    let (status, body) = endpoint
+        .get("/callback/shop/nosuchapp", &[("echostr", "x")])
+        .await;
+    assert_eq!((status, body.as_str()), (StatusCode::NOT_FOUND, ""));
+    endpoint.assert_nothing_queued();
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_and_the_retry_is_taken_later() {
+    let mut endpoint = Endpoint::start(EndpointSettings::default(), 1).await;
+    let first = seal_with(&crypto(CORP), &delete_link("L1"), unix_now(), "10001");
+    let second = seal_with(&crypto(CORP), &delete_link("L2"), unix_now(), "10002");
+    assert_eq!(endpoint.deliver(SELF_BUILT, &first).await.0, StatusCode::OK);
+    let (status, body) = endpoint.deliver(SELF_BUILT, &second).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "")
+    );
+    assert_eq!(endpoint.count("queue_full"), 1);
+    assert_eq!(endpoint.taken().event.link_id.as_deref(), Some("L1"));
+    endpoint.assert_nothing_queued();
+    // WeCom's retry of the refused callback is processed, not taken for a replay.
+    assert_eq!(
+        endpoint.deliver(SELF_BUILT, &second).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(endpoint.taken().event.link_id.as_deref(), Some("L2"));
+}
+
+/// Collects formatted log lines of the current thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn refusals_are_logged_in_one_line_without_secrets() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // A current-thread runtime: the server's tasks log on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut endpoint = Endpoint::default().await;
+    let forged = Sealed {
+        signature: "f".repeat(40),
+        ..seal_with(&crypto(CORP), &delete_link("x"), unix_now(), "11001")
+    };
+    endpoint.deliver(SELF_BUILT, &forged).await;
+    let wrong = seal_with(
+        &crypto("wwsomeoneelse"),
+        &delete_link("x"),
+        unix_now(),
+        "11002",
+    );
+    endpoint.deliver(SELF_BUILT, &wrong).await;
+    let stale = seal_with(&crypto(CORP), &delete_link("x"), unix_now() - 3600, "11003");
+    endpoint.deliver(SELF_BUILT, &stale).await;
+    endpoint.assert_nothing_queued();
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("callback refused"))
+        .collect();
+    assert_eq!(refusals.len(), 3, "{log}");
+    for wanted in ["bad_signature", "wrong_receiver", "stale"] {
+        assert!(
+            refusals.iter().any(|l| l.contains(wanted)),
+            "{wanted} missing: {log}"
+        );
+    }
+    for secret in [TOKEN, AES_KEY, &AES_KEY[..20]] {
+        assert!(!log.contains(secret), "a secret was logged: {log}");
+    }
+}
