@@ -61,6 +61,9 @@ pub struct DemoArgs {
     /// Give up when one step takes longer than this (raise it on a very slow machine).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub step_timeout: Duration,
+    /// Do not push WeCom callbacks to the controller: find changes by polling only.
+    #[arg(long)]
+    pub no_callbacks: bool,
 }
 
 /// How the controller hears about changes made in WeCom.
@@ -84,7 +87,11 @@ pub struct DemoOptions {
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let options = DemoOptions {
         step_timeout: args.step_timeout,
-        change_feed: ChangeFeed::Polling,
+        change_feed: if args.no_callbacks {
+            ChangeFeed::Polling
+        } else {
+            ChangeFeed::Callbacks
+        },
     };
     let mut stdout = std::io::stdout();
     run_with(&options, &mut stdout).await

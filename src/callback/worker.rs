@@ -16,7 +16,7 @@
 //! The event loop itself never waits on the Kubernetes API: link triggers are channel
 //! sends, status writes run in their own tasks, quota updates in their own ordered task.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -213,7 +213,7 @@ impl Worker {
         if event.change_type == ChangeType::AddExternalContact
             && let Some((link, link_id)) = self.find_link(inbound)
         {
-            self.tally.add(link, &link_id, &channel);
+            self.tally.add(link, &link_id, event.created_at, &channel);
         }
     }
 
@@ -359,8 +359,9 @@ pub struct CustomerBump {
     /// The link id the customers came through: a bump for an id the object no longer
     /// holds (recreated meanwhile) is dropped.
     pub link_id: String,
-    pub added: u64,
-    pub by_channel: BTreeMap<String, u64>,
+    /// When each customer was added (the event's CreateTime, unix seconds) and through
+    /// which channel.
+    pub arrivals: Vec<(i64, String)>,
 }
 
 /// Pending customer bumps, one entry per link however many events came.
@@ -370,7 +371,13 @@ pub struct CustomerTally {
 }
 
 impl CustomerTally {
-    pub fn add(&mut self, link: ObjectRef<AcquisitionLink>, link_id: &str, channel: &str) {
+    pub fn add(
+        &mut self,
+        link: ObjectRef<AcquisitionLink>,
+        link_id: &str,
+        created_at: i64,
+        channel: &str,
+    ) {
         let bump = self.pending.entry(link).or_default();
         if bump.link_id != link_id {
             *bump = CustomerBump {
@@ -378,8 +385,7 @@ impl CustomerTally {
                 ..CustomerBump::default()
             };
         }
-        bump.added += 1;
-        *bump.by_channel.entry(channel.to_string()).or_default() += 1;
+        bump.arrivals.push((created_at, channel.to_string()));
     }
 
     pub fn take(&mut self) -> Vec<(ObjectRef<AcquisitionLink>, CustomerBump)> {
@@ -391,15 +397,33 @@ impl CustomerTally {
     }
 }
 
-/// The count after `bump`; `countedAt` stays the time of the last full A6 count.
-pub fn bumped(current: &CustomerCount, bump: &CustomerBump) -> CustomerCount {
+/// The count after `bump`, or `None` when every arrival is already in it.
+///
+/// Only customers added after the last full A6 count (`countedAt`) are added: a callback
+/// that arrives after a recount which already saw its customer would count it twice. An
+/// arrival in the same second as the count is left to the next count (a brief undercount
+/// rather than a wrong total). `countedAt` stays the time of the last full count.
+pub fn bumped(current: &CustomerCount, bump: &CustomerBump) -> Option<CustomerCount> {
+    let counted_at = current
+        .counted_at
+        .as_deref()
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(|t| t.as_second());
     let mut next = current.clone();
-    next.total = next.total.saturating_add(bump.added);
-    for (channel, added) in &bump.by_channel {
+    let mut added = 0u64;
+    for (created_at, channel) in &bump.arrivals {
+        if counted_at.is_some_and(|counted| *created_at <= counted) {
+            continue;
+        }
+        added += 1;
         let count = next.by_channel.entry(channel.clone()).or_default();
-        *count = count.saturating_add(*added);
+        *count = count.saturating_add(1);
     }
-    next
+    if added == 0 {
+        return None;
+    }
+    next.total = next.total.saturating_add(added);
+    Some(next)
 }
 
 /// One merge patch of `status.customers`, guarded by the resourceVersion it was computed
@@ -425,11 +449,13 @@ async fn write_customer_bump(
             tracing::debug!(namespace = %namespace, link = %link.name, "customers not counted yet; the first A6 count has them");
             return;
         };
-        let next = bumped(count, bump);
+        let Some(next) = bumped(count, bump) else {
+            return;
+        };
         let by_channel: serde_json::Map<String, serde_json::Value> = bump
-            .by_channel
-            .keys()
-            .map(|channel| (channel.clone(), json!(next.by_channel.get(channel))))
+            .arrivals
+            .iter()
+            .map(|(_, channel)| (channel.clone(), json!(next.by_channel.get(channel))))
             .collect();
         let patch = json!({
             "metadata": { "resourceVersion": object.resource_version() },
@@ -659,6 +685,7 @@ async fn retrigger_waiting_links(
 mod tests {
     use super::*;
     use crate::api::{AcquisitionLinkSpec, AcquisitionLinkStatus, AppRef, LinkRangeSpec};
+    use std::collections::BTreeMap;
 
     fn link(
         name: &str,
@@ -724,46 +751,57 @@ mod tests {
         let a = ObjectRef::new("a").within("ns");
         let b = ObjectRef::new("b").within("ns");
         for channel in ["x", "x", "y"] {
-            tally.add(a.clone(), "L1", channel);
+            tally.add(a.clone(), "L1", 10, channel);
         }
-        tally.add(b.clone(), "L2", "");
+        tally.add(b.clone(), "L2", 10, "");
         let mut taken = tally.take();
         taken.sort_by(|l, r| l.0.name.cmp(&r.0.name));
         assert!(tally.is_empty());
         assert_eq!(taken.len(), 2);
-        assert_eq!(taken[0].1.added, 3);
-        assert_eq!(
-            taken[0].1.by_channel,
-            BTreeMap::from([("x".into(), 2), ("y".into(), 1)])
-        );
-        assert_eq!(taken[1].1.by_channel, BTreeMap::from([(String::new(), 1)]));
+        assert_eq!(taken[0].1.arrivals.len(), 3);
+        assert_eq!(taken[1].1.arrivals, vec![(10, String::new())]);
 
-        tally.add(a.clone(), "L1", "x");
-        tally.add(a.clone(), "L9", "z");
+        tally.add(a.clone(), "L1", 11, "x");
+        tally.add(a.clone(), "L9", 12, "z");
         let taken = tally.take();
         assert_eq!(taken[0].1.link_id, "L9");
-        assert_eq!(taken[0].1.added, 1);
+        assert_eq!(taken[0].1.arrivals, vec![(12, "z".to_string())]);
     }
 
     #[test]
-    fn bumped_adds_to_total_and_channels_and_keeps_counted_at() {
+    fn bumped_adds_only_customers_newer_than_the_last_count() {
+        // counted at 2025-01-01T00:00:00Z = 1735689600
         let current = CustomerCount {
             total: 5,
             by_channel: BTreeMap::from([("x".into(), 5)]),
-            counted_at: Some("2025-01-01T00:00:00Z".into()),
+            counted_at: Some("2025-01-01T00:00:00.400Z".into()),
         };
         let bump = CustomerBump {
             link_id: "L1".into(),
-            added: 3,
-            by_channel: BTreeMap::from([("x".into(), 1), ("y".into(), 2)]),
+            arrivals: vec![
+                (1_735_689_599, "x".into()), // before the count: already in it
+                (1_735_689_600, "x".into()), // same second: left to the next count
+                (1_735_689_601, "x".into()),
+                (1_735_689_602, "y".into()),
+                (1_735_689_603, "y".into()),
+            ],
         };
-        let next = bumped(&current, &bump);
+        let next = bumped(&current, &bump).unwrap();
         assert_eq!(next.total, 8);
         assert_eq!(
             next.by_channel,
             BTreeMap::from([("x".into(), 6), ("y".into(), 2)])
         );
         assert_eq!(next.counted_at, current.counted_at);
+        let stale = CustomerBump {
+            link_id: "L1".into(),
+            arrivals: vec![(1_735_689_000, "x".into())],
+        };
+        assert_eq!(
+            bumped(&current, &stale),
+            None,
+            "nothing newer than the count"
+        );
     }
 
     #[test]
