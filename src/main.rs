@@ -8,7 +8,9 @@ use wecom_acq::telemetry::{self, LogFormat};
 #[command(
     name = "wecom-acq",
     version,
-    about = "Declarative WeCom customer-acquisition links for Kubernetes"
+    about = "Declarative WeCom customer-acquisition links for Kubernetes",
+    // A flag given twice takes the last value (scripts and charts append overrides).
+    args_override_self = true
 )]
 struct Cli {
     /// Log format.
