@@ -10,6 +10,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         events::{Recorder, Reporter},
+        predicates,
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -102,17 +103,15 @@ fn app_predicate(app: &WeComApp) -> Option<u64> {
 }
 
 /// A link pass runs on spec changes and on the annotations and deletion that steer it, not
-/// on its own status writes.
+/// on its own writes: neither status nor the create-pending marker and link-id annotation
+/// the controller writes around A3 (a pass triggered by them would start a retry at once,
+/// skipping the back-off of a failed create).
 fn link_predicate(link: &AcquisitionLink) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     link.metadata.generation.hash(&mut h);
     let annotations = link.annotations();
-    for key in [
-        PAUSED_ANNOTATION,
-        RECONCILE_REQUESTED_ANNOTATION,
-        crate::api::CREATE_PENDING_ANNOTATION,
-    ] {
+    for key in [PAUSED_ANNOTATION, RECONCILE_REQUESTED_ANNOTATION] {
         annotations.get(key).hash(&mut h);
     }
     link.metadata
@@ -197,6 +196,7 @@ pub fn start(
         link_store: link_reader.clone(),
         slow_facts: Default::default(),
         quota_checks: Default::default(),
+        pass_failures: Default::default(),
     });
     let (ready_tx, ready_rx) = watch::channel(false);
     let shutdown: BoxFuture<'static, ()> = Box::pin(shutdown);
@@ -223,8 +223,12 @@ pub fn start(
         .graceful_shutdown_on(shutdown.clone())
         .run(link::reconcile, link::error_policy, context.clone())
         .for_each(|_| async {});
+    // The app controller runs on spec changes (and on its triggers and requeues), not on
+    // its own status writes: each quota reading rewrites status.quota.observedAt.
     let app_controller = Controller::for_stream(
-        tokio_stream_from(app_rx_all).map(|a| Ok::<_, watcher::Error>((*a).clone())),
+        tokio_stream_from(app_rx_all)
+            .map(|a| Ok::<_, watcher::Error>((*a).clone()))
+            .predicate_filter(predicates::generation, Default::default()),
         app_reader.clone(),
     )
     .reconcile_on(tokio_stream_from(app_trigger_rx))
@@ -328,15 +332,46 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot reach Kubernetes (in-cluster config or KUBECONFIG): {e}")
     })?;
+    // Installs the SIGTERM handler now, so a SIGTERM at any point after this is graceful.
+    let mut signal = Box::pin(shutdown_signal());
+    let _ = futures::FutureExt::now_or_never(&mut signal);
+    let metrics = Metrics::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // The probes are served before the Lease is held: a replica standing by must answer
+    // /healthz (or the liveness probe restarts it) and /readyz (or a rollout that waits
+    // for new pods to be Ready never ends). A standby is ready; a leader once its caches
+    // are synced.
+    let (ready_tx, ready_rx) = watch::channel(args.leader_elect);
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot listen on --metrics-addr {}: {e}", args.metrics_addr)
+        })?;
+    let router = health_router(metrics.clone(), ready_rx);
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    let mut leadership = None;
     if args.leader_elect {
         let namespace = args
             .lease_namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        crate::leader::acquire(client.clone(), &namespace, &args.lease_name).await?;
+        tokio::select! {
+            acquired = crate::leader::acquire(client.clone(), &namespace, &args.lease_name) => leadership = Some(acquired?),
+            _ = &mut signal => {
+                tracing::info!("shutting down before holding the lease");
+                let _ = stop_tx.send(true);
+                let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+                return Ok(());
+            }
+        }
     }
-    let metrics = Metrics::new();
-    let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = {
         let mut rx = stop_rx.clone();
         async move {
@@ -350,19 +385,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         stopped,
     );
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot listen on --metrics-addr {}: {e}", args.metrics_addr)
-        })?;
-    let router = health_router(metrics.clone(), running.ready.clone());
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await;
+    let mut caches_synced = running.ready.clone();
+    tokio::spawn(async move {
+        loop {
+            let synced = *caches_synced.borrow_and_update();
+            let _ = ready_tx.send(synced);
+            if caches_synced.changed().await.is_err() {
+                return;
+            }
+        }
     });
     let callbacks = crate::callback::serve_with(
         args.callback_addr,
@@ -373,11 +404,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(metrics = %args.metrics_addr, callback = %args.callback_addr, namespace = ?args.namespace, "controller started");
-    shutdown_signal().await;
+    signal.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(20), running.task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), callbacks).await;
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+    }
     Ok(())
 }

@@ -79,9 +79,46 @@ async fn try_hold(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kube::
     }
 }
 
+/// The held lease: renewed in the background until [`Leadership::release`].
+pub struct Leadership {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl Leadership {
+    /// Stops renewing and hands the lease back at once, so a standby takes over in
+    /// seconds instead of waiting for the lease to expire (a graceful shutdown).
+    pub async fn release(self) {
+        self.renewal.abort();
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        spec.acquire_time = None;
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => tracing::info!(identity = %self.identity, "released the lease"),
+            Err(err) => tracing::warn!(%err, "could not release the lease; it expires by itself"),
+        }
+    }
+}
+
 /// Blocks until this process holds the lease, then keeps renewing it in the background.
-pub async fn acquire(client: Client, namespace: &str, name: &str) -> anyhow::Result<()> {
+pub async fn acquire(client: Client, namespace: &str, name: &str) -> anyhow::Result<Leadership> {
     let lease_name = name.to_string();
+    let lease_name_for_release = name.to_string();
     let api: Api<Lease> = Api::namespaced(client, namespace);
     let me = identity();
     tracing::info!(lease = name, namespace, identity = %me, "waiting for leadership");
@@ -94,7 +131,10 @@ pub async fn acquire(client: Client, namespace: &str, name: &str) -> anyhow::Res
         tokio::time::sleep(RETRY).await;
     }
     tracing::info!(identity = %me, "became leader");
-    tokio::spawn(async move {
+    let renewal_api = api.clone();
+    let renewal_identity = me.clone();
+    let renewal = tokio::spawn(async move {
+        let (api, me) = (renewal_api, renewal_identity);
         let mut last_renewal = std::time::Instant::now();
         loop {
             tokio::time::sleep(Duration::from_secs((LEASE_SECONDS / 3) as u64)).await;
@@ -114,5 +154,10 @@ pub async fn acquire(client: Client, namespace: &str, name: &str) -> anyhow::Res
             }
         }
     });
-    Ok(())
+    Ok(Leadership {
+        api,
+        name: lease_name_for_release,
+        identity: me,
+        renewal,
+    })
 }

@@ -6,6 +6,8 @@
 pub mod api;
 pub mod callback;
 pub mod controller;
+pub mod demo;
+pub mod gitops;
 pub mod kubesim;
 pub mod leader;
 pub mod metrics;

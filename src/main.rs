@@ -37,6 +37,13 @@ enum Command {
     Callback(wecom_acq::wecom::crypto_cli::CallbackCommand),
     /// Run the WeCom simulator (gettoken, A1-A8, callbacks, admin API under /_sim/).
     Simulate(Box<wecom_acq::sim::cli::SimulateArgs>),
+    /// Show what WeCom calls the YAML files need (exit 0 no changes, 2 changes, 1 error).
+    Plan(wecom_acq::gitops::FilesArgs),
+    /// Make the changes `plan` shows, once, and print the links' ids and URLs.
+    Apply(wecom_acq::gitops::FilesArgs),
+    /// Try it in seconds with nothing installed: simulator, Kubernetes API emulator and
+    /// the controller in one process, the examples applied, traffic simulated.
+    Demo(wecom_acq::demo::DemoArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +70,9 @@ fn main() -> std::process::ExitCode {
         }
         Command::Callback(command) => wecom_acq::wecom::crypto_cli::run(command),
         Command::Simulate(args) => run_async(wecom_acq::sim::cli::run(*args)),
+        Command::Plan(args) => wecom_acq::gitops::plan_command(args),
+        Command::Apply(args) => wecom_acq::gitops::apply_command(args),
+        Command::Demo(args) => run_async(wecom_acq::demo::run(args)),
     }
 }
 

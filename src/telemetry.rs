@@ -1,5 +1,7 @@
 //! Logging setup shared by every subcommand.
 
+use std::io::IsTerminal;
+
 use clap::ValueEnum;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -19,7 +21,11 @@ pub fn init(format: LogFormat, level: &str) {
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().with_writer(std::io::stderr))

@@ -210,6 +210,18 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                     .set_quota_balance(&namespace, &name, quota.balance);
             }
             Err(err) => {
+                // A refusal (48002, a bad corpId...) will not change by asking again soon:
+                // count it as this period's check. A refused secret is looked at again
+                // every minute, since fixing the Secret changes nothing the controller
+                // watches (the client answers from memory until the secret changes).
+                // Retryable errors ask again after a back-off.
+                if err.is_retryable() {
+                    requeue = super::plan::retry_delay(2, 1.0);
+                } else if err.errcode() == Some(crate::wecom::error::codes::INVALID_CREDENTIAL) {
+                    requeue = std::time::Duration::from_secs(60);
+                } else if let Ok(mut checks) = ctx.quota_checks.lock() {
+                    checks.insert(key.clone(), Instant::now());
+                }
                 let reason = match err.class() {
                     ErrorClass::Retryable => reason::RETRYABLE_ERROR,
                     _ if err.errcode() == Some(crate::wecom::error::codes::NO_PERMISSION) => {
@@ -225,16 +237,25 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                     ),
                     None => crate::wecom::redact::scrub(&err.to_string()),
                 };
-                conditions::set(
-                    &mut new.conditions,
-                    READY,
-                    false,
-                    reason,
-                    message,
-                    generation,
-                    &now,
-                );
-                requeue = super::plan::retry_delay(2, 1.0);
+                // A passing WeCom hiccup (busy, frequency limit, timeout) says nothing
+                // about the credentials: an app already Ready stays Ready, and the check
+                // is retried after a back-off.
+                let keep_ready = err.is_retryable()
+                    && conditions::find(&old.conditions, READY)
+                        .is_some_and(|c| c.status == "True" && c.observed_generation == generation);
+                if keep_ready {
+                    tracing::warn!(app = %key, error = %message, "quota check failed; retrying");
+                } else {
+                    conditions::set(
+                        &mut new.conditions,
+                        READY,
+                        false,
+                        reason,
+                        message,
+                        generation,
+                        &now,
+                    );
+                }
             }
         },
     }

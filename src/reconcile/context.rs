@@ -28,6 +28,9 @@ use crate::{
 
 /// The WeCom API base URL when a WeComApp does not name one.
 pub const DEFAULT_API_BASE_URL: &str = "https://qyapi.weixin.qq.com";
+/// The limit of one WeCom request. An A3 that was interrupted may have been acted on up to
+/// this long after its create-pending marker was written.
+pub const WECOM_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request budget when a WeComApp does not set one: well under WeCom's 10,000/minute.
 pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 600;
 
@@ -43,7 +46,8 @@ pub struct Cadence {
     /// Refresh the quota (A8), once per app.
     pub quota: Duration,
     /// After an interrupted create found nothing, wait this long before creating again
-    /// (A1 may lag behind A3).
+    /// (A1 may lag behind A3). Counted from the latest moment the interrupted A3 could have
+    /// been answered: the marker's time plus [`WECOM_REQUEST_TIMEOUT`].
     pub create_grace: Duration,
     /// Statistics window in days (at most 30).
     pub statistics_days: u32,
@@ -217,7 +221,7 @@ impl AppClients {
             secret: Secret::new(secret),
             requests_per_minute: rpm,
             retry: RetryPolicy::default(),
-            request_timeout: Duration::from_secs(10),
+            request_timeout: WECOM_REQUEST_TIMEOUT,
             observer: Some(self.metrics.clone()),
         })
         .map_err(|e| AppError::Invalid {
@@ -259,6 +263,9 @@ pub struct Context {
     pub slow_facts: Mutex<HashMap<String, SlowFacts>>,
     /// When each app's quota was last asked, and whether a callback asked for it sooner.
     pub quota_checks: Mutex<HashMap<String, Instant>>,
+    /// Consecutive failed passes per link that could not be recorded in status (the
+    /// Kubernetes API itself failing), so the back-off still grows during an outage.
+    pub pass_failures: Mutex<HashMap<String, u32>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -266,6 +273,10 @@ pub struct SlowFacts {
     pub link_id: String,
     pub customers_at: Option<Instant>,
     pub statistics_at: Option<Instant>,
+    /// The last A6 failed (its Warning Event is out; the next success clears it).
+    pub customers_failing: bool,
+    /// The last A7 failed.
+    pub statistics_failing: bool,
 }
 
 impl Context {

@@ -16,14 +16,14 @@ use kube::{
     runtime::{
         controller::Action,
         events::EventType,
-        finalizer::{Event as Finalizer, finalizer},
+        finalizer::{Error as FinalizerError, Event as Finalizer, finalizer},
     },
 };
 use serde_json::{Value, json};
 
 use super::{
     conditions::{self, READY, SYNCED, reason},
-    context::{AppError, Context, SlowFacts},
+    context::{AppError, Context, SlowFacts, WECOM_REQUEST_TIMEOUT},
     plan::{self, DesiredLink},
 };
 use crate::{
@@ -33,7 +33,10 @@ use crate::{
         PAUSED_ANNOTATION, QuotaSummary, RECONCILE_REQUESTED_ANNOTATION, RemoteDeletePolicy,
         WeComApp,
     },
-    wecom::{ErrorClass, WeComError, client::WeComClient, error::codes, types::RemoteLink},
+    wecom::{
+        Api as WeComApi, ErrorClass, WeComError, client::WeComClient, error::codes,
+        types::RemoteLink,
+    },
 };
 
 /// Errors that end a pass without a status-level answer; the error policy retries them.
@@ -89,18 +92,38 @@ pub async fn reconcile(link: Arc<AcquisitionLink>, ctx: Arc<Context>) -> Result<
     let started = std::time::Instant::now();
     let namespace = link.namespace().unwrap_or_default();
     let api: Api<AcquisitionLink> = Api::namespaced(ctx.kube.clone(), &namespace);
+    let name = link.name_any();
     let result = finalizer(&api, LINK_FINALIZER, link, |event| async {
         match event {
             Finalizer::Apply(link) => apply(&link, &ctx).await,
             Finalizer::Cleanup(link) => cleanup(&link, &ctx).await,
         }
     })
-    .await
-    .map_err(|err| match err {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    });
+    .await;
+    // Adding or removing the finalizer raced a newer version of the object than the cache
+    // had (the JSON patch's `test` failed with 422, or a 409): the watch brings the newer
+    // version and its own pass, so this is no failure worth a warning.
+    let result = match result {
+        Ok(action) => Ok(action),
+        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => Err(e),
+        Err(
+            FinalizerError::AddFinalizer(kube::Error::Api(status))
+            | FinalizerError::RemoveFinalizer(kube::Error::Api(status)),
+        ) if status.code == 409 || status.code == 422 => {
+            tracing::debug!(message = %status.message, "finalizer update raced a newer object; waiting for it");
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        Err(other) => Err(Error::Finalizer(other.to_string())),
+    };
+    let key = format!("{namespace}/{name}");
+    if let Ok(mut failures) = ctx.pass_failures.lock() {
+        match &result {
+            Ok(_) => {
+                failures.remove(&key);
+            }
+            Err(_) => *failures.entry(key).or_default() += 1,
+        }
+    }
     let label = match &result {
         Ok(_) => "ok",
         Err(e) => e.metric_label(),
@@ -111,9 +134,24 @@ pub async fn reconcile(link: Arc<AcquisitionLink>, ctx: Arc<Context>) -> Result<
 }
 
 /// Error policy: back off with jitter.
-pub fn error_policy(link: Arc<AcquisitionLink>, error: &Error, _ctx: Arc<Context>) -> Action {
+///
+/// The count of consecutive failures comes from status and, when the Kubernetes API is the
+/// thing failing (status cannot be written), from memory, so an outage still backs off.
+pub fn error_policy(link: Arc<AcquisitionLink>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(link = %link.name_any(), namespace = ?link.namespace(), %error, "reconcile failed");
-    let failures = link.status.as_ref().and_then(|s| s.failures).unwrap_or(0) + 1;
+    let key = format!(
+        "{}/{}",
+        link.namespace().unwrap_or_default(),
+        link.name_any()
+    );
+    let in_memory = ctx
+        .pass_failures
+        .lock()
+        .ok()
+        .and_then(|f| f.get(&key).copied())
+        .unwrap_or(0);
+    let in_status = link.status.as_ref().and_then(|s| s.failures).unwrap_or(0) + 1;
+    let failures = in_status.max(in_memory);
     Action::requeue(plan::retry_delay(failures, jitter()))
 }
 
@@ -126,6 +164,10 @@ struct Pass<'a> {
     old: AcquisitionLinkStatus,
     new: AcquisitionLinkStatus,
     now: Time,
+    /// False when the pass failed before it could act on the current generation: then
+    /// `status.observedGeneration` stays where it was, so nobody (ArgoCD included) reads
+    /// an edit WeCom never received as applied.
+    generation_observed: bool,
 }
 
 impl<'a> Pass<'a> {
@@ -145,6 +187,7 @@ impl<'a> Pass<'a> {
             old,
             new,
             now: now(),
+            generation_observed: true,
         }
     }
 
@@ -196,7 +239,9 @@ impl<'a> Pass<'a> {
     /// Writes the status when it changed. `lastSyncTime` moves only together with a real
     /// change, so a pass on an in-sync link writes nothing.
     async fn write_status(mut self) -> Result<(), Error> {
-        self.new.observed_generation = self.generation;
+        if self.generation_observed {
+            self.new.observed_generation = self.generation;
+        }
         let mut old_cmp = self.old.clone();
         old_cmp.last_sync_time = None;
         let mut new_cmp = self.new.clone();
@@ -260,6 +305,8 @@ fn create_pending_since(link: &AcquisitionLink) -> Option<i64> {
 }
 
 /// Reasons that wait for a spec change (or a reconcile request) instead of calling WeCom.
+/// `CreateIncomplete` is not one: every pass looks at the candidates again (reads only), so
+/// deleting the extra links in WeCom or removing the marker is picked up at the next resync.
 fn is_terminal_reason(reason: &str) -> bool {
     matches!(
         reason,
@@ -267,7 +314,6 @@ fn is_terminal_reason(reason: &str) -> bool {
             | reason::PERMISSION_DENIED
             | reason::WECOM_ERROR
             | reason::REMOTE_DELETED
-            | reason::CREATE_INCOMPLETE
     )
 }
 
@@ -376,7 +422,6 @@ async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
     if !forced
         && let Some(previous) = pass.previous_synced_reason()
         && is_terminal_reason(previous)
-        && !(previous == reason::CREATE_INCOMPLETE && create_pending_since(link).is_none())
     {
         pass.write_status().await?;
         return Ok(at_rest(ctx));
@@ -395,6 +440,22 @@ async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
             pass.new.failures = None;
             pass.write_status().await?;
             Ok(action)
+        }
+        // The app's credentials were refused: an app problem, reported on the WeComApp. The
+        // link waits for the app (which triggers a pass when it turns Ready) instead of
+        // taking a terminal outcome that only a change of the link would clear.
+        Err(Error::WeCom(err)) if err.api() == WeComApi::GetToken && !err.is_retryable() => {
+            let message = match err.errcode() {
+                Some(code) => format!(
+                    "WeComApp {app_name} cannot get an access token: errcode {code} ({}); fix the app's secretRef or corpId",
+                    crate::wecom::error::describe(code)
+                ),
+                None => format!(
+                    "WeComApp {app_name} cannot get an access token: {}",
+                    crate::wecom::redact::scrub(&err.to_string())
+                ),
+            };
+            app_not_ready(pass, message).await
         }
         Err(Error::WeCom(err)) => wecom_failure(pass, err).await,
         Err(other) => Err(other),
@@ -418,13 +479,23 @@ async fn wecom_failure(mut pass: Pass<'_>, err: WeComError) -> Result<Action, Er
         ErrorClass::Retryable | ErrorClass::TokenInvalid => {
             let failures = pass.old.failures.unwrap_or(0).saturating_add(1);
             pass.new.failures = Some(failures);
-            let message = format!("{err}; retrying with back-off");
-            pass.set(
-                SYNCED,
-                false,
-                reason::RETRYABLE_ERROR,
-                crate::wecom::redact::scrub(&message),
-            );
+            pass.generation_observed = pass.old.observed_generation == pass.generation;
+            let message = match err.errcode() {
+                Some(code) => format!(
+                    "WeCom {} failed: errcode {code} ({}); retrying with back-off",
+                    err.api(),
+                    crate::wecom::error::describe(code)
+                ),
+                None => crate::wecom::redact::scrub(&format!("{err}; retrying with back-off")),
+            };
+            // A Ready=False left by an older generation (say InvalidSpec) no longer
+            // describes this one: say that WeCom has yet to answer for it.
+            let stale_not_ready = conditions::find(&pass.old.conditions, READY)
+                .is_some_and(|c| c.status == "False" && c.observed_generation != pass.generation);
+            if stale_not_ready {
+                pass.set(READY, false, reason::RETRYABLE_ERROR, message.clone());
+            }
+            pass.set(SYNCED, false, reason::RETRYABLE_ERROR, message);
             pass.write_status().await?;
             Ok(Action::requeue(plan::retry_delay(failures, jitter())))
         }
@@ -458,11 +529,20 @@ async fn sync_existing(
     let changes = plan::diff(&desired, &remote);
     record_identity(pass, &remote.link_id, &remote.url).await?;
     if pass.new.origin.is_none() {
-        pass.new.origin = Some(if link.spec.link_id.is_some() {
-            LinkOrigin::Adopted
+        if link.spec.link_id.is_some() {
+            pass.new.origin = Some(LinkOrigin::Adopted);
+            pass.event(
+                EventType::Normal,
+                "Adopted",
+                format!(
+                    "adopted existing link {} ({}) named by spec.linkId",
+                    remote.link_id, remote.url
+                ),
+            )
+            .await;
         } else {
-            LinkOrigin::Created
-        });
+            pass.new.origin = Some(LinkOrigin::Created);
+        }
     }
     if !changes.is_empty() {
         let listed = changes
@@ -517,7 +597,7 @@ async fn sync_existing(
     } else {
         pass.set(SYNCED, true, reason::IN_SYNC, "the last pass succeeded");
     }
-    refresh_slow_facts(pass, client, &remote.link_id).await?;
+    refresh_slow_facts(pass, client, &remote.link_id).await;
     Ok(at_rest(pass.ctx))
 }
 
@@ -546,11 +626,12 @@ async fn record_identity(pass: &mut Pass<'_>, link_id: &str, url: &str) -> Resul
 }
 
 /// Customers (A6) and statistics (A7) on their own cadence.
-async fn refresh_slow_facts(
-    pass: &mut Pass<'_>,
-    client: &WeComClient,
-    link_id: &str,
-) -> Result<(), Error> {
+///
+/// These are reports about the link, not the link: a failure to read them never fails the
+/// pass (the link stays Ready and in sync, the previous values stay in status). It is logged,
+/// published as one Warning Event per run of failures, and retried at the next pass when
+/// retryable, at the fact's own cadence otherwise.
+async fn refresh_slow_facts(pass: &mut Pass<'_>, client: &WeComClient, link_id: &str) {
     let key = pass.key();
     let ctx = pass.ctx;
     let mut facts = ctx
@@ -565,44 +646,86 @@ async fn refresh_slow_facts(
         });
     let due =
         |at: Option<std::time::Instant>, every: Duration| at.is_none_or(|t| t.elapsed() >= every);
-    if due(facts.customers_at, ctx.cadence.customers) || pass.new.customers.is_none() {
-        let mut count = CustomerCount {
-            counted_at: Some(pass.now.0.to_string()),
-            ..Default::default()
-        };
-        let mut customers = std::pin::pin!(client.customers(link_id));
-        while let Some(customer) = customers.try_next().await? {
-            count.total += 1;
-            *count.by_channel.entry(customer.state).or_default() += 1;
+    if due(facts.customers_at, ctx.cadence.customers)
+        || (pass.new.customers.is_none() && !facts.customers_failing)
+    {
+        match count_customers(client, link_id).await {
+            Ok(mut count) => {
+                let unchanged =
+                    pass.new.customers.as_ref().is_some_and(|c| {
+                        c.total == count.total && c.by_channel == count.by_channel
+                    });
+                if !unchanged {
+                    count.counted_at = Some(pass.now.0.to_string());
+                    pass.new.customers = Some(count);
+                }
+                facts.customers_at = Some(std::time::Instant::now());
+                facts.customers_failing = false;
+            }
+            Err(err) => {
+                if !err.is_retryable() {
+                    facts.customers_at = Some(std::time::Instant::now());
+                }
+                if !std::mem::replace(&mut facts.customers_failing, true) {
+                    slow_fact_failed(pass, "CustomerCountFailed", "customers", &err).await;
+                }
+            }
         }
-        let unchanged = pass
-            .new
-            .customers
-            .as_ref()
-            .is_some_and(|c| c.total == count.total && c.by_channel == count.by_channel);
-        if !unchanged {
-            pass.new.customers = Some(count);
-        }
-        facts.customers_at = Some(std::time::Instant::now());
     }
-    if due(facts.statistics_at, ctx.cadence.statistics) || pass.new.statistics.is_none() {
+    if due(facts.statistics_at, ctx.cadence.statistics)
+        || (pass.new.statistics.is_none() && !facts.statistics_failing)
+    {
         let window = plan::stats_window(unix_now(), ctx.cadence.statistics_days);
-        let stats = client
+        match client
             .statistic(link_id, window.start_time, window.end_time)
-            .await?;
-        pass.new.statistics = Some(LinkStatistics {
-            window_days: window.days,
-            click_customers: stats.click_link_customer_cnt,
-            new_customers: stats.new_customer_cnt,
-            from: window.from,
-            to: window.to,
-        });
-        facts.statistics_at = Some(std::time::Instant::now());
+            .await
+        {
+            Ok(stats) => {
+                pass.new.statistics = Some(LinkStatistics {
+                    window_days: window.days,
+                    click_customers: stats.click_link_customer_cnt,
+                    new_customers: stats.new_customer_cnt,
+                    from: window.from,
+                    to: window.to,
+                });
+                facts.statistics_at = Some(std::time::Instant::now());
+                facts.statistics_failing = false;
+            }
+            Err(err) => {
+                if !err.is_retryable() {
+                    facts.statistics_at = Some(std::time::Instant::now());
+                }
+                if !std::mem::replace(&mut facts.statistics_failing, true) {
+                    slow_fact_failed(pass, "StatisticsFailed", "statistics", &err).await;
+                }
+            }
+        }
     }
     if let Ok(mut map) = ctx.slow_facts.lock() {
         map.insert(key, facts);
     }
-    Ok(())
+}
+
+/// All customers of a link (A6, every page), counted per customer_channel.
+async fn count_customers(client: &WeComClient, link_id: &str) -> Result<CustomerCount, WeComError> {
+    let mut count = CustomerCount::default();
+    let mut customers = std::pin::pin!(client.customers(link_id));
+    while let Some(customer) = customers.try_next().await? {
+        count.total += 1;
+        *count.by_channel.entry(customer.state).or_default() += 1;
+    }
+    Ok(count)
+}
+
+async fn slow_fact_failed(pass: &Pass<'_>, reason: &str, what: &str, err: &WeComError) {
+    let message = crate::wecom::redact::scrub(&err.to_string());
+    tracing::warn!(link = %pass.key(), error = %message, "could not refresh the link's {what}");
+    pass.event(
+        EventType::Warning,
+        reason,
+        format!("could not refresh {what}; the last values stay in status: {message}"),
+    )
+    .await;
 }
 
 /// WeCom no longer has the link: recreate it or mark it orphaned, per spec.
@@ -630,12 +753,18 @@ async fn remote_deleted(
             .await;
         return Ok(at_rest(pass.ctx));
     }
-    pass.event(
-        EventType::Warning,
-        reason::REMOTE_DELETED,
-        format!("link {link_id} ({old_url}) was deleted in WeCom; recreating it (onRemoteDelete: Recreate)"),
-    )
-    .await;
+    // Status still naming the dead link means this pass is the first to see it gone. When the
+    // recreate has to wait (paused, quota exhausted), the id stays in the annotation and
+    // later passes find it gone again: they have nothing new to report.
+    let first_seen = pass.old.link_id.as_deref() == Some(link_id) || pass.old.conditions.is_empty();
+    if first_seen {
+        pass.event(
+            EventType::Warning,
+            reason::REMOTE_DELETED,
+            format!("link {link_id} ({old_url}) was deleted in WeCom; recreating it (onRemoteDelete: Recreate)"),
+        )
+        .await;
+    }
     pass.new.link_id = None;
     pass.new.url = None;
     pass.new.channel_urls.clear();
@@ -737,7 +866,9 @@ async fn create(
             }
             [] => {
                 let age = unix_now() - since;
-                let grace = ctx.cadence.create_grace.as_secs() as i64;
+                // The interrupted A3 may have run until the request timeout; A1 may lag
+                // behind it by the grace.
+                let grace = (WECOM_REQUEST_TIMEOUT + ctx.cadence.create_grace).as_secs() as i64;
                 if age < grace {
                     pass.set(
                         READY,
@@ -753,7 +884,7 @@ async fn create(
             many => {
                 let ids: Vec<&str> = many.iter().map(|l| l.link_id.as_str()).collect();
                 let message = format!(
-                    "an interrupted create left several candidate links ({}); delete the extra ones in WeCom, set spec.linkId to the one to keep, or remove annotation {CREATE_PENDING_ANNOTATION}",
+                    "an interrupted create left several candidate links ({}); delete the extra ones in WeCom, set spec.linkId to the one to keep, or remove annotation {CREATE_PENDING_ANNOTATION} to create a new one; nothing is written to WeCom meanwhile",
                     ids.join(", ")
                 );
                 pass.set(READY, false, reason::CREATE_INCOMPLETE, message.clone());
@@ -826,30 +957,31 @@ async fn create(
     }
     pass.new.origin = Some(LinkOrigin::Created);
     pass.new.failures = None;
-    // Persist the id in status right away as well, before any slower work.
-    let early = status_patch(&pass.old, &AcquisitionLinkStatus { ..pass.new.clone() });
-    pass.api
-        .patch_status(
-            &link.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&early),
-        )
-        .await?;
-    pass.old = pass.new.clone();
-
     match replacing {
         Some((old_id, old_url)) => {
+            let from = if old_url.is_empty() {
+                String::new()
+            } else {
+                format!(" from {old_url}")
+            };
             pass.event(
                 EventType::Warning,
                 "Recreated",
                 format!(
-                    "link {old_id} was replaced by {}: the URL changed from {old_url} to {}; shared QR codes and URLs must be updated",
+                    "link {old_id} was replaced by {}: the URL changed{from} to {}; shared QR codes and URLs must be updated",
                     created.link_id, created.url
                 ),
             )
             .await
         }
-        None => pass.event(EventType::Normal, "Created", format!("created link {} ({})", created.link_id, created.url)).await,
+        None => {
+            pass.event(
+                EventType::Normal,
+                "Created",
+                format!("created link {} ({})", created.link_id, created.url),
+            )
+            .await
+        }
     }
     pass.set(
         READY,
@@ -858,12 +990,69 @@ async fn create(
         format!("link {} matches the spec", created.link_id),
     );
     pass.set(SYNCED, true, reason::IN_SYNC, "the last pass succeeded");
-    refresh_slow_facts(pass, client, &created.link_id).await?;
+    // Publish the new link in status right away, before the slower A6/A7. The annotation
+    // already holds the id, so a failure here loses nothing: the final write retries it.
+    pass.new.observed_generation = pass.generation;
+    pass.new.last_sync_time = Some(pass.now.0.to_string());
+    let early = status_patch(&pass.old, &pass.new);
+    match pass
+        .api
+        .patch_status(
+            &link.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&early),
+        )
+        .await
+    {
+        Ok(_) => pass.old = pass.new.clone(),
+        Err(err) => {
+            tracing::warn!(%err, link = %pass.key(), "could not write the new link id to status yet")
+        }
+    }
+    refresh_slow_facts(pass, client, &created.link_id).await;
     Ok(at_rest(ctx))
 }
 
 /// Deletion: A5 for `Delete` (a link already gone is success), nothing for `Orphan`.
 async fn cleanup(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
+    let result = cleanup_remote(link, ctx).await;
+    if let Err(err) = &result {
+        // Say in status why the object is still there (the finalizer stays until the
+        // WeCom link is gone), so `kubectl describe` and ArgoCD show it, not only the logs.
+        let message = match err {
+            Error::WeCom(e) if e.errcode().is_some() => stable_message(e),
+            other => crate::wecom::redact::scrub(&other.to_string()),
+        };
+        let mut pass = Pass::new(link, ctx);
+        pass.set(
+            READY,
+            false,
+            reason::DELETING,
+            format!("deleting: {message}"),
+        );
+        pass.set(
+            SYNCED,
+            false,
+            reason::DELETING,
+            format!("deletion waits: {message}"),
+        );
+        if let Err(write) = pass.write_status().await {
+            tracing::debug!(%write, "could not report the blocked deletion in status");
+        }
+        ctx.metrics.set_link_ready(
+            &format!(
+                "{}/{}",
+                link.namespace().unwrap_or_default(),
+                link.name_any()
+            ),
+            None,
+        );
+    }
+    result
+}
+
+/// Deletes (or leaves) the WeCom link of an object being deleted.
+async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
     let namespace = link.namespace().unwrap_or_default();
     let key = format!("{namespace}/{}", link.name_any());
     ctx.metrics.set_link_ready(&key, None);

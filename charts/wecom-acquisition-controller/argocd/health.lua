@@ -3,18 +3,33 @@
 --   resource.customizations.health.acquisition.wecom.dev_AcquisitionLink
 --   resource.customizations.health.acquisition.wecom.dev_WeComApp
 --
---   Progressing  being deleted; generation not yet observed; creating; retrying;
---                a link deleted in WeCom that the controller recreates
---   Suspended    annotation acquisition.wecom.dev/paused: "true", or reason Paused
---   Healthy      Ready=True and status.observedGeneration == metadata.generation
---   Degraded     a terminal reason: the controller waits for a spec change (or, for
---                QuotaExhausted, for new quota) instead of retrying
+--   Progressing  being deleted (also while a pause blocks the deletion); no status yet;
+--                the current generation not yet observed, or Ready only for an older one;
+--                creating; retrying (RetryableError); resuming after the pause ended
+--   Suspended    annotation acquisition.wecom.dev/paused: "true"
+--   Healthy      Ready=True for the current generation (status.observedGeneration ==
+--                metadata.generation); a WeComApp also needs QuotaExhausted not True
+--   Degraded     Ready=False with a reason the controller does not get past by retrying:
+--                it waits for a change of the spec, the WeComApp, its Secret, WeCom or
+--                the quota (InvalidSpec, PermissionDenied, WeComError, RemoteDeleted,
+--                CreateIncomplete, QuotaExhausted, AppNotReady; for a WeComApp
+--                SecretNotFound, CredentialsInvalid, PermissionDenied, or QuotaExhausted=True)
 
-local TERMINAL_REASONS = {
+local PAUSED_ANNOTATION = "acquisition.wecom.dev/paused"
+
+-- The controller writes RemoteDeleted only when it will not recreate the link
+-- (onRemoteDelete: Orphan, or an adopted link). AppNotReady on Ready means no link exists
+-- yet and the WeComApp is missing or refused: nothing in the link fixes that.
+local DEGRADED_REASONS = {
   InvalidSpec = true,
   PermissionDenied = true,
+  WeComError = true,
+  RemoteDeleted = true,
   CreateIncomplete = true,
   QuotaExhausted = true,
+  AppNotReady = true,
+  SecretNotFound = true,
+  CredentialsInvalid = true,
 }
 
 local function find_condition(status, condition_type)
@@ -37,51 +52,40 @@ local function describe(condition)
   return reason
 end
 
--- A condition is terminal when it is False with a terminal reason. RemoteDeleted is
--- terminal only with onRemoteDelete: Orphan; with Recreate a new link is on its way.
-local function is_terminal(condition, spec)
-  if condition == nil or condition.status ~= "False" or condition.reason == nil then
-    return false
-  end
-  if TERMINAL_REASONS[condition.reason] then
-    return true
-  end
-  if condition.reason == "RemoteDeleted" then
-    return spec ~= nil and spec.onRemoteDelete == "Orphan"
-  end
-  return false
+-- A condition written for the current generation (or one that does not say).
+local function is_current(condition, generation)
+  return condition.observedGeneration == nil
+    or generation == nil
+    or condition.observedGeneration >= generation
+end
+
+local function is_degraded(condition, generation)
+  return condition ~= nil
+    and condition.status == "False"
+    and condition.reason ~= nil
+    and DEGRADED_REASONS[condition.reason] == true
+    and is_current(condition, generation)
 end
 
 local function health(obj)
   local metadata = obj.metadata or {}
+  local annotations = metadata.annotations or {}
+  local paused = annotations[PAUSED_ANNOTATION] == "true"
+  local generation = metadata.generation
   local status = obj.status
   local ready = find_condition(status, "Ready")
   local synced = find_condition(status, "Synced")
 
   if metadata.deletionTimestamp ~= nil then
-    local message = "Deleting: waiting for the controller to release the WeCom link"
-    if ready ~= nil and ready.reason == "Deleting" and ready.message ~= nil and ready.message ~= "" then
-      message = describe(ready)
+    if paused then
+      return "Progressing", "Deleting: blocked by annotation " .. PAUSED_ANNOTATION
+        .. ": \"true\"; remove it to let the controller delete the WeCom link"
     end
-    return "Progressing", message
+    return "Progressing", "Deleting: waiting for the controller to release the WeCom link"
   end
 
-  local annotations = metadata.annotations or {}
-  if annotations["acquisition.wecom.dev/paused"] == "true" then
-    return "Suspended", "Paused by annotation acquisition.wecom.dev/paused: no writes to WeCom"
-  end
-  -- Ready may be missing: a table with a nil hole would stop ipairs early.
-  local reported = {}
-  if ready ~= nil then
-    table.insert(reported, ready)
-  end
-  if synced ~= nil then
-    table.insert(reported, synced)
-  end
-  for _, condition in ipairs(reported) do
-    if condition.reason == "Paused" then
-      return "Suspended", describe(condition)
-    end
+  if paused then
+    return "Suspended", "Paused by annotation " .. PAUSED_ANNOTATION .. ": no writes to WeCom"
   end
 
   if status == nil then
@@ -91,28 +95,54 @@ local function health(obj)
   if observed == nil and ready ~= nil then
     observed = ready.observedGeneration
   end
-  if metadata.generation ~= nil and (observed == nil or observed < metadata.generation) then
-    return "Progressing", "Waiting for the controller to observe generation "
-      .. tostring(metadata.generation)
+  if generation ~= nil and (observed == nil or observed < generation) then
+    -- A pass saw the new generation but WeCom has not taken it yet (a retryable failure:
+    -- the controller leaves observedGeneration behind until it has).
+    if synced ~= nil and synced.status == "False" and is_current(synced, generation) then
+      return "Progressing", "Waiting for the controller to apply generation " .. tostring(generation) .. "; " .. describe(synced)
+    end
+    return "Progressing", "Waiting for the controller to observe generation " .. tostring(generation)
   end
 
   if ready == nil then
+    -- A first create that failed and is retried reports Synced only.
+    if synced ~= nil and synced.reason ~= nil then
+      return "Progressing", describe(synced)
+    end
     return "Progressing", "Waiting for the Ready condition"
   end
 
   if ready.status == "True" then
+    if not is_current(ready, generation) then
+      -- The spec changed and the pass that saw it did not get to WeCom (e.g. it is retrying).
+      local message = "Waiting for the controller to apply generation " .. tostring(generation)
+      if synced ~= nil and synced.status == "False" and is_current(synced, generation) then
+        message = message .. "; " .. describe(synced)
+      end
+      return "Progressing", message
+    end
     -- An app whose quota is gone cannot create links, however Ready it is.
     local exhausted = find_condition(status, "QuotaExhausted")
     if obj.kind == "WeComApp" and exhausted ~= nil and exhausted.status == "True" then
-      return "Degraded", describe(exhausted)
+      return "Degraded", "QuotaExhausted: " .. (exhausted.message or "no acquisition quota left")
     end
     return "Healthy", describe(ready)
   end
 
-  for _, condition in ipairs(reported) do
-    if is_terminal(condition, obj.spec) then
-      return "Degraded", describe(condition)
-    end
+  if is_degraded(ready, generation) then
+    return "Degraded", describe(ready)
+  end
+  if is_degraded(synced, generation) then
+    return "Degraded", describe(synced)
+  end
+  if ready.reason == "Paused" then
+    return "Progressing", "Resuming: annotation " .. PAUSED_ANNOTATION
+      .. " is gone; waiting for the controller's next pass"
+  end
+  -- Ready may describe an older generation; Synced then says what this one is doing.
+  if not is_current(ready, generation) and synced ~= nil and synced.status == "False"
+    and is_current(synced, generation) then
+    return "Progressing", describe(synced)
   end
   if ready.reason == nil then
     return "Progressing", "Waiting for the Ready condition"
