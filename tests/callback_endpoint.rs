@@ -714,27 +714,46 @@ async fn refusals_are_logged_in_one_line_without_secrets() {
     // A current-thread runtime: the server's tasks log on this thread.
     let _guard = tracing::subscriber::set_default(subscriber);
     let mut endpoint = Endpoint::default().await;
-    let forged = Sealed {
-        signature: "f".repeat(40),
-        ..seal_with(&crypto(CORP), &delete_link("x"), unix_now(), "11001")
-    };
-    endpoint.deliver(SELF_BUILT, &forged).await;
-    let wrong = seal_with(
-        &crypto("wwsomeoneelse"),
-        &delete_link("x"),
-        unix_now(),
-        "11002",
-    );
-    endpoint.deliver(SELF_BUILT, &wrong).await;
-    let stale = seal_with(&crypto(CORP), &delete_link("x"), unix_now() - 3600, "11003");
-    endpoint.deliver(SELF_BUILT, &stale).await;
-    endpoint.assert_nothing_queued();
+    // tracing caches each log site's interest globally; a site first reached by a parallel
+    // test (no subscriber there) while this one was being installed can keep "never". Once
+    // the sites exist, rebuilding the cache settles it, so a second round is reliable.
+    let mut round = 0;
+    let (log, refusals) = loop {
+        round += 1;
+        captured.0.lock().unwrap().clear();
+        let nonce = |n: u32| format!("{round}{n}");
+        let forged = Sealed {
+            signature: "f".repeat(40),
+            ..seal_with(&crypto(CORP), &delete_link("x"), unix_now(), &nonce(1))
+        };
+        endpoint.deliver(SELF_BUILT, &forged).await;
+        let wrong = seal_with(
+            &crypto("wwsomeoneelse"),
+            &delete_link("x"),
+            unix_now(),
+            &nonce(2),
+        );
+        endpoint.deliver(SELF_BUILT, &wrong).await;
+        let stale = seal_with(
+            &crypto(CORP),
+            &delete_link("x"),
+            unix_now() - 3600,
+            &nonce(3),
+        );
+        endpoint.deliver(SELF_BUILT, &stale).await;
+        endpoint.assert_nothing_queued();
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let refusals: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("callback refused"))
-        .collect();
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let refusals: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("callback refused"))
+            .map(String::from)
+            .collect();
+        if refusals.len() == 3 || round == 2 {
+            break (log, refusals);
+        }
+        tracing::callsite::rebuild_interest_cache();
+    };
     assert_eq!(refusals.len(), 3, "{log}");
     for wanted in ["bad_signature", "wrong_receiver", "stale"] {
         assert!(
