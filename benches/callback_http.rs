@@ -253,7 +253,7 @@ async fn consume(consumer: Consumer, mut rx: mpsc::Receiver<InboundEvent>, metri
                             channel: channel.clone(),
                             change_type: event.change_type.as_str().to_string(),
                         }).inc();
-                        tally.add(ObjectRef::new(&link_id).within(&inbound.namespace), &link_id, event.created_at, &channel);
+                        tally.add(ObjectRef::new(&link_id).within(&inbound.namespace), &link_id, wecom_acq::reconcile::context::customer_key(event.external_user_id.as_deref().unwrap_or_default(), event.user_id.as_deref().unwrap_or_default()), &channel);
                     }
                     _ = flush.tick() => {
                         if writing.as_ref().is_none_or(|w| w.is_finished()) && !tally.is_empty() {

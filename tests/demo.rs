@@ -23,6 +23,23 @@ fn rows(text: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// `(name, customers)` of every table row, in the order printed.
+fn customers(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            match cells.as_slice() {
+                [name @ ("sales" | "support"), id, _ready, customers, ..]
+                    if id.starts_with("caw") =>
+                {
+                    Some((name.to_string(), customers.to_string()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 fn ids_of<'a>(rows: &'a [(String, String, String)], name: &str) -> Vec<&'a str> {
     rows.iter()
         .filter(|r| r.0 == name)
@@ -65,6 +82,20 @@ async fn demo_runs_from_nothing_recreates_the_deleted_link_and_exits_zero() {
         support.iter().all(|id| *id == support[0]),
         "the edited link keeps its id:\n{stdout}"
     );
+    // 4 customers through sales and 2 through support, counted once each although both
+    // the A6 count and the add_external_contact callbacks report them.
+    let expected: Vec<(String, String)> = [
+        ("sales", "0"),
+        ("support", "0"),
+        ("sales", "4"),
+        ("support", "2"),
+        ("sales", "0"),
+        ("support", "2"),
+    ]
+    .iter()
+    .map(|(n, c)| (n.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(customers(&stdout), expected, "{stdout}");
     assert!(stdout.contains("DriftCorrected"), "{stdout}");
     assert!(stdout.contains("Recreated"), "{stdout}");
     assert!(stdout.contains("A3 create link   3"), "{stdout}");

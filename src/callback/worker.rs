@@ -16,7 +16,7 @@
 //! The event loop itself never waits on the Kubernetes API: link triggers are channel
 //! sends, status writes run in their own tasks, quota updates in their own ordered task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ use crate::{
     reconcile::{
         app::{LOW_BALANCE, publish_transitions},
         conditions::{self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, reason},
-        context::Context,
+        context::{Context, customer_key},
     },
     wecom::event::ChangeType,
 };
@@ -213,7 +213,11 @@ impl Worker {
         if event.change_type == ChangeType::AddExternalContact
             && let Some((link, link_id)) = self.find_link(inbound)
         {
-            self.tally.add(link, &link_id, event.created_at, &channel);
+            let customer = customer_key(
+                event.external_user_id.as_deref().unwrap_or_default(),
+                event.user_id.as_deref().unwrap_or_default(),
+            );
+            self.tally.add(link, &link_id, customer, &channel);
         }
     }
 
@@ -359,9 +363,9 @@ pub struct CustomerBump {
     /// The link id the customers came through: a bump for an id the object no longer
     /// holds (recreated meanwhile) is dropped.
     pub link_id: String,
-    /// When each customer was added (the event's CreateTime, unix seconds) and through
-    /// which channel.
-    pub arrivals: Vec<(i64, String)>,
+    /// Who was added ([`customer_key`] of ExternalUserID and UserID) and through which
+    /// channel.
+    pub arrivals: Vec<(u64, String)>,
 }
 
 /// Pending customer bumps, one entry per link however many events came.
@@ -375,7 +379,7 @@ impl CustomerTally {
         &mut self,
         link: ObjectRef<AcquisitionLink>,
         link_id: &str,
-        created_at: i64,
+        customer: u64,
         channel: &str,
     ) {
         let bump = self.pending.entry(link).or_default();
@@ -385,7 +389,7 @@ impl CustomerTally {
                 ..CustomerBump::default()
             };
         }
-        bump.arrivals.push((created_at, channel.to_string()));
+        bump.arrivals.push((customer, channel.to_string()));
     }
 
     pub fn take(&mut self) -> Vec<(ObjectRef<AcquisitionLink>, CustomerBump)> {
@@ -399,20 +403,18 @@ impl CustomerTally {
 
 /// The count after `bump`, or `None` when every arrival is already in it.
 ///
-/// Only customers added after the last full A6 count (`countedAt`) are added: a callback
-/// that arrives after a recount which already saw its customer would count it twice. An
-/// arrival in the same second as the count is left to the next count (a brief undercount
-/// rather than a wrong total). `countedAt` stays the time of the last full count.
-pub fn bumped(current: &CustomerCount, bump: &CustomerBump) -> Option<CustomerCount> {
-    let counted_at = current
-        .counted_at
-        .as_deref()
-        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-        .map(|t| t.as_second());
+/// Customers the last full A6 count already saw (`counted`) are skipped: their callback
+/// can arrive after that count, and adding them again would count them twice.
+/// `countedAt` stays the time of the last full count.
+pub fn bumped(
+    current: &CustomerCount,
+    bump: &CustomerBump,
+    counted: &HashSet<u64>,
+) -> Option<CustomerCount> {
     let mut next = current.clone();
     let mut added = 0u64;
-    for (created_at, channel) in &bump.arrivals {
-        if counted_at.is_some_and(|counted| *created_at <= counted) {
+    for (customer, channel) in &bump.arrivals {
+        if counted.contains(customer) {
             continue;
         }
         added += 1;
@@ -449,7 +451,15 @@ async fn write_customer_bump(
             tracing::debug!(namespace = %namespace, link = %link.name, "customers not counted yet; the first A6 count has them");
             return;
         };
-        let Some(next) = bumped(count, bump) else {
+        let counted = context
+            .slow_facts
+            .lock()
+            .ok()
+            .and_then(|facts| facts.get(&format!("{namespace}/{}", link.name)).cloned())
+            .filter(|facts| facts.link_id == bump.link_id)
+            .map(|facts| facts.counted)
+            .unwrap_or_default();
+        let Some(next) = bumped(count, bump, &counted) else {
             return;
         };
         let by_channel: serde_json::Map<String, serde_json::Value> = bump
@@ -769,24 +779,24 @@ mod tests {
     }
 
     #[test]
-    fn bumped_adds_only_customers_newer_than_the_last_count() {
-        // counted at 2025-01-01T00:00:00Z = 1735689600
+    fn bumped_adds_only_customers_the_last_count_did_not_see() {
         let current = CustomerCount {
             total: 5,
             by_channel: BTreeMap::from([("x".into(), 5)]),
-            counted_at: Some("2025-01-01T00:00:00.400Z".into()),
+            counted_at: Some("2025-01-01T00:00:00Z".into()),
         };
+        let seen = customer_key("wm-old", "zhangsan");
         let bump = CustomerBump {
             link_id: "L1".into(),
             arrivals: vec![
-                (1_735_689_599, "x".into()), // before the count: already in it
-                (1_735_689_600, "x".into()), // same second: left to the next count
-                (1_735_689_601, "x".into()),
-                (1_735_689_602, "y".into()),
-                (1_735_689_603, "y".into()),
+                (seen, "x".into()), // already in the count
+                (customer_key("wm-1", "zhangsan"), "x".into()),
+                (customer_key("wm-2", "lisi"), "y".into()),
+                (customer_key("wm-3", "lisi"), "y".into()),
             ],
         };
-        let next = bumped(&current, &bump).unwrap();
+        let counted = HashSet::from([seen]);
+        let next = bumped(&current, &bump, &counted).unwrap();
         assert_eq!(next.total, 8);
         assert_eq!(
             next.by_channel,
@@ -795,13 +805,9 @@ mod tests {
         assert_eq!(next.counted_at, current.counted_at);
         let stale = CustomerBump {
             link_id: "L1".into(),
-            arrivals: vec![(1_735_689_000, "x".into())],
+            arrivals: vec![(seen, "x".into())],
         };
-        assert_eq!(
-            bumped(&current, &stale),
-            None,
-            "nothing newer than the count"
-        );
+        assert_eq!(bumped(&current, &stale, &counted), None, "nothing new");
     }
 
     #[test]

@@ -277,6 +277,10 @@ pub struct SlowFacts {
     pub customers_failing: bool,
     /// The last A7 failed.
     pub statistics_failing: bool,
+    /// Who the last full A6 count saw ([`customer_key`] of each customer), so a
+    /// customer callback that arrives after the count that already included it is not
+    /// counted twice.
+    pub counted: std::sync::Arc<std::collections::HashSet<u64>>,
 }
 
 impl Context {
@@ -313,4 +317,12 @@ impl Context {
             checks.remove(&format!("{namespace}/{name}"));
         }
     }
+}
+
+/// A compact identity of one customer of a link: the external contact and the member it
+/// added (one external_userid can appear once per member).
+pub fn customer_key(external_userid: &str, userid: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (external_userid, userid).hash(&mut hasher);
+    hasher.finish()
 }

@@ -650,7 +650,8 @@ async fn refresh_slow_facts(pass: &mut Pass<'_>, client: &WeComClient, link_id: 
         || (pass.new.customers.is_none() && !facts.customers_failing)
     {
         match count_customers(client, link_id).await {
-            Ok(mut count) => {
+            Ok((mut count, counted)) => {
+                facts.counted = std::sync::Arc::new(counted);
                 let unchanged =
                     pass.new.customers.as_ref().is_some_and(|c| {
                         c.total == count.total && c.by_channel == count.by_channel
@@ -706,15 +707,24 @@ async fn refresh_slow_facts(pass: &mut Pass<'_>, client: &WeComClient, link_id: 
     }
 }
 
-/// All customers of a link (A6, every page), counted per customer_channel.
-async fn count_customers(client: &WeComClient, link_id: &str) -> Result<CustomerCount, WeComError> {
+/// All customers of a link (A6, every page), counted per customer_channel, and who they
+/// are (see [`SlowFacts::counted`]).
+async fn count_customers(
+    client: &WeComClient,
+    link_id: &str,
+) -> Result<(CustomerCount, std::collections::HashSet<u64>), WeComError> {
     let mut count = CustomerCount::default();
+    let mut seen = std::collections::HashSet::new();
     let mut customers = std::pin::pin!(client.customers(link_id));
     while let Some(customer) = customers.try_next().await? {
         count.total += 1;
+        seen.insert(super::context::customer_key(
+            &customer.external_userid,
+            &customer.userid,
+        ));
         *count.by_channel.entry(customer.state).or_default() += 1;
     }
-    Ok(count)
+    Ok((count, seen))
 }
 
 async fn slow_fact_failed(pass: &Pass<'_>, reason: &str, what: &str, err: &WeComError) {
@@ -830,10 +840,13 @@ async fn create(
         );
         return Ok(at_rest(ctx));
     }
-    let exhausted = app.status.as_ref().is_some_and(|s| {
-        conditions::is_true(&s.conditions, conditions::QUOTA_EXHAUSTED)
-            || s.quota.as_ref().is_some_and(|q| q.balance == 0)
-    });
+    // The QuotaExhausted condition is the one signal: the app reconciler sets it from A8
+    // (balance 0) and the callback worker from balance_exhausted / balance_increased, so a
+    // balance_increased callback unblocks creation at once, before the next A8.
+    let exhausted = app
+        .status
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, conditions::QUOTA_EXHAUSTED));
     if exhausted {
         let message = format!(
             "the acquisition quota of WeComApp {} is exhausted; the link is created when quota returns",
