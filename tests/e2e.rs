@@ -397,6 +397,52 @@ async fn console_delete_without_callbacks_is_recreated_within_one_poll() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_delete_with_callbacks_is_recreated_within_seconds() {
+    // A resync of an hour: only the signed delete_link callback can explain a fast answer.
+    let env = Env::start_with_callbacks("e2e-callback-delete").await;
+    let _controller = env.spawn_controller(&["--resync-interval", "1h"]);
+    env.wait_controller_ready(CONVERGE).await;
+    env.apply_examples().await;
+    env.wait_ready(SALES, CONVERGE).await;
+    env.wait_ready(SUPPORT, CONVERGE).await;
+    let scenario = Scenario::start("console delete (callbacks)");
+    let old_sales = link_id(&env.link(SALES).await).unwrap();
+    let creates_before = env.sim_calls("create_link").await;
+
+    env.sim_call(Method::DELETE, &format!("/_sim/links/{old_sales}"), None)
+        .await;
+    let deleted = Instant::now();
+    let links = env.links();
+    let new_id = wait_for("sales recreated after the callback", CONVERGE, || async {
+        let link = links.get(SALES).await.map_err(|e| e.to_string())?;
+        match link_id(&link) {
+            Some(id) if id != old_sales && is_ready(&link) => Ok(id),
+            _ => Err(format!("{:?}", link.status)),
+        }
+    })
+    .await;
+    let took = deleted.elapsed();
+    eprintln!(
+        "  recreated {:.3} s after the console delete (resync 1h: by callback)",
+        took.as_secs_f64()
+    );
+    assert!(
+        took < Duration::from_secs(60),
+        "only the callback can explain a recreate well inside the 1h resync"
+    );
+    let remote = env.sim_links_named(SALES_NAME).await;
+    assert_eq!(remote.len(), 1, "{remote:?}");
+    assert_eq!(remote[0]["link_id"], new_id.as_str());
+    assert_eq!(env.sim_calls("create_link").await, creates_before + 1);
+    let note = env.wait_event(SALES, "Recreated", CONVERGE).await;
+    assert!(
+        note.contains(&old_sales) && note.contains(&new_id),
+        "{note}"
+    );
+    drop(scenario);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_object_deletes_or_orphans_the_remote_link() {
     let (env, _controller) = ready_world("e2e-delete", &[]).await;
     let scenario = Scenario::start("delete the CR");
