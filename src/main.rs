@@ -33,6 +33,11 @@ enum Command {
         /// Write `<plural>.<group>.yaml` per kind into this directory instead of printing.
         #[arg(long, value_name = "DIR")]
         output_dir: Option<std::path::PathBuf>,
+        /// Print the CRDs without their CEL rules, for API servers before v1.25 (where
+        /// kubectl and Helm refuse the unknown `x-kubernetes-validations` field); the
+        /// controller still checks the same rules and reports violations in status.
+        #[arg(long, conflicts_with = "output_dir")]
+        without_cel: bool,
     },
     /// Debug a callback URL: verify and decrypt what WeCom sent (WXBizMsgCrypt).
     #[command(subcommand)]
@@ -53,8 +58,14 @@ fn main() -> std::process::ExitCode {
     telemetry::init(cli.log_format, &cli.log_level);
     match cli.command {
         Command::Run(args) => run_async(wecom_acq::controller::run(args)),
-        Command::Crd { output_dir } => {
+        Command::Crd {
+            output_dir,
+            without_cel,
+        } => {
             let written = match output_dir {
+                None if without_cel => {
+                    wecom_acq::api::crd_yaml_without_cel().map(|yaml| print!("{yaml}"))
+                }
                 None => wecom_acq::api::crd_yaml().map(|yaml| print!("{yaml}")),
                 Some(dir) => wecom_acq::api::write_crd_files(&dir).map(|paths| {
                     for path in paths {

@@ -45,6 +45,29 @@ pub fn crds() -> [CustomResourceDefinition; 2] {
     [WeComApp::crd(), AcquisitionLink::crd()]
 }
 
+/// Both CRDs without their CEL rules (`x-kubernetes-validations`), for API servers older
+/// than v1.25: there the field is unknown, and client-side validation (kubectl, Helm)
+/// refuses the CRD. The schema limits stay, and the controller repeats the CEL checks
+/// itself (`reconcile::plan::validate`), reporting violations as `InvalidSpec` in status.
+pub fn crds_without_cel() -> [CustomResourceDefinition; 2] {
+    crds().map(|crd| {
+        let mut value = serde_json::to_value(&crd).unwrap_or_default();
+        strip_cel(&mut value);
+        serde_json::from_value(value).unwrap_or(crd)
+    })
+}
+
+fn strip_cel(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.remove("x-kubernetes-validations");
+            map.values_mut().for_each(strip_cel);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_cel),
+        _ => {}
+    }
+}
+
 fn render(crd: &CustomResourceDefinition) -> Result<String, CrdGenError> {
     serde_yaml::to_string(crd).map_err(|source| CrdGenError::Render {
         name: crd.metadata.name.clone().unwrap_or_default(),
@@ -54,8 +77,18 @@ fn render(crd: &CustomResourceDefinition) -> Result<String, CrdGenError> {
 
 /// Both CRDs as one multi-document YAML stream (what `wecom-acq crd` prints).
 pub fn crd_yaml() -> Result<String, CrdGenError> {
+    yaml_stream(crds())
+}
+
+/// [`crd_yaml`] without the CEL rules (`wecom-acq crd --without-cel`), for API servers
+/// before v1.25.
+pub fn crd_yaml_without_cel() -> Result<String, CrdGenError> {
+    yaml_stream(crds_without_cel())
+}
+
+fn yaml_stream(crds: [CustomResourceDefinition; 2]) -> Result<String, CrdGenError> {
     let mut out = String::new();
-    for crd in crds() {
+    for crd in crds {
         out.push_str("---\n");
         out.push_str(&render(&crd)?);
     }
@@ -93,4 +126,27 @@ pub fn write_crd_files(dir: &Path) -> Result<Vec<PathBuf>, CrdGenError> {
                 .map_err(|source| CrdGenError::Write { path, source })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_cel_drops_only_the_cel_rules() {
+        let with = crd_yaml().unwrap();
+        let without = crd_yaml_without_cel().unwrap();
+        assert!(with.contains("x-kubernetes-validations"));
+        assert!(!without.contains("x-kubernetes-validations"));
+        // The plain schema limits stay.
+        for limit in [
+            "maxLength: 30",
+            "maxItems: 500",
+            "x-kubernetes-list-type: set",
+        ] {
+            assert!(without.contains(limit), "{limit}");
+        }
+        let rules = with.matches("x-kubernetes-validations").count();
+        assert_eq!(rules, 4, "one entry per CEL-carrying schema node");
+    }
 }

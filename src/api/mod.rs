@@ -6,7 +6,10 @@ pub mod crdgen;
 pub mod link;
 
 pub use app::*;
-pub use crdgen::{CrdFile, CrdGenError, crd_files, crd_yaml, write_crd_files};
+pub use crdgen::{
+    CrdFile, CrdGenError, crd_files, crd_yaml, crd_yaml_without_cel, crds_without_cel,
+    write_crd_files,
+};
 pub use link::*;
 
 pub const GROUP: &str = "acquisition.wecom.dev";
