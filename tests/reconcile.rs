@@ -918,6 +918,25 @@ async fn link_named_by_spec_link_id_is_adopted_and_corrected() {
         "only the one made by hand"
     );
     assert_eq!(env.sim_call_count("update_link").await, 1);
+
+    // Changing the adopted id (which the CEL rule refuses on v1.25+ API servers; the
+    // emulator has no admission) is refused by the controller too, touching nothing.
+    env.patch_link_spec("adopted", json!({ "linkId": "cawcdnotthesame0001" }))
+        .await;
+    let link = env
+        .wait_link_condition("adopted", "Ready", "False", "InvalidSpec")
+        .await;
+    let ready = link
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(ready.message.contains("immutable"), "{}", ready.message);
+    assert_eq!(env.sim_call_count("update_link").await, 1);
+    assert_eq!(env.sim_call_count("create_link").await, 1);
 }
 
 #[tokio::test]

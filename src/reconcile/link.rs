@@ -382,7 +382,21 @@ async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
         && pass.new.last_handled_reconcile_at != pass.old.last_handled_reconcile_at;
 
     // Validate: the CEL rules already refuse most of this at admission.
-    if let Err(message) = plan::validate(&link.spec) {
+    // spec.linkId is immutable once set: a CEL transition rule refuses the change on
+    // v1.25+ API servers; on older ones the controller refuses it here instead of quietly
+    // starting to manage another WeCom link.
+    let changed_link_id = match (
+        link.spec.link_id.as_deref(),
+        pass.old.origin,
+        pass.old.link_id.as_deref(),
+    ) {
+        (Some(wanted), Some(LinkOrigin::Adopted), Some(held)) if wanted != held => Some(format!(
+            "spec.linkId is immutable once set: this object manages link {held}, not {wanted}; \
+             put it back, or create a new AcquisitionLink for the other link"
+        )),
+        _ => None,
+    };
+    if let Some(message) = changed_link_id.or_else(|| plan::validate(&link.spec).err()) {
         pass.set(READY, false, reason::INVALID_SPEC, message.clone());
         pass.set(SYNCED, false, reason::INVALID_SPEC, message.clone());
         pass.event_on_change(EventType::Warning, reason::INVALID_SPEC, message)
