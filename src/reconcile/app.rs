@@ -229,14 +229,7 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                     }
                     _ => reason::CREDENTIALS_INVALID,
                 };
-                let message = match err.errcode() {
-                    Some(code) => format!(
-                        "WeCom {} failed: errcode {code} ({})",
-                        err.api(),
-                        crate::wecom::error::describe(code)
-                    ),
-                    None => crate::wecom::redact::scrub(&err.to_string()),
-                };
+                let message = err.summary();
                 // A passing WeCom hiccup (busy, frequency limit, timeout) says nothing
                 // about the credentials: an app already Ready stays Ready, and the check
                 // is retried after a back-off.

@@ -494,14 +494,7 @@ async fn wecom_failure(mut pass: Pass<'_>, err: WeComError) -> Result<Action, Er
             let failures = pass.old.failures.unwrap_or(0).saturating_add(1);
             pass.new.failures = Some(failures);
             pass.generation_observed = pass.old.observed_generation == pass.generation;
-            let message = match err.errcode() {
-                Some(code) => format!(
-                    "WeCom {} failed: errcode {code} ({}); retrying with back-off",
-                    err.api(),
-                    crate::wecom::error::describe(code)
-                ),
-                None => crate::wecom::redact::scrub(&format!("{err}; retrying with back-off")),
-            };
+            let message = format!("{}; retrying with back-off", err.summary());
             // A Ready=False left by an older generation (say InvalidSpec) no longer
             // describes this one: say that WeCom has yet to answer for it.
             let stale_not_ready = conditions::find(&pass.old.conditions, READY)

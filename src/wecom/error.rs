@@ -227,6 +227,20 @@ impl WeComError {
         self.class() == ErrorClass::Retryable
     }
 
+    /// A message that stays the same from one failure to the next: the API, the errcode
+    /// and our description of it, never WeCom's errmsg (it carries request ids that change
+    /// on every call, so a status condition built from it would be rewritten each time).
+    pub fn summary(&self) -> String {
+        match self.errcode() {
+            Some(code) => format!(
+                "WeCom {} failed: errcode {code} ({})",
+                self.api(),
+                describe(code)
+            ),
+            None => crate::wecom::redact::scrub(&self.to_string()),
+        }
+    }
+
     /// A label for metrics: the errcode, or the kind of failure.
     pub fn metric_label(&self) -> String {
         match self {
@@ -281,6 +295,20 @@ mod tests {
         assert_eq!(Api::GetLink.name(), "get");
         assert_eq!(Api::from_name("create_link"), Some(Api::CreateLink));
         assert!(Api::Quota.is_get() && Api::GetToken.is_get() && !Api::ListLink.is_get());
+    }
+
+    #[test]
+    fn summary_is_stable_and_leaves_errmsg_out() {
+        let e = |errmsg: &str| WeComError::Api {
+            api: Api::Quota,
+            errcode: 45009,
+            errmsg: errmsg.into(),
+        };
+        assert_eq!(e("hint: [1]").summary(), e("hint: [2]").summary());
+        assert_eq!(
+            e("x").summary(),
+            "WeCom customer_acquisition_quota failed: errcode 45009 (API frequency limit reached)"
+        );
     }
 
     #[test]
