@@ -1,16 +1,28 @@
 //! Callback endpoint benchmarks (issue 4); run with `cargo bench --bench callback_http`.
+//! `wrk` (Debian: `apt-get install wrk`) is used when installed; `CALLBACK_BENCH_ONLY`
+//! (`in-process,router,wrk,hyper,naive`) picks parts.
 //!
 //! 1. In process, one core: verify + decrypt + parse of a sealed `delete_link` (what every
-//!    POST costs beyond HTTP), and the same with the `Encrypt` extraction of the body.
-//! 2. Over loopback HTTP/1.1 with keep-alive: the endpoint on a current-thread runtime (one
-//!    core) with its event consumer on the same thread; a load generator on another thread
-//!    (hyper client keep-alive connections, 32 or 64 in flight, pre-sealed distinct
-//!    `add_external_contact` events, so none is answered from the replay memory). Reported:
-//!    accepted events/s, 503s, p50/p99/max answer latency. Three consumers:
-//!    - `worker, Kubernetes 2 ms`: shaped like the real worker: counters inline, customer
-//!      bumps tallied per link and written by a separate task every 2 s, each write taking
-//!      the simulated API latency;
+//!    POST costs beyond HTTP), the same with the `Encrypt` extraction of the body, and the
+//!    endpoint's whole router (path, query, body limit, checks, replay memory, hand-off) on
+//!    distinct events, without sockets.
+//! 2. Over loopback HTTP/1.1 with keep-alive, distinct pre-sealed `add_external_contact`
+//!    events (none is answered from the replay memory): the endpoint and its event consumer
+//!    on one current-thread runtime, on one thread pinned to CPU 0; the load generator
+//!    pinned to CPU 1, so the server has exactly one core. Reported: accepted events/s
+//!    (counted by the endpoint), 503s, answer latency, and how busy CPU 0 was (with the
+//!    accepted events per busy second, the figure that does not depend on the load
+//!    generator keeping up). Load generators:
+//!    - `wrk` with `benches/wrk_post.lua` (one thread, 32 or 64 connections, 4 s), the
+//!      figure of record;
+//!    - an in-process hyper client (32 connections), where wrk is not installed.
+//!
+//!    Consumers:
+//!    - `worker, Kubernetes 2 ms`: the real worker's per-event code (counters, link index,
+//!      customer tally) inline, the tallied bumps written by a separate task every 2 s,
+//!      each write taking the simulated API latency;
 //!    - `worker, Kubernetes 1 s`: the same with a very slow API;
+//!    - `endpoint, events dropped after the queue`: the endpoint alone;
 //!    - `naive, Kubernetes 1 s per event`: a consumer that waits on the API for every
 //!      event; the queue fills and the endpoint answers 503 at once (WeCom retries), to show
 //!      the answer still does not wait.
@@ -28,11 +40,13 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{mpsc, oneshot};
-use wecom_acq::callback::worker::CustomerTally;
-use wecom_acq::callback::{AppCallback, EndpointSettings, InboundEvent, StaticDirectory, router};
-use wecom_acq::metrics::{ConversionLabels, Metrics};
+use wecom_acq::api::AcquisitionLink;
+use wecom_acq::callback::worker::{CustomerTally, EventMeter, LinkIndex};
+use wecom_acq::callback::{
+    AppCallback, EndpointSettings, InboundEvent, StaticDirectory, router, serve_router,
+};
+use wecom_acq::metrics::Metrics;
 use wecom_acq::wecom::crypto::{CallbackCrypto, extract_encrypt, post_body};
 use wecom_acq::wecom::event::{
     CallbackEvent, ChangeType, Envelope, EventFamily, parse_event, render_event,
@@ -49,6 +63,44 @@ fn crypto() -> CallbackCrypto {
     CallbackCrypto::new(TOKEN, AES_KEY, CORP).expect("the benchmark's callback settings are valid")
 }
 
+/// The one app the benchmark's callbacks are for: `/callback/bench/wecom`.
+fn directory() -> StaticDirectory {
+    StaticDirectory::new().with_app(
+        "bench",
+        "wecom",
+        AppCallback {
+            crypto: crypto(),
+            corp_id: CORP.to_string(),
+            third_party: false,
+        },
+    )
+}
+
+fn link_id(i: usize) -> String {
+    format!("cawbench{:010}", i % LINKS)
+}
+
+/// The AcquisitionLinks holding the benchmark's link ids, for the worker's link index.
+fn bench_links() -> Vec<Arc<AcquisitionLink>> {
+    (0..LINKS)
+        .map(|i| {
+            let link: AcquisitionLink = serde_json::from_value(serde_json::json!({
+                "apiVersion": "acquisition.wecom.dev/v1alpha1",
+                "kind": "AcquisitionLink",
+                "metadata": {"name": format!("link-{i}"), "namespace": "bench"},
+                "spec": {
+                    "appRef": {"name": "wecom"},
+                    "linkName": format!("bench {i}"),
+                    "range": {"userList": ["zhangsan"]},
+                },
+                "status": {"linkId": link_id(i)},
+            }))
+            .expect("a valid AcquisitionLink");
+            Arc::new(link)
+        })
+        .collect()
+}
+
 fn event(change_type: ChangeType, i: usize) -> CallbackEvent {
     CallbackEvent {
         envelope: Envelope::SelfBuilt,
@@ -61,7 +113,7 @@ fn event(change_type: ChangeType, i: usize) -> CallbackEvent {
         },
         change_type,
         created_at: 1_700_000_000,
-        link_id: Some(format!("cawbench{:010}", i % LINKS)),
+        link_id: Some(link_id(i)),
         state: Some(format!("chan-{}", i % 4)),
         user_id: Some("zhangsan".to_string()),
         external_user_id: Some(format!("wmbench{i:024}")),
@@ -70,6 +122,50 @@ fn event(change_type: ChangeType, i: usize) -> CallbackEvent {
         welcome_code: None,
         chat_key: None,
     }
+}
+
+/// The server runs on this CPU alone, the load generator on the other.
+const SERVER_CPU: usize = 0;
+const LOAD_CPU: usize = 1;
+
+/// Keeps the calling thread on `cpu`, so "the server on one core" is exactly that and the
+/// scheduler does not move the server and its load generator onto the same core.
+fn pin_to_cpu(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    if let Err(err) = rustix::thread::sched_setaffinity(None, &set) {
+        eprintln!("could not pin to CPU {cpu} ({err}); running unpinned");
+    }
+}
+
+/// Jiffies one CPU spent busy (user, nice, system, irq, softirq) and stolen by the
+/// hypervisor so far, from `/proc/stat`.
+#[derive(Debug, Clone, Copy)]
+struct CpuTicks {
+    busy: u64,
+    steal: u64,
+}
+
+/// `USER_HZ`, the unit of `/proc/stat`: 100 on every Linux architecture this runs on.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+fn cpu_ticks(cpu: usize) -> Option<CpuTicks> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(name.as_str()))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    Some(CpuTicks {
+        busy: field(0) + field(1) + field(2) + field(5) + field(6),
+        steal: field(7),
+    })
 }
 
 /// Runs `one` for about 2 s on this thread and prints the rate.
@@ -169,6 +265,47 @@ fn prepare(count: usize) -> Vec<Prepared> {
         .collect()
 }
 
+/// A sink that takes everything and keeps nothing: the cost of the endpoint alone.
+struct Discard;
+
+impl wecom_acq::callback::EventSink for Discard {
+    fn offer(&self, event: InboundEvent) -> Result<(), Box<InboundEvent>> {
+        drop(black_box(event));
+        Ok(())
+    }
+}
+
+/// The endpoint's router called in process (no sockets, no HTTP parsing) on distinct
+/// pre-sealed events: what the endpoint itself costs per event, apart from the transport.
+fn in_process_router(requests: &[Prepared]) {
+    use tower::ServiceExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+    let metrics = Metrics::new();
+    let app = router(directory(), Discard, &metrics, EndpointSettings::default());
+    let started = Instant::now();
+    let accepted = runtime.block_on(async {
+        let mut accepted = 0u64;
+        for prepared in requests {
+            let request = http::Request::post(prepared.path_and_query.as_str())
+                .header(http::header::CONTENT_TYPE, "text/xml")
+                .body(axum::body::Body::from(prepared.body.clone()))
+                .expect("a valid request");
+            let response = app.clone().oneshot(request).await.expect("infallible");
+            accepted += u64::from(response.status() == http::StatusCode::OK);
+        }
+        accepted
+    });
+    let elapsed = started.elapsed();
+    println!(
+        "in process: router (path, query, body limit, signature, replay memory, decrypt, parse, hand-off) on {} distinct events: {:.0} events/s, {:.0} ns/event, {accepted} accepted",
+        requests.len(),
+        requests.len() as f64 / elapsed.as_secs_f64(),
+        elapsed.as_nanos() as f64 / requests.len().max(1) as f64,
+    );
+}
+
 #[derive(Clone, Copy)]
 enum Consumer {
     /// No endpoint at all: the same route answers 200 at once. The transport's ceiling on
@@ -178,82 +315,89 @@ enum Consumer {
     Worker { api: Duration },
     /// Waits `api` for every event.
     Naive { api: Duration },
+    /// Takes the events off the queue and drops them: the endpoint alone.
+    Drain,
 }
 
 /// The endpoint and its consumer on one current-thread runtime, on its own thread.
 fn start_server(
     consumer: Consumer,
+    metrics: Arc<Metrics>,
 ) -> (SocketAddr, oneshot::Sender<()>, std::thread::JoinHandle<()>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     let addr = listener.local_addr().expect("bound address");
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime");
-        runtime.block_on(async move {
-            listener
-                .set_nonblocking(true)
-                .expect("non-blocking listener");
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            let metrics = Metrics::new();
-            let directory = StaticDirectory::new().with_app(
-                "bench",
-                "wecom",
-                AppCallback {
-                    crypto: crypto(),
-                    corp_id: CORP.to_string(),
-                    third_party: false,
-                },
-            );
-            let (tx, rx) = mpsc::channel::<InboundEvent>(QUEUE);
-            let consuming = tokio::spawn(consume(consumer, rx, metrics.clone()));
-            let app = match consumer {
-                Consumer::NoEndpoint => axum::Router::new().route(
-                    PATH,
-                    axum::routing::post(|_body: Bytes| async { http::StatusCode::OK }),
-                ),
-                _ => router(directory, tx, &metrics, EndpointSettings::default()),
-            };
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
+    let thread = std::thread::Builder::new()
+        .name("bench-server".to_string())
+        .spawn(move || {
+            pin_to_cpu(SERVER_CPU);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime");
+            runtime.block_on(async move {
+                listener
+                    .set_nonblocking(true)
+                    .expect("non-blocking listener");
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                let (tx, rx) = mpsc::channel::<InboundEvent>(QUEUE);
+                let consuming = tokio::spawn(consume(consumer, rx, metrics.clone()));
+                let app = match consumer {
+                    Consumer::NoEndpoint => axum::Router::new().route(
+                        PATH,
+                        axum::routing::post(|_body: Bytes| async { http::StatusCode::OK }),
+                    ),
+                    _ => router(directory(), tx, &metrics, EndpointSettings::default()),
+                };
+                let _ = serve_router(listener, app, async move {
                     let _ = stop_rx.await;
                 })
                 .await;
-            consuming.abort();
-        });
-    });
+                consuming.abort();
+            });
+        })
+        .expect("spawn the server thread");
     (addr, stop_tx, thread)
 }
 
 async fn consume(consumer: Consumer, mut rx: mpsc::Receiver<InboundEvent>, metrics: Arc<Metrics>) {
     match consumer {
         Consumer::NoEndpoint => while rx.recv().await.is_some() {},
+        Consumer::Drain => {
+            let mut batch = Vec::with_capacity(256);
+            while rx.recv_many(&mut batch, 256).await > 0 {
+                batch.clear();
+            }
+        }
         Consumer::Naive { api } => {
             while rx.recv().await.is_some() {
                 tokio::time::sleep(api).await;
             }
         }
         Consumer::Worker { api } => {
+            // The worker's own per-event pieces: counters, link index, customer tally.
+            let mut meter = EventMeter::default();
+            let mut index = LinkIndex::default();
+            index.rebuild(&bench_links());
             let mut tally = CustomerTally::default();
             let mut flush = tokio::time::interval(Duration::from_secs(2));
             let mut writing: Option<tokio::task::JoinHandle<()>> = None;
+            let mut batch = Vec::with_capacity(256);
             loop {
                 tokio::select! {
-                    inbound = rx.recv() => {
-                        let Some(inbound) = inbound else { return };
-                        let event = &inbound.event;
-                        let channel = event.state.clone().unwrap_or_default();
-                        let link_id = event.link_id.clone().unwrap_or_default();
-                        metrics.conversions.get_or_create(&ConversionLabels {
-                            namespace: inbound.namespace.clone(),
-                            app: inbound.app.clone(),
-                            link_id: link_id.clone(),
-                            channel: channel.clone(),
-                            change_type: event.change_type.as_str().to_string(),
-                        }).inc();
-                        tally.add(ObjectRef::new(&link_id).within(&inbound.namespace), &link_id, wecom_acq::reconcile::context::customer_key(event.external_user_id.as_deref().unwrap_or_default(), event.user_id.as_deref().unwrap_or_default()), &channel);
+                    received = rx.recv_many(&mut batch, 256) => {
+                        if received == 0 {
+                            return;
+                        }
+                        for inbound in batch.drain(..) {
+                            meter.event(&metrics, &inbound);
+                            meter.conversion(&metrics, &inbound);
+                            let event = &inbound.event;
+                            let link_id = event.link_id.as_deref().unwrap_or_default();
+                            if let Some(link) = index.lookup(&inbound.namespace, &inbound.app, link_id) {
+                                tally.add_arrival(link, link_id, event);
+                            }
+                        }
                     }
                     _ = flush.tick() => {
                         if writing.as_ref().is_none_or(|w| w.is_finished()) && !tally.is_empty() {
@@ -282,6 +426,7 @@ struct Tally {
 /// Sends every prepared request once over `connections` keep-alive connections from a
 /// current-thread runtime on this thread.
 fn load(addr: SocketAddr, requests: Arc<Vec<Prepared>>, connections: usize) -> (Tally, Duration) {
+    pin_to_cpu(LOAD_CPU);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -353,7 +498,7 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 }
 
 fn http_run(name: &str, consumer: Consumer, requests: Arc<Vec<Prepared>>, connections: usize) {
-    let (addr, stop, server) = start_server(consumer);
+    let (addr, stop, server) = start_server(consumer, Metrics::new());
     let (mut tally, elapsed) = load(addr, requests, connections);
     let _ = stop.send(());
     let _ = server.join();
@@ -372,6 +517,137 @@ fn http_run(name: &str, consumer: Consumer, requests: Arc<Vec<Prepared>>, connec
     );
 }
 
+/// What `wrk --latency` printed that this benchmark reports.
+#[derive(Debug, Default)]
+struct WrkReport {
+    requests: u64,
+    seconds: f64,
+    p50: String,
+    p99: String,
+    non_2xx: u64,
+}
+
+fn seconds_of(duration: &str) -> Option<f64> {
+    let (number, factor) = if let Some(n) = duration.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = duration.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = duration.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (duration.strip_suffix('s')?, 1.0)
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+fn parse_wrk(output: &str) -> Option<WrkReport> {
+    let mut report = WrkReport::default();
+    for line in output.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["50%", value] => report.p50 = value.to_string(),
+            ["99%", value] => report.p99 = value.to_string(),
+            [count, "requests", "in", duration, ..] => {
+                report.requests = count.parse().ok()?;
+                report.seconds = seconds_of(duration.trim_end_matches(','))?;
+            }
+            ["Non-2xx", "or", "3xx", "responses:", count] => report.non_2xx = count.parse().ok()?,
+            _ => {}
+        }
+    }
+    (report.requests > 0).then_some(report)
+}
+
+/// The requests as wrk sends them: each raw HTTP/1.1 request preceded by its length on a
+/// line of its own, read once by `benches/wrk_post.lua`.
+fn wrk_requests(requests: &[Prepared]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(requests.len() * 1_100);
+    for prepared in requests {
+        let mut raw = format!(
+            "POST {} HTTP/1.1\r\nHost: bench\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
+            prepared.path_and_query,
+            prepared.body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&prepared.body);
+        out.extend_from_slice(format!("{}\n", raw.len()).as_bytes());
+        out.extend_from_slice(&raw);
+    }
+    out
+}
+
+/// The endpoint on `SERVER_CPU`, `wrk` (one thread, keep-alive) on `LOAD_CPU`, each alone on
+/// its core. `wrk` sends the pre-sealed requests in order and wraps around after the last;
+/// a wrapped request is a replay, answered 200 from the replay memory, so only the events the
+/// endpoint counts as accepted are reported as accepted.
+fn wrk_run(
+    name: &str,
+    consumer: Consumer,
+    data: &std::path::Path,
+    connections: usize,
+    seconds: u64,
+) -> Result<(), String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/wrk_post.lua");
+    let metrics = Metrics::new();
+    let (addr, stop, server) = start_server(consumer, metrics.clone());
+    let before = cpu_ticks(SERVER_CPU);
+    let output = std::process::Command::new("taskset")
+        .args(["-c", &LOAD_CPU.to_string(), "wrk", "-t1"])
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .args(["--latency", "-s", script])
+        .arg(format!("http://{addr}/"))
+        .arg("--")
+        .arg(data)
+        .output();
+    let after = cpu_ticks(SERVER_CPU);
+    let _ = stop.send(());
+    let _ = server.join();
+    let output = output.map_err(|e| format!("run taskset/wrk: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let Some(report) = parse_wrk(&stdout).filter(|_| output.status.success()) else {
+        return Err(format!(
+            "wrk failed ({}): {}{}",
+            output.status,
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    };
+    let counted = |result: &str| {
+        metrics
+            .callbacks
+            .get_or_create(&wecom_acq::metrics::CallbackLabels {
+                result: result.to_string(),
+            })
+            .get()
+    };
+    let accepted = counted("accepted");
+    // The server's core, over wrk's whole life (its start-up reads the requests while the
+    // server idles): busy seconds, and the part the hypervisor gave to someone else.
+    let core = match (before, after) {
+        (Some(before), Some(after)) => {
+            let busy = (after.busy - before.busy) as f64 / CLOCK_TICKS_PER_SECOND;
+            let steal = (after.steal - before.steal) as f64 / CLOCK_TICKS_PER_SECOND;
+            format!(
+                "; CPU {SERVER_CPU}: {busy:.2} s busy, {steal:.2} s stolen, {:.0} accepted events per busy second",
+                accepted as f64 / busy.max(f64::MIN_POSITIVE)
+            )
+        }
+        _ => String::new(),
+    };
+    println!(
+        "HTTP (wrk) {name}, {connections} connections, {seconds} s: {:.0} accepted events/s ({accepted} accepted, {} duplicates, {} answered 503, {} non-2xx; {:.0} answers/s), latency p50 {}, p99 {}{core}",
+        accepted as f64 / report.seconds,
+        counted("duplicate"),
+        counted("queue_full"),
+        report.non_2xx,
+        report.requests as f64 / report.seconds,
+        report.p50,
+        report.p99,
+    );
+    Ok(())
+}
+
 fn main() {
     let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
@@ -385,7 +661,12 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    in_process();
+    // CALLBACK_BENCH_ONLY=in-process,router,hyper,wrk,naive picks parts (all by default).
+    let only = std::env::var("CALLBACK_BENCH_ONLY").unwrap_or_default();
+    let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+    if wanted("in-process") {
+        in_process();
+    }
 
     // CALLBACK_BENCH_EVENTS shrinks the run for a quick smoke test of an unoptimised build.
     let count: usize = std::env::var("CALLBACK_BENCH_EVENTS")
@@ -398,31 +679,77 @@ fn main() {
         "sealed {count} distinct add_external_contact callbacks in {} ms",
         started.elapsed().as_millis()
     );
-    // Each run has its own server, so its replay memory has seen none of them. In a closed
-    // loop the latency grows with the connections in flight (Little's law), so the
-    // fast-API run is repeated with twice as many.
-    http_run(
-        "calibration: no endpoint, 200 at once",
-        Consumer::NoEndpoint,
-        requests.clone(),
-        32,
-    );
+    if wanted("router") {
+        in_process_router(&requests);
+    }
     let fast = Consumer::Worker {
         api: Duration::from_millis(2),
     };
     let slow = Consumer::Worker {
         api: Duration::from_secs(1),
     };
-    http_run("worker, Kubernetes 2 ms", fast, requests.clone(), 32);
-    http_run("worker, Kubernetes 1 s", slow, requests.clone(), 32);
-    http_run("worker, Kubernetes 2 ms", fast, requests.clone(), 64);
-    let fewer = Arc::new(prepare(count / 4));
-    http_run(
-        "naive, Kubernetes 1 s per event",
-        Consumer::Naive {
-            api: Duration::from_secs(1),
-        },
-        fewer,
-        32,
-    );
+    // Each run has its own server, so its replay memory has seen none of them. In a closed
+    // loop the latency grows with the connections in flight (Little's law), so the
+    // fast-API run is repeated with twice as many.
+    if wanted("wrk") {
+        if std::process::Command::new("wrk")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            println!("HTTP (wrk): not measured, wrk is not installed (apt-get install wrk)");
+        } else {
+            let runs = [
+                (
+                    "calibration: no endpoint, 200 at once",
+                    Consumer::NoEndpoint,
+                    32,
+                ),
+                (
+                    "endpoint, events dropped after the queue",
+                    Consumer::Drain,
+                    32,
+                ),
+                ("worker, Kubernetes 2 ms", fast, 32),
+                ("worker, Kubernetes 1 s", slow, 32),
+                ("worker, Kubernetes 2 ms", fast, 64),
+                ("worker, Kubernetes 2 ms", fast, 32),
+                ("worker, Kubernetes 1 s", slow, 32),
+            ];
+            let written = tempfile::NamedTempFile::new().and_then(|file| {
+                std::fs::write(file.path(), wrk_requests(&requests)).map(|()| file)
+            });
+            match written {
+                Ok(data) => {
+                    for (name, consumer, connections) in runs {
+                        if let Err(err) = wrk_run(name, consumer, data.path(), connections, 4) {
+                            println!("HTTP (wrk) {name}: not measured: {err}");
+                        }
+                    }
+                }
+                Err(err) => println!("HTTP (wrk): not measured, cannot write the requests: {err}"),
+            }
+        }
+    }
+    if wanted("hyper") {
+        http_run(
+            "calibration: no endpoint, 200 at once",
+            Consumer::NoEndpoint,
+            requests.clone(),
+            32,
+        );
+        http_run("worker, Kubernetes 2 ms", fast, requests.clone(), 32);
+        http_run("worker, Kubernetes 1 s", slow, requests.clone(), 32);
+    }
+    if wanted("naive") {
+        let fewer = Arc::new(prepare(count / 4));
+        http_run(
+            "naive, Kubernetes 1 s per event",
+            Consumer::Naive {
+                api: Duration::from_secs(1),
+            },
+            fewer,
+            32,
+        );
+    }
 }

@@ -667,6 +667,65 @@ async fn an_unknown_app_is_a_404_that_reveals_nothing() {
 }
 
 #[tokio::test]
+async fn other_methods_are_405_and_paths_are_matched_exactly() {
+    let mut endpoint = Endpoint::default().await;
+    let sealed = seal_with(&crypto(CORP), &delete_link("cawcde10"), unix_now(), "9101");
+    for method in [
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+        reqwest::Method::PATCH,
+    ] {
+        let resp = endpoint
+            .http
+            .request(method.clone(), format!("{}{SELF_BUILT}", endpoint.base))
+            .query(&sealed.query())
+            .body(sealed.body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(
+            resp.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some("GET,POST")
+        );
+    }
+    // A trailing slash, an extra segment or an empty one is not the callback path.
+    for path in [
+        "/callback/shop/selfbuilt/",
+        "/callback/shop/selfbuilt/extra",
+        "/callback//selfbuilt",
+        "/callback/shop/",
+        "/callbackshop/selfbuilt",
+    ] {
+        let (status, body) = endpoint.deliver(path, &sealed).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::NOT_FOUND, ""),
+            "{path}"
+        );
+    }
+    endpoint.assert_nothing_queued();
+    assert_eq!(endpoint.count("accepted"), 0);
+    // Segments are percent-decoded: the same app, and the event is taken once.
+    let (status, _) = endpoint
+        .deliver("/callback/sh%6Fp/self%62uilt", &sealed)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let taken = endpoint.taken();
+    assert_eq!(
+        (taken.namespace.as_str(), taken.app.as_str()),
+        ("shop", "selfbuilt")
+    );
+    let (status, _) = endpoint.deliver(SELF_BUILT, &sealed).await;
+    assert_eq!(status, StatusCode::OK);
+    endpoint.assert_nothing_queued();
+    assert_eq!(
+        (endpoint.count("accepted"), endpoint.count("duplicate")),
+        (1, 1)
+    );
+}
+
+#[tokio::test]
 async fn a_full_queue_answers_503_and_the_retry_is_taken_later() {
     let mut endpoint = Endpoint::start(EndpointSettings::default(), 1).await;
     let first = seal_with(&crypto(CORP), &delete_link("L1"), unix_now(), "10001");

@@ -3,8 +3,9 @@
 //! Kubernetes. Where an app's credentials come from ([`AppDirectory`]) and where accepted
 //! events go ([`EventSink`]) are abstract, so tests and benchmarks run it alone.
 //!
-//! A POST goes through, in this order: app lookup (404 that reveals nothing), body limit
-//! (413), the `Encrypt` element (400), the signature in constant time (403), the timestamp
+//! A POST goes through, in this order: the path (404 for anything but
+//! `/callback/{namespace}/{app}`, 405 for other methods than GET and POST), app lookup (404
+//! that reveals nothing), body limit (413, the body is read only for a known app), the `Encrypt` element (400), the signature in constant time (403), the timestamp
 //! window (403), the (signature, nonce) replay check (200, not processed again), decryption
 //! and the receive id (400/403), event parsing (400; an authentic message that is no event
 //! is answered 200 and ignored), the decrypted-content replay check (200), then a
@@ -19,12 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
-use axum::routing::get;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
@@ -328,14 +328,13 @@ struct Endpoint<D, S> {
 }
 
 /// The callback routes, on any app directory and event sink. Unknown paths are an empty
-/// 404, the same answer as an unknown app.
+/// 404, the same answer as an unknown app; other methods than GET and POST a 405.
 pub fn router<D: AppDirectory, S: EventSink>(
     directory: D,
     sink: S,
     metrics: &Metrics,
     settings: EndpointSettings,
 ) -> Router {
-    let limit = settings.body_limit;
     let endpoint = Arc::new(Endpoint {
         directory,
         sink,
@@ -345,12 +344,7 @@ pub fn router<D: AppDirectory, S: EventSink>(
         log: LogThrottle::new(),
     });
     Router::new()
-        .route(
-            "/callback/{namespace}/{app}",
-            get(verify_url::<D, S>).post(receive_event::<D, S>),
-        )
-        .fallback(|| async { empty(StatusCode::NOT_FOUND) })
-        .layer(DefaultBodyLimit::max(limit))
+        .fallback(dispatch::<D, S>)
         .with_state(endpoint)
 }
 
@@ -487,6 +481,23 @@ impl<D: AppDirectory, S: EventSink> Endpoint<D, S> {
         }
     }
 
+    /// The signature over `content` (in constant time), then the timestamp window.
+    fn authentic(
+        &self,
+        callback: &AppCallback,
+        signature: &str,
+        timestamp: &str,
+        nonce: &str,
+        content: &str,
+    ) -> Result<(), (Outcome, Refusal)> {
+        callback
+            .crypto
+            .verify_signature(signature, timestamp, nonce, content)
+            .map_err(|err| (crypto_outcome(&err), Refusal::Crypto(err)))?;
+        self.fresh(timestamp)
+            .map_err(|(outcome, why)| (outcome, Refusal::Message(why)))
+    }
+
     /// The timestamp check, after the signature has proven the timestamp is WeCom's.
     fn fresh(&self, timestamp: &str) -> Result<(), (Outcome, &'static str)> {
         let stamped: i64 = timestamp
@@ -502,157 +513,187 @@ impl<D: AppDirectory, S: EventSink> Endpoint<D, S> {
     }
 }
 
-async fn verify_url<D: AppDirectory, S: EventSink>(
+/// `/callback/{namespace}/{app}`, each segment percent-decoded; `None` for any other path.
+/// Parsed by hand rather than by a routing pattern and the `Path` extractor: the one route
+/// of this server is the hot path, and this way it allocates nothing.
+fn callback_path(path: &str) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
+    let (namespace, app) = path.strip_prefix("/callback/")?.split_once('/')?;
+    if namespace.is_empty() || app.is_empty() || app.contains('/') {
+        return None;
+    }
+    let decode = |segment| {
+        percent_encoding::percent_decode_str(segment)
+            .decode_utf8()
+            .ok()
+    };
+    Some((decode(namespace)?, decode(app)?))
+}
+
+/// Every request: the callback path by method, anything else an empty 404.
+async fn dispatch<D: AppDirectory, S: EventSink>(
     State(endpoint): State<Arc<Endpoint<D, S>>>,
-    Path((namespace, app)): Path<(String, String)>,
-    uri: Uri,
+    request: Request,
 ) -> Response {
-    let query = SignedQuery::parse(uri.query().unwrap_or_default());
-    let callback = match endpoint.find(&namespace, &app).await {
-        Ok(callback) => callback,
-        Err(response) => return response,
+    let (parts, body) = request.into_parts();
+    let Some((namespace, app)) = callback_path(parts.uri.path()) else {
+        return empty(StatusCode::NOT_FOUND);
     };
-    let refuse = |outcome, why| endpoint.refuse(outcome, &namespace, &app, why);
-    let (Some(signature), Some(timestamp), Some(nonce), Some(echostr)) = (
-        query.msg_signature,
-        query.timestamp,
-        query.nonce,
-        query.echostr,
-    ) else {
-        return refuse(
-            Outcome::BadRequest,
-            Refusal::Message("URL verification needs msg_signature, timestamp, nonce and echostr"),
-        );
-    };
-    if let Err(err) = callback
-        .crypto
-        .verify_signature(&signature, &timestamp, &nonce, &echostr)
-    {
-        return refuse(crypto_outcome(&err), Refusal::Crypto(err));
-    }
-    if let Err((outcome, why)) = endpoint.fresh(&timestamp) {
-        return refuse(outcome, Refusal::Message(why));
-    }
-    match callback.crypto.decrypt(&echostr) {
-        Ok(plain) => {
-            endpoint.counters.inc(Outcome::Verified);
-            tracing::info!(namespace = %namespace, app = %app, "callback URL verified");
-            text(StatusCode::OK, plain)
+    let query = SignedQuery::parse(parts.uri.query().unwrap_or_default());
+    match parts.method {
+        Method::GET => endpoint.verify_url(&namespace, &app, query).await,
+        Method::POST => endpoint.receive_event(&namespace, &app, query, body).await,
+        _ => {
+            let mut response = empty(StatusCode::METHOD_NOT_ALLOWED);
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET,POST"));
+            response
         }
-        Err(err) => refuse(crypto_outcome(&err), Refusal::Crypto(err)),
     }
 }
 
-async fn receive_event<D: AppDirectory, S: EventSink>(
-    State(endpoint): State<Arc<Endpoint<D, S>>>,
-    Path((namespace, app)): Path<(String, String)>,
-    uri: Uri,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let query = SignedQuery::parse(uri.query().unwrap_or_default());
-    let callback = match endpoint.find(&namespace, &app).await {
-        Ok(callback) => callback,
-        Err(response) => return response,
-    };
-    let refuse = |outcome, why| endpoint.refuse(outcome, &namespace, &app, why);
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return refuse(
-                Outcome::TooLarge,
-                Refusal::Message("the body is larger than 64 KiB"),
-            );
-        }
-        Err(_) => {
+impl<D: AppDirectory, S: EventSink> Endpoint<D, S> {
+    async fn verify_url(&self, namespace: &str, app: &str, query: SignedQuery<'_>) -> Response {
+        let callback = match self.find(namespace, app).await {
+            Ok(callback) => callback,
+            Err(response) => return response,
+        };
+        let refuse = |outcome, why| self.refuse(outcome, namespace, app, why);
+        let (Some(signature), Some(timestamp), Some(nonce), Some(echostr)) = (
+            query.msg_signature,
+            query.timestamp,
+            query.nonce,
+            query.echostr,
+        ) else {
             return refuse(
                 Outcome::BadRequest,
-                Refusal::Message("the body could not be read"),
+                Refusal::Message(
+                    "URL verification needs msg_signature, timestamp, nonce and echostr",
+                ),
             );
+        };
+        if let Err((outcome, why)) =
+            self.authentic(&callback, &signature, &timestamp, &nonce, &echostr)
+        {
+            return refuse(outcome, why);
         }
-    };
-    let (Some(signature), Some(timestamp), Some(nonce)) =
-        (query.msg_signature, query.timestamp, query.nonce)
-    else {
-        return refuse(
-            Outcome::BadRequest,
-            Refusal::Message("an event needs msg_signature, timestamp and nonce"),
-        );
-    };
-    let Ok(body) = std::str::from_utf8(&body) else {
-        return refuse(
-            Outcome::BadXml,
-            Refusal::Message("the body is not UTF-8 text"),
-        );
-    };
-    let encrypt = match extract_encrypt_borrowed(body) {
-        Ok(encrypt) => encrypt,
-        Err(err) => return refuse(crypto_outcome(&err), Refusal::Crypto(err)),
-    };
-    // Nothing about the content is looked at before the signature is known to be WeCom's.
-    if let Err(err) = callback
-        .crypto
-        .verify_signature(&signature, &timestamp, &nonce, &encrypt)
-    {
-        return refuse(crypto_outcome(&err), Refusal::Crypto(err));
+        match callback.crypto.decrypt(&echostr) {
+            Ok(plain) => {
+                self.counters.inc(Outcome::Verified);
+                tracing::info!(namespace = %namespace, app = %app, "callback URL verified");
+                text(StatusCode::OK, plain)
+            }
+            Err(err) => refuse(crypto_outcome(&err), Refusal::Crypto(err)),
+        }
     }
-    if let Err((outcome, why)) = endpoint.fresh(&timestamp) {
-        return refuse(outcome, Refusal::Message(why));
-    }
-    let app_id = [namespace.as_bytes(), app.as_bytes()];
-    let delivery_key =
-        endpoint
-            .replays
-            .key(&[app_id[0], app_id[1], signature.as_bytes(), nonce.as_bytes()]);
-    if endpoint.replays.contains(delivery_key) {
-        endpoint.counters.inc(Outcome::Duplicate);
-        return callback.answer();
-    }
-    let plain = match callback.crypto.decrypt(&encrypt) {
-        Ok(plain) => plain,
-        Err(err) => return refuse(crypto_outcome(&err), Refusal::Crypto(err)),
-    };
-    let event = match parse_event(&plain) {
-        Ok(event) => event,
-        Err(EventError::MissingField(field)) => {
-            tracing::debug!(namespace = %namespace, app = %app, field, "authentic callback message that is not an event; ignored");
-            endpoint.counters.inc(Outcome::NotAnEvent);
+
+    async fn receive_event(
+        &self,
+        namespace: &str,
+        app: &str,
+        query: SignedQuery<'_>,
+        body: Body,
+    ) -> Response {
+        let callback = match self.find(namespace, app).await {
+            Ok(callback) => callback,
+            Err(response) => return response,
+        };
+        let refuse = |outcome, why| self.refuse(outcome, namespace, app, why);
+        // Read only for a known app, and never more than the limit.
+        let body = Limited::new(body, self.settings.body_limit)
+            .collect()
+            .await
+            .map(|collected| collected.to_bytes());
+        let body = match body {
+            Ok(body) => body,
+            Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+                return refuse(
+                    Outcome::TooLarge,
+                    Refusal::Message("the body is larger than 64 KiB"),
+                );
+            }
+            Err(_) => {
+                return refuse(
+                    Outcome::BadRequest,
+                    Refusal::Message("the body could not be read"),
+                );
+            }
+        };
+        let (Some(signature), Some(timestamp), Some(nonce)) =
+            (query.msg_signature, query.timestamp, query.nonce)
+        else {
+            return refuse(
+                Outcome::BadRequest,
+                Refusal::Message("an event needs msg_signature, timestamp and nonce"),
+            );
+        };
+        let Ok(body) = std::str::from_utf8(&body) else {
+            return refuse(
+                Outcome::BadXml,
+                Refusal::Message("the body is not UTF-8 text"),
+            );
+        };
+        let encrypt = match extract_encrypt_borrowed(body) {
+            Ok(encrypt) => encrypt,
+            Err(err) => return refuse(crypto_outcome(&err), Refusal::Crypto(err)),
+        };
+        // Nothing about the content is looked at before the signature is known to be WeCom's.
+        if let Err((outcome, why)) =
+            self.authentic(&callback, &signature, &timestamp, &nonce, &encrypt)
+        {
+            return refuse(outcome, why);
+        }
+        let app_id = [namespace.as_bytes(), app.as_bytes()];
+        let delivery_key =
+            self.replays
+                .key(&[app_id[0], app_id[1], signature.as_bytes(), nonce.as_bytes()]);
+        if self.replays.contains(delivery_key) {
+            self.counters.inc(Outcome::Duplicate);
             return callback.answer();
         }
-        Err(err) => return refuse(Outcome::BadEvent, Refusal::Event(err)),
-    };
-    if event.envelope == Envelope::ThirdParty && event.corp_id != callback.corp_id {
-        // Authentic, but about another corp that authorised the same suite.
-        endpoint.counters.inc(Outcome::ForeignCorp);
-        return callback.answer();
-    }
-    let content_key = endpoint
-        .replays
-        .key(&[app_id[0], app_id[1], plain.as_bytes()]);
-    let keys: [ReplayKey; 2] = [delivery_key, content_key];
-    if !endpoint.replays.insert_all_new(&keys) {
-        endpoint.counters.inc(Outcome::Duplicate);
-        return callback.answer();
-    }
-    let inbound = InboundEvent {
-        namespace,
-        app,
-        event,
-        received_at: Instant::now(),
-    };
-    match endpoint.sink.offer(inbound) {
-        Ok(()) => {
-            endpoint.counters.inc(Outcome::Accepted);
-            callback.answer()
+        let plain = match callback.crypto.decrypt(&encrypt) {
+            Ok(plain) => plain,
+            Err(err) => return refuse(crypto_outcome(&err), Refusal::Crypto(err)),
+        };
+        let event = match parse_event(&plain) {
+            Ok(event) => event,
+            Err(EventError::MissingField(field)) => {
+                tracing::debug!(namespace = %namespace, app = %app, field, "authentic callback message that is not an event; ignored");
+                self.counters.inc(Outcome::NotAnEvent);
+                return callback.answer();
+            }
+            Err(err) => return refuse(Outcome::BadEvent, Refusal::Event(err)),
+        };
+        if event.envelope == Envelope::ThirdParty && event.corp_id != callback.corp_id {
+            // Authentic, but about another corp that authorised the same suite.
+            self.counters.inc(Outcome::ForeignCorp);
+            return callback.answer();
         }
-        Err(inbound) => {
-            // Not taken: WeCom's retry must be processed, so forget that it was seen.
-            endpoint.replays.forget(&keys);
-            endpoint.refuse(
-                Outcome::QueueFull,
-                &inbound.namespace,
-                &inbound.app,
-                Refusal::Message("the event queue is full; WeCom will retry"),
-            )
+        let content_key = self.replays.key(&[app_id[0], app_id[1], plain.as_bytes()]);
+        let keys: [ReplayKey; 2] = [delivery_key, content_key];
+        if !self.replays.insert_all_new(&keys) {
+            self.counters.inc(Outcome::Duplicate);
+            return callback.answer();
+        }
+        let inbound = InboundEvent {
+            namespace: namespace.to_string(),
+            app: app.to_string(),
+            event,
+            received_at: Instant::now(),
+        };
+        match self.sink.offer(inbound) {
+            Ok(()) => {
+                self.counters.inc(Outcome::Accepted);
+                callback.answer()
+            }
+            Err(_) => {
+                // Not taken: WeCom's retry must be processed, so forget that it was seen.
+                self.replays.forget(&keys);
+                refuse(
+                    Outcome::QueueFull,
+                    Refusal::Message("the event queue is full; WeCom will retry"),
+                )
+            }
         }
     }
 }

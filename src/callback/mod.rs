@@ -87,6 +87,25 @@ pub async fn serve_with(
     Ok(serve_on(listener, context, triggers, settings, stop))
 }
 
+/// Serves `app` (the callback [`router`]) on `listener` until `shutdown` completes, then
+/// lets the requests in flight finish. Each connection gets `TCP_NODELAY`: an answer is one
+/// small write that must leave at once, not wait for the previous one's acknowledgement.
+pub async fn serve_router(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY on a callback connection");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Serves the callback endpoint on a bound listener (tests bind port 0 first, to know the
 /// URL before the simulator starts) until `stop` turns true. The worker then handles what
 /// was queued and writes the pending customer counts before the task ends.
@@ -104,11 +123,10 @@ pub fn serve_on(
     let app = router(directory, queue, &context.metrics, settings.endpoint);
     let mut stop = stop;
     tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
+        let served = serve_router(listener, app, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
         if let Err(err) = served {
             tracing::error!(error = %err, "the callback endpoint stopped serving");
         }

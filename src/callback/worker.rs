@@ -17,6 +17,7 @@
 //! sends, status writes run in their own tasks, quota updates in their own ordered task.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::reflector::{ObjectRef, Store},
 };
+use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -35,13 +37,13 @@ use super::endpoint::InboundEvent;
 use crate::{
     api::{AcquisitionLink, CustomerCount, LINK_ID_ANNOTATION, WeComApp, WeComAppStatus},
     controller::Triggers,
-    metrics::{CallbackEventLabels, ConversionLabels},
+    metrics::{CallbackEventLabels, ConversionLabels, Metrics},
     reconcile::{
         app::{LOW_BALANCE, publish_transitions},
         conditions::{self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, reason},
         context::{Context, customer_key},
     },
-    wecom::event::ChangeType,
+    wecom::event::{CallbackEvent, ChangeType},
 };
 
 /// Timings of the worker.
@@ -66,6 +68,9 @@ impl Default for WorkerSettings {
     }
 }
 
+/// Most events the worker takes from the queue at once.
+const EVENT_BATCH: usize = 256;
+
 /// Starts the worker on `events`. It ends when every sender is gone (the endpoint
 /// stopped), after writing the customer bumps still pending.
 pub fn spawn(
@@ -86,6 +91,7 @@ pub fn spawn(
             context,
             triggers,
             index: LinkIndex::default(),
+            meter: EventMeter::default(),
             tally: CustomerTally::default(),
             quota: quota_tx,
             flushing: None,
@@ -93,12 +99,19 @@ pub fn spawn(
         let mut flush = tokio::time::interval(settings.customers_flush);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         flush.tick().await;
+        // Events are taken in batches: under a burst, one wake-up of this task drains what
+        // the endpoint queued meanwhile instead of one event per wake-up.
+        let mut batch = Vec::with_capacity(EVENT_BATCH);
         loop {
             tokio::select! {
-                event = events.recv() => match event {
-                    Some(event) => worker.handle(event),
-                    None => break,
-                },
+                received = events.recv_many(&mut batch, EVENT_BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                    for event in batch.drain(..) {
+                        worker.handle(event);
+                    }
+                }
                 _ = flush.tick() => worker.flush(),
             }
         }
@@ -118,6 +131,7 @@ struct Worker {
     context: Arc<Context>,
     triggers: Triggers,
     index: LinkIndex,
+    meter: EventMeter,
     tally: CustomerTally,
     quota: mpsc::Sender<QuotaNotice>,
     /// The flush still writing, if any: the next one waits for the window after it.
@@ -126,18 +140,8 @@ struct Worker {
 
 impl Worker {
     fn handle(&mut self, inbound: InboundEvent) {
+        self.meter.event(&self.context.metrics, &inbound);
         let change = &inbound.event.change_type;
-        let label = match change {
-            ChangeType::Other(_) => "unknown",
-            known => known.as_str(),
-        };
-        self.context
-            .metrics
-            .callback_events
-            .get_or_create(&CallbackEventLabels {
-                change_type: label.to_string(),
-            })
-            .inc();
         match change {
             ChangeType::DeleteLink | ChangeType::LinkUnavailable => self.link_gone(&inbound),
             ChangeType::OpenProfile
@@ -159,10 +163,10 @@ impl Worker {
         }
     }
 
-    fn find_link(
-        &mut self,
-        inbound: &InboundEvent,
-    ) -> Option<(ObjectRef<AcquisitionLink>, String)> {
+    fn find_link<'a>(
+        &'a mut self,
+        inbound: &'a InboundEvent,
+    ) -> Option<(&'a ObjectRef<AcquisitionLink>, &'a str)> {
         let link_id = inbound.event.link_id.as_deref()?;
         let found = self.index.find(
             &self.context.link_store,
@@ -170,12 +174,12 @@ impl Worker {
             &inbound.app,
             link_id,
         )?;
-        Some((found, link_id.to_string()))
+        Some((found, link_id))
     }
 
     fn link_gone(&mut self, inbound: &InboundEvent) {
         let change = inbound.event.change_type.as_str();
-        match self.find_link(inbound) {
+        match self.find_link(inbound).map(|(link, id)| (link.clone(), id)) {
             Some((link, link_id)) => {
                 tracing::info!(
                     namespace = %inbound.namespace,
@@ -197,27 +201,21 @@ impl Worker {
     }
 
     fn conversion(&mut self, inbound: &InboundEvent) {
+        self.meter.conversion(&self.context.metrics, inbound);
         let event = &inbound.event;
-        let channel = event.state.clone().unwrap_or_default();
-        self.context
-            .metrics
-            .conversions
-            .get_or_create(&ConversionLabels {
-                namespace: inbound.namespace.clone(),
-                app: inbound.app.clone(),
-                link_id: event.link_id.clone().unwrap_or_default(),
-                channel: channel.clone(),
-                change_type: event.change_type.as_str().to_string(),
-            })
-            .inc();
-        if event.change_type == ChangeType::AddExternalContact
-            && let Some((link, link_id)) = self.find_link(inbound)
-        {
-            let customer = customer_key(
-                event.external_user_id.as_deref().unwrap_or_default(),
-                event.user_id.as_deref().unwrap_or_default(),
-            );
-            self.tally.add(link, &link_id, customer, &channel);
+        if event.change_type != ChangeType::AddExternalContact {
+            return;
+        }
+        let Some(link_id) = event.link_id.as_deref() else {
+            return;
+        };
+        if let Some(link) = self.index.find(
+            &self.context.link_store,
+            &inbound.namespace,
+            &inbound.app,
+            link_id,
+        ) {
+            self.tally.add_arrival(link, link_id, event);
         }
     }
 
@@ -284,7 +282,8 @@ where
 /// Rebuilt from the controller's store when older than a few seconds, or on a miss.
 #[derive(Default)]
 pub struct LinkIndex {
-    by_id: HashMap<(String, String), LinkHolder>,
+    /// namespace -> link id -> holder (nested, so a lookup borrows instead of allocating)
+    by_id: HashMap<String, HashMap<String, LinkHolder>>,
     built_at: Option<Instant>,
 }
 
@@ -307,8 +306,8 @@ impl LinkIndex {
                 link.spec.link_id.clone(),
             ];
             for id in ids.into_iter().flatten().filter(|id| !id.is_empty()) {
-                self.by_id.insert(
-                    (namespace.clone(), id),
+                self.by_id.entry(namespace.clone()).or_default().insert(
+                    id,
                     LinkHolder {
                         link: ObjectRef::from_obj(&**link),
                         app: link.spec.app_ref.name.clone(),
@@ -326,34 +325,98 @@ impl LinkIndex {
         namespace: &str,
         app: &str,
         link_id: &str,
-    ) -> Option<ObjectRef<AcquisitionLink>> {
+    ) -> Option<&ObjectRef<AcquisitionLink>> {
         let age = self.built_at.map(|at| at.elapsed());
-        if age.is_none_or(|age| age >= INDEX_MAX_AGE) {
-            self.rebuild(&store.state());
-        }
-        if let Some(found) = self.lookup(namespace, app, link_id) {
-            return Some(found);
-        }
-        if self
-            .built_at
-            .is_some_and(|at| at.elapsed() >= INDEX_MIN_AGE_FOR_MISS)
+        if age.is_none_or(|age| age >= INDEX_MAX_AGE)
+            || (self.lookup(namespace, app, link_id).is_none()
+                && self
+                    .built_at
+                    .is_some_and(|at| at.elapsed() >= INDEX_MIN_AGE_FOR_MISS))
         {
             self.rebuild(&store.state());
-            return self.lookup(namespace, app, link_id);
         }
-        None
+        self.lookup(namespace, app, link_id)
     }
 
-    fn lookup(
+    /// The AcquisitionLink holding `link_id`, from the index as last built.
+    pub fn lookup(
         &self,
         namespace: &str,
         app: &str,
         link_id: &str,
-    ) -> Option<ObjectRef<AcquisitionLink>> {
+    ) -> Option<&ObjectRef<AcquisitionLink>> {
         self.by_id
-            .get(&(namespace.to_string(), link_id.to_string()))
+            .get(namespace)?
+            .get(link_id)
             .filter(|holder| holder.app == app)
-            .map(|holder| holder.link.clone())
+            .map(|holder| &holder.link)
+    }
+}
+
+/// The counters of accepted callback events (`wecom_acq_callback_events_total` by change
+/// type, `wecom_acq_conversions_total` by app, link and channel), each label set resolved
+/// once: an event then costs a hash of the borrowed labels and an increment, instead of
+/// building an owned label set for the metric family every time.
+#[derive(Default)]
+pub struct EventMeter {
+    by_change: HashMap<&'static str, Counter>,
+    conversions: HashMap<u64, Vec<(ConversionLabels, Counter)>>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl EventMeter {
+    /// Counts `inbound` in `wecom_acq_callback_events_total`.
+    pub fn event(&mut self, metrics: &Metrics, inbound: &InboundEvent) {
+        let label = inbound.event.change_type.static_str().unwrap_or("unknown");
+        self.by_change
+            .entry(label)
+            .or_insert_with(|| {
+                metrics
+                    .callback_events
+                    .get_or_create(&CallbackEventLabels {
+                        change_type: label.to_string(),
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
+    /// Counts a conversion event in `wecom_acq_conversions_total`.
+    pub fn conversion(&mut self, metrics: &Metrics, inbound: &InboundEvent) {
+        let event = &inbound.event;
+        let labels = [
+            inbound.namespace.as_str(),
+            inbound.app.as_str(),
+            event.link_id.as_deref().unwrap_or_default(),
+            event.state.as_deref().unwrap_or_default(),
+            event.change_type.as_str(),
+        ];
+        let key = self.hasher.hash_one(labels);
+        let same = |known: &ConversionLabels| {
+            [
+                known.namespace.as_str(),
+                known.app.as_str(),
+                known.link_id.as_str(),
+                known.channel.as_str(),
+                known.change_type.as_str(),
+            ] == labels
+        };
+        let entries = self.conversions.entry(key).or_default();
+        if let Some((_, counter)) = entries.iter().find(|(known, _)| same(known)) {
+            counter.inc();
+            return;
+        }
+        let [namespace, app, link_id, channel, change_type] = labels.map(str::to_string);
+        let labels = ConversionLabels {
+            namespace,
+            app,
+            link_id,
+            channel,
+            change_type,
+        };
+        let counter = metrics.conversions.get_or_create(&labels).clone();
+        counter.inc();
+        entries.push((labels, counter));
     }
 }
 
@@ -375,14 +438,39 @@ pub struct CustomerTally {
 }
 
 impl CustomerTally {
+    /// An `add_external_contact` through `link` (holding `link_id`).
+    pub fn add_arrival(
+        &mut self,
+        link: &ObjectRef<AcquisitionLink>,
+        link_id: &str,
+        event: &CallbackEvent,
+    ) {
+        let customer = customer_key(
+            event.external_user_id.as_deref().unwrap_or_default(),
+            event.user_id.as_deref().unwrap_or_default(),
+        );
+        self.add(
+            link,
+            link_id,
+            customer,
+            event.state.as_deref().unwrap_or_default(),
+        );
+    }
+
     pub fn add(
         &mut self,
-        link: ObjectRef<AcquisitionLink>,
+        link: &ObjectRef<AcquisitionLink>,
         link_id: &str,
         customer: u64,
         channel: &str,
     ) {
-        let bump = self.pending.entry(link).or_default();
+        // Looked up first: the key is cloned only for a link's first arrival in a window.
+        if !self.pending.contains_key(link) {
+            self.pending.insert(link.clone(), CustomerBump::default());
+        }
+        let Some(bump) = self.pending.get_mut(link) else {
+            return;
+        };
         if bump.link_id != link_id {
             *bump = CustomerBump {
                 link_id: link_id.to_string(),
@@ -742,11 +830,11 @@ mod tests {
             link("c", "other", Some("L3"), None),
         ]);
         assert_eq!(
-            index.lookup("ns", "app", "L1").map(|r| r.name),
+            index.lookup("ns", "app", "L1").map(|r| r.name.clone()),
             Some("a".into())
         );
         assert_eq!(
-            index.lookup("ns", "app", "L2").map(|r| r.name),
+            index.lookup("ns", "app", "L2").map(|r| r.name.clone()),
             Some("b".into())
         );
         // Another app's link, another namespace, an unknown id: not ours.
@@ -761,9 +849,9 @@ mod tests {
         let a = ObjectRef::new("a").within("ns");
         let b = ObjectRef::new("b").within("ns");
         for channel in ["x", "x", "y"] {
-            tally.add(a.clone(), "L1", 10, channel);
+            tally.add(&a, "L1", 10, channel);
         }
-        tally.add(b.clone(), "L2", 10, "");
+        tally.add(&b, "L2", 10, "");
         let mut taken = tally.take();
         taken.sort_by(|l, r| l.0.name.cmp(&r.0.name));
         assert!(tally.is_empty());
@@ -771,11 +859,92 @@ mod tests {
         assert_eq!(taken[0].1.arrivals.len(), 3);
         assert_eq!(taken[1].1.arrivals, vec![(10, String::new())]);
 
-        tally.add(a.clone(), "L1", 11, "x");
-        tally.add(a.clone(), "L9", 12, "z");
+        tally.add(&a, "L1", 11, "x");
+        tally.add(&a, "L9", 12, "z");
         let taken = tally.take();
         assert_eq!(taken[0].1.link_id, "L9");
         assert_eq!(taken[0].1.arrivals, vec![(12, "z".to_string())]);
+    }
+
+    fn inbound(namespace: &str, change_type: ChangeType, link: &str, state: &str) -> InboundEvent {
+        InboundEvent {
+            namespace: namespace.into(),
+            app: "app".into(),
+            event: CallbackEvent {
+                envelope: crate::wecom::event::Envelope::SelfBuilt,
+                corp_id: "ww1".into(),
+                suite_id: None,
+                family: crate::wecom::event::EventFamily::ChangeExternalContact,
+                change_type,
+                created_at: 1,
+                link_id: Some(link.into()),
+                state: (!state.is_empty()).then(|| state.into()),
+                user_id: Some("zhangsan".into()),
+                external_user_id: Some("wm1".into()),
+                expire_time: None,
+                expire_quota_num: None,
+                welcome_code: None,
+                chat_key: None,
+            },
+            received_at: Instant::now(),
+        }
+    }
+
+    /// `name{labels} value` lines of `family` in the exposition, sorted.
+    fn series(metrics: &Metrics, family: &str) -> Vec<String> {
+        let mut lines: Vec<String> = metrics
+            .render()
+            .lines()
+            .filter(|line| line.starts_with(family) && line.contains('{'))
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn the_meter_counts_each_label_set_in_its_own_series() {
+        let metrics = Metrics::new();
+        let mut meter = EventMeter::default();
+        let add = ChangeType::AddExternalContact;
+        let events = [
+            inbound("ns", add.clone(), "L1", "x"),
+            inbound("ns", add.clone(), "L1", "x"),
+            inbound("ns", add.clone(), "L1", "y"),
+            inbound("ns", add.clone(), "L1", ""),
+            inbound("ns2", add.clone(), "L1", "x"),
+            inbound("ns", ChangeType::OpenProfile, "L1", "x"),
+            inbound("ns", ChangeType::Other("brand_new".into()), "L1", "x"),
+        ];
+        for event in &events {
+            meter.event(&metrics, event);
+            meter.conversion(&metrics, event);
+        }
+        let conversion = |ns: &str, channel: &str, change: &str, n: u32| {
+            format!(
+                "wecom_acq_conversions_total{{namespace=\"{ns}\",app=\"app\",link_id=\"L1\",channel=\"{channel}\",change_type=\"{change}\"}} {n}"
+            )
+        };
+        let mut expected = vec![
+            conversion("ns", "x", "add_external_contact", 2),
+            conversion("ns", "y", "add_external_contact", 1),
+            conversion("ns", "", "add_external_contact", 1),
+            conversion("ns2", "x", "add_external_contact", 1),
+            conversion("ns", "x", "open_profile", 1),
+            conversion("ns", "x", "brand_new", 1),
+        ];
+        expected.sort();
+        assert_eq!(series(&metrics, "wecom_acq_conversions_total"), expected);
+        let mut expected = vec![
+            "wecom_acq_callback_events_total{change_type=\"add_external_contact\"} 5".to_string(),
+            "wecom_acq_callback_events_total{change_type=\"open_profile\"} 1".to_string(),
+            "wecom_acq_callback_events_total{change_type=\"unknown\"} 1".to_string(),
+        ];
+        expected.sort();
+        assert_eq!(
+            series(&metrics, "wecom_acq_callback_events_total"),
+            expected
+        );
     }
 
     #[test]

@@ -93,6 +93,14 @@ pub enum ChangeType {
 impl ChangeType {
     pub fn as_str(&self) -> &str {
         match self {
+            ChangeType::Other(other) => other,
+            known => known.static_str().unwrap_or_default(),
+        }
+    }
+
+    /// The wire name of a change type this controller knows; `None` for [`ChangeType::Other`].
+    pub fn static_str(&self) -> Option<&'static str> {
+        Some(match self {
             ChangeType::OpenProfile => "open_profile",
             ChangeType::FriendRequest => "friend_request",
             ChangeType::CustomerStartChat => "customer_start_chat",
@@ -104,8 +112,8 @@ impl ChangeType {
             ChangeType::DeleteLink => "delete_link",
             ChangeType::LinkUnavailable => "link_unavailable",
             ChangeType::MessageFromCustomer => "message_from_customer",
-            ChangeType::Other(other) => other,
-        }
+            ChangeType::Other(_) => return None,
+        })
     }
 }
 
