@@ -44,7 +44,8 @@ use tokio::sync::{mpsc, oneshot};
 use wecom_acq::api::AcquisitionLink;
 use wecom_acq::callback::worker::{CustomerTally, EventMeter, LinkIndex};
 use wecom_acq::callback::{
-    AppCallback, EndpointSettings, InboundEvent, StaticDirectory, router, serve_router,
+    AppCallback, DEFAULT_HEADER_READ_TIMEOUT, EndpointSettings, InboundEvent, StaticDirectory,
+    router, serve_router,
 };
 use wecom_acq::metrics::Metrics;
 use wecom_acq::wecom::crypto::{CallbackCrypto, extract_encrypt, post_body};
@@ -349,7 +350,7 @@ fn start_server(
                     ),
                     _ => router(directory(), tx, &metrics, EndpointSettings::default()),
                 };
-                let _ = serve_router(listener, app, async move {
+                let _ = serve_router(listener, app, DEFAULT_HEADER_READ_TIMEOUT, async move {
                     let _ = stop_rx.await;
                 })
                 .await;

@@ -11,9 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
-use wecom_acq::callback::{AppCallback, EndpointSettings, InboundEvent, StaticDirectory, router};
+use wecom_acq::callback::{
+    AppCallback, DEFAULT_HEADER_READ_TIMEOUT, EndpointSettings, InboundEvent, StaticDirectory,
+    router, serve_router,
+};
 use wecom_acq::metrics::Metrics;
 use wecom_acq::wecom::crypto::{CallbackCrypto, post_body};
 use wecom_acq::wecom::event::{CallbackEvent, ChangeType, Envelope, EventFamily, render_event};
@@ -104,7 +108,12 @@ impl Endpoint {
         let app = router(directory(), tx, &metrics, settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        tokio::spawn(serve_router(
+            listener,
+            app,
+            DEFAULT_HEADER_READ_TIMEOUT,
+            std::future::pending(),
+        ));
         Endpoint {
             base: format!("http://{addr}"),
             events,
@@ -723,6 +732,60 @@ async fn other_methods_are_405_and_paths_are_matched_exactly() {
         (endpoint.count("accepted"), endpoint.count("duplicate")),
         (1, 1)
     );
+}
+
+#[tokio::test]
+async fn a_trickled_request_head_is_cut_off_and_shutdown_waits_for_nothing_idle() {
+    let (tx, mut events) = mpsc::channel(16);
+    let metrics = Metrics::new();
+    let app = router(directory(), tx, &metrics, EndpointSettings::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_router(
+        listener,
+        app,
+        Duration::from_millis(200),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    // Half a request head, then nothing: the server must hang up, not wait for ever.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /callback/shop/selfbuilt HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), slow.read_to_end(&mut answer)).await;
+    assert!(
+        closed.is_ok(),
+        "a connection with half a request head was held open"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // A genuine callback on another connection is served all along.
+    let sealed = seal_with(&crypto(CORP), &delete_link("cawcde11"), unix_now(), "9201");
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("http://{addr}{SELF_BUILT}"))
+        .query(&sealed.query())
+        .body(sealed.body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        events.try_recv().unwrap().event.link_id.as_deref(),
+        Some("cawcde11")
+    );
+    // Shutdown ends the server although the client keeps its idle connection open.
+    stop.send(()).unwrap();
+    let served = tokio::time::timeout(Duration::from_secs(20), server).await;
+    assert!(matches!(served, Ok(Ok(Ok(())))), "{served:?}");
+    drop(http);
 }
 
 #[tokio::test]

@@ -40,6 +40,8 @@ pub struct CallbackSettings {
     pub directory: DirectorySettings,
     pub worker: WorkerSettings,
     pub queue_capacity: usize,
+    /// A connection that does not deliver a whole request head within this is closed.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for CallbackSettings {
@@ -49,6 +51,7 @@ impl Default for CallbackSettings {
             directory: DirectorySettings::default(),
             worker: WorkerSettings::default(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -87,23 +90,75 @@ pub async fn serve_with(
     Ok(serve_on(listener, context, triggers, settings, stop))
 }
 
-/// Serves `app` (the callback [`router`]) on `listener` until `shutdown` completes, then
-/// lets the requests in flight finish. Each connection gets `TCP_NODELAY`: an answer is one
-/// small write that must leave at once, not wait for the previous one's acknowledgement.
+/// Default for how long a connection may go without delivering a whole request head
+/// (`serve_router`); hyper's own default once it has a timer.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `app` (the callback [`router`]) over HTTP/1.1 on `listener` until `shutdown`
+/// completes, then lets the requests in flight finish.
+///
+/// WeCom calls back over HTTP/1.1, so this is hyper's HTTP/1.1 server rather than
+/// `axum::serve`, for one thing `axum::serve` lacks on a port that faces the internet: a
+/// connection that does not deliver a whole request head within `header_read_timeout` (a
+/// slowloris client, or a keep-alive connection left idle that long) is closed instead of
+/// being held open for ever. Each connection gets `TCP_NODELAY`: an answer is one small
+/// write that must leave at once.
 pub async fn serve_router(
     listener: TcpListener,
     app: axum::Router,
+    header_read_timeout: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) if is_connection_error(&err) => continue,
+                Err(err) => {
+                    // Out of file descriptors and the like: give the process a moment.
+                    tracing::warn!(error = %err, "the callback endpoint cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "cannot set TCP_NODELAY on a callback connection");
         }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request: http::Request<_>| {
+            app.clone().oneshot(request.map(axum::body::Body::new))
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "a callback connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Errors of one incoming connection (the peer gave up), not of the listener.
+fn is_connection_error(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Serves the callback endpoint on a bound listener (tests bind port 0 first, to know the
@@ -120,10 +175,11 @@ pub fn serve_on(
     let directory = KubeAppDirectory::new(context.clone(), settings.directory);
     let refresher = directory.spawn_refresher(stop.clone());
     let worker = worker::spawn(context.clone(), triggers, events, settings.worker);
+    let header_read_timeout = settings.header_read_timeout;
     let app = router(directory, queue, &context.metrics, settings.endpoint);
     let mut stop = stop;
     tokio::spawn(async move {
-        let served = serve_router(listener, app, async move {
+        let served = serve_router(listener, app, header_read_timeout, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;
