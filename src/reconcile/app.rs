@@ -154,6 +154,10 @@ pub fn error_policy(app: Arc<WeComApp>, error: &Error, _ctx: Arc<Context>) -> Ac
 }
 
 async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error> {
+    let dropped = ctx.apps.retain_apps(&ctx.app_store);
+    if dropped > 0 {
+        tracing::debug!(dropped, "dropped the WeCom clients of deleted WeComApps");
+    }
     let namespace = app.namespace().unwrap_or_default();
     let name = app.name_any();
     let key = format!("{namespace}/{name}");

@@ -241,11 +241,19 @@ impl AppClients {
         Ok(client)
     }
 
-    /// Forgets an app's client (the app was deleted).
-    pub fn forget(&self, namespace: &str, name: &str) {
-        if let Ok(mut clients) = self.clients.lock() {
-            clients.remove(&(namespace.to_string(), name.to_string()));
-        }
+    /// Drops the clients (their token and request budget) of apps that are no longer in
+    /// `apps`: a deleted WeComApp is not reconciled again, so its client would otherwise
+    /// stay cached until the process ends. Returns how many were dropped. An app missing
+    /// from the store only for a moment just gets a fresh client on its next use.
+    pub fn retain_apps(&self, apps: &Store<WeComApp>) -> usize {
+        let Ok(mut clients) = self.clients.lock() else {
+            return 0;
+        };
+        let before = clients.len();
+        clients.retain(|(namespace, name), _| {
+            apps.get(&ObjectRef::new(name).within(namespace)).is_some()
+        });
+        before - clients.len()
     }
 }
 
@@ -325,4 +333,56 @@ pub fn customer_key(external_userid: &str, userid: &str) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (external_userid, userid).hash(&mut hasher);
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::{reflector, watcher};
+
+    fn app(namespace: &str, name: &str) -> WeComApp {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "acquisition.wecom.dev/v1alpha1",
+            "kind": "WeComApp",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "corpId": "ww1",
+                "secretRef": {"name": "s", "key": "secret"},
+            },
+        }))
+        .expect("a valid WeComApp")
+    }
+
+    #[tokio::test]
+    async fn clients_of_apps_gone_from_the_store_are_dropped() {
+        let kube = kube::Client::try_from(kube::Config::new(
+            "http://127.0.0.1:1".parse().expect("a URL"),
+        ))
+        .expect("a client (nothing is sent)");
+        let clients = AppClients::new(kube, Metrics::new());
+        let (store, mut writer) = reflector::store::<WeComApp>();
+        writer.apply_watcher_event(&watcher::Event::Apply(app("ns", "kept")));
+        let cached = || CachedClient {
+            fingerprint: 0,
+            client: WeComClient::new(ClientConfig::new("ww1", "secret")).expect("a client"),
+            checked_at: Instant::now(),
+            generation: None,
+        };
+        {
+            let mut map = clients.clients.lock().expect("not poisoned");
+            map.insert(("ns".into(), "kept".into()), cached());
+            map.insert(("ns".into(), "deleted".into()), cached());
+            map.insert(("other".into(), "kept".into()), cached());
+        }
+        assert_eq!(clients.retain_apps(&store), 2);
+        let left: Vec<_> = clients
+            .clients
+            .lock()
+            .expect("not poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(left, vec![("ns".to_string(), "kept".to_string())]);
+        assert_eq!(clients.retain_apps(&store), 0);
+    }
 }
