@@ -1,10 +1,11 @@
 //! Callback endpoint benchmarks (issue 4); run with `cargo bench --bench callback_http`.
 //! `wrk` (Debian: `apt-get install wrk`) is used when installed; `CALLBACK_BENCH_ONLY`
-//! (`in-process,router,wrk,hyper,naive`) picks parts.
+//! (`in-process,handler,wrk,hyper,naive`) picks parts; `CALLBACK_BENCH_WRK_RUNS`
+//! (`calibration,worker,endpoint`) picks wrk runs by name, for profiling one kind.
 //!
 //! 1. In process, one core: verify + decrypt + parse of a sealed `delete_link` (what every
 //!    POST costs beyond HTTP), the same with the `Encrypt` extraction of the body, and the
-//!    endpoint's whole router (path, query, body limit, checks, replay memory, hand-off) on
+//!    endpoint's whole request handler (path, query, body, checks, replay memory, hand-off) on
 //!    distinct events, without sockets.
 //! 2. Over loopback HTTP/1.1 with keep-alive, distinct pre-sealed `add_external_contact`
 //!    events (none is answered from the replay memory): the endpoint and its event consumer
@@ -28,7 +29,7 @@
 //!      the answer still does not wait.
 //!
 //!    A calibration run first: the same server answering 200 without the endpoint, the
-//!    ceiling the transport (kernel TCP, hyper, axum) leaves on this machine.
+//!    ceiling the transport (kernel TCP, hyper) leaves on this machine.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -44,11 +45,13 @@ use tokio::sync::{mpsc, oneshot};
 use wecom_acq::api::AcquisitionLink;
 use wecom_acq::callback::worker::{CustomerTally, EventMeter, LinkIndex};
 use wecom_acq::callback::{
-    AppCallback, DEFAULT_HEADER_READ_TIMEOUT, EndpointSettings, InboundEvent, StaticDirectory,
-    router, serve_router,
+    AppCallback, CallbackEndpoint, DEFAULT_HEADER_READ_TIMEOUT, EndpointSettings, InboundEvent,
+    StaticDirectory, serve_endpoint, serve_http1,
 };
 use wecom_acq::metrics::Metrics;
-use wecom_acq::wecom::crypto::{CallbackCrypto, extract_encrypt, post_body};
+use wecom_acq::wecom::crypto::{
+    CallbackCrypto, extract_encrypt, extract_encrypt_borrowed, post_body,
+};
 use wecom_acq::wecom::event::{
     CallbackEvent, ChangeType, Envelope, EventFamily, parse_event, render_event,
 };
@@ -221,6 +224,36 @@ fn in_process() {
             black_box(parse_event(&plain).expect("the sealed event parses"));
         },
     );
+    // The parts, for where the time goes.
+    let add = render_event(&event(ChangeType::AddExternalContact, 7));
+    measure(
+        "in process, part: parse_event (add_external_contact)",
+        || {
+            black_box(parse_event(black_box(&add)).expect("the event parses"));
+        },
+    );
+    measure(
+        "in process, part: Encrypt extraction of the POST body",
+        || {
+            black_box(extract_encrypt_borrowed(black_box(&body)).expect("the body has Encrypt"));
+        },
+    );
+    measure("in process, part: signature check", || {
+        let checked = crypto.verify_signature(
+            &sealed.msg_signature,
+            &sealed.timestamp,
+            &sealed.nonce,
+            black_box(&sealed.encrypt),
+        );
+        assert!(checked.is_ok(), "the sealed event verifies");
+    });
+    measure("in process, part: decryption", || {
+        black_box(
+            crypto
+                .decrypt(black_box(&sealed.encrypt))
+                .expect("the sealed event decrypts"),
+        );
+    });
     measure(
         "in process: extract_encrypt+verify+decrypt+parse_event (whole POST body)",
         || {
@@ -276,31 +309,31 @@ impl wecom_acq::callback::EventSink for Discard {
     }
 }
 
-/// The endpoint's router called in process (no sockets, no HTTP parsing) on distinct
+/// The endpoint's request handler called in process (no sockets, no HTTP parsing) on distinct
 /// pre-sealed events: what the endpoint itself costs per event, apart from the transport.
-fn in_process_router(requests: &[Prepared]) {
-    use tower::ServiceExt;
+fn in_process_handler(requests: &[Prepared]) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a current-thread runtime");
     let metrics = Metrics::new();
-    let app = router(directory(), Discard, &metrics, EndpointSettings::default());
+    let endpoint =
+        CallbackEndpoint::new(directory(), Discard, &metrics, EndpointSettings::default());
     let started = Instant::now();
     let accepted = runtime.block_on(async {
         let mut accepted = 0u64;
         for prepared in requests {
             let request = http::Request::post(prepared.path_and_query.as_str())
                 .header(http::header::CONTENT_TYPE, "text/xml")
-                .body(axum::body::Body::from(prepared.body.clone()))
+                .body(Full::new(prepared.body.clone()))
                 .expect("a valid request");
-            let response = app.clone().oneshot(request).await.expect("infallible");
+            let response = endpoint.handle(request).await;
             accepted += u64::from(response.status() == http::StatusCode::OK);
         }
         accepted
     });
     let elapsed = started.elapsed();
     println!(
-        "in process: router (path, query, body limit, signature, replay memory, decrypt, parse, hand-off) on {} distinct events: {:.0} events/s, {:.0} ns/event, {accepted} accepted",
+        "in process: request handler (path, query, body, signature, replay memory, decrypt, parse, hand-off) on {} distinct events: {:.0} events/s, {:.0} ns/event, {accepted} accepted",
         requests.len(),
         requests.len() as f64 / elapsed.as_secs_f64(),
         elapsed.as_nanos() as f64 / requests.len().max(1) as f64,
@@ -343,17 +376,29 @@ fn start_server(
                 let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                 let (tx, rx) = mpsc::channel::<InboundEvent>(QUEUE);
                 let consuming = tokio::spawn(consume(consumer, rx, metrics.clone()));
-                let app = match consumer {
-                    Consumer::NoEndpoint => axum::Router::new().route(
-                        PATH,
-                        axum::routing::post(|_body: Bytes| async { http::StatusCode::OK }),
-                    ),
-                    _ => router(directory(), tx, &metrics, EndpointSettings::default()),
-                };
-                let _ = serve_router(listener, app, DEFAULT_HEADER_READ_TIMEOUT, async move {
+                let stopped = async move {
                     let _ = stop_rx.await;
-                })
-                .await;
+                };
+                let _ = match consumer {
+                    // The same server reading the body and answering 200.
+                    Consumer::NoEndpoint => {
+                        let handler = |request: http::Request<hyper::body::Incoming>| async move {
+                            let _ = request.into_body().collect().await;
+                            http::Response::new(Full::default())
+                        };
+                        serve_http1(listener, handler, DEFAULT_HEADER_READ_TIMEOUT, stopped).await
+                    }
+                    _ => {
+                        let endpoint = CallbackEndpoint::new(
+                            directory(),
+                            tx,
+                            &metrics,
+                            EndpointSettings::default(),
+                        );
+                        serve_endpoint(listener, endpoint, DEFAULT_HEADER_READ_TIMEOUT, stopped)
+                            .await
+                    }
+                };
                 consuming.abort();
             });
         })
@@ -662,7 +707,7 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    // CALLBACK_BENCH_ONLY=in-process,router,hyper,wrk,naive picks parts (all by default).
+    // CALLBACK_BENCH_ONLY=in-process,handler,hyper,wrk,naive picks parts (all by default).
     let only = std::env::var("CALLBACK_BENCH_ONLY").unwrap_or_default();
     let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
     if wanted("in-process") {
@@ -680,8 +725,8 @@ fn main() {
         "sealed {count} distinct add_external_contact callbacks in {} ms",
         started.elapsed().as_millis()
     );
-    if wanted("router") {
-        in_process_router(&requests);
+    if wanted("handler") {
+        in_process_handler(&requests);
     }
     let fast = Consumer::Worker {
         api: Duration::from_millis(2),
@@ -722,6 +767,13 @@ fn main() {
             });
             match written {
                 Ok(data) => {
+                    // CALLBACK_BENCH_WRK_RUNS=calibration,worker keeps the runs whose name
+                    // contains one of the words (for profiling one kind of run).
+                    let picked = std::env::var("CALLBACK_BENCH_WRK_RUNS").unwrap_or_default();
+                    let runs = runs.into_iter().filter(|(name, _, _)| {
+                        picked.is_empty()
+                            || picked.split(',').any(|word| name.contains(word.trim()))
+                    });
                     for (name, consumer, connections) in runs {
                         if let Err(err) = wrk_run(name, consumer, data.path(), connections, 4) {
                             println!("HTTP (wrk) {name}: not measured: {err}");

@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use wecom_acq::callback::{
-    AppCallback, DEFAULT_HEADER_READ_TIMEOUT, EndpointSettings, InboundEvent, StaticDirectory,
-    router, serve_router,
+    AppCallback, CallbackEndpoint, DEFAULT_HEADER_READ_TIMEOUT, EndpointSettings, InboundEvent,
+    StaticDirectory, serve_endpoint,
 };
 use wecom_acq::metrics::Metrics;
 use wecom_acq::wecom::crypto::{CallbackCrypto, post_body};
@@ -105,10 +105,10 @@ impl Endpoint {
     async fn start(settings: EndpointSettings, queue: usize) -> Endpoint {
         let (tx, events) = mpsc::channel(queue);
         let metrics = Metrics::new();
-        let app = router(directory(), tx, &metrics, settings);
+        let app = CallbackEndpoint::new(directory(), tx, &metrics, settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve_router(
+        tokio::spawn(serve_endpoint(
             listener,
             app,
             DEFAULT_HEADER_READ_TIMEOUT,
@@ -738,11 +738,11 @@ async fn other_methods_are_405_and_paths_are_matched_exactly() {
 async fn a_trickled_request_head_is_cut_off_and_shutdown_waits_for_nothing_idle() {
     let (tx, mut events) = mpsc::channel(16);
     let metrics = Metrics::new();
-    let app = router(directory(), tx, &metrics, EndpointSettings::default());
+    let app = CallbackEndpoint::new(directory(), tx, &metrics, EndpointSettings::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_router(
+    let server = tokio::spawn(serve_endpoint(
         listener,
         app,
         Duration::from_millis(200),

@@ -17,14 +17,14 @@ pub mod endpoint;
 pub mod replay;
 pub mod worker;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::mpsc, sync::watch, task::JoinHandle};
 
 pub use directory::{DirectorySettings, KubeAppDirectory};
 pub use endpoint::{
-    AppCallback, AppDirectory, EndpointSettings, EventSink, InboundEvent, Lookup, StaticDirectory,
-    router,
+    AppCallback, AppDirectory, CallbackEndpoint, EndpointSettings, EventSink, InboundEvent, Lookup,
+    StaticDirectory,
 };
 pub use worker::WorkerSettings;
 
@@ -91,11 +91,26 @@ pub async fn serve_with(
 }
 
 /// Default for how long a connection may go without delivering a whole request head
-/// (`serve_router`); hyper's own default once it has a timer.
+/// (`serve_http1`); hyper's own default once it has a timer.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `app` (the callback [`router`]) over HTTP/1.1 on `listener` until `shutdown`
-/// completes, then lets the requests in flight finish.
+/// Serves the callback `endpoint` on `listener` until `shutdown` completes (see
+/// [`serve_http1`]).
+pub async fn serve_endpoint<D: AppDirectory, S: EventSink>(
+    listener: TcpListener,
+    endpoint: CallbackEndpoint<D, S>,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handler = move |request| {
+        let endpoint = endpoint.clone();
+        async move { endpoint.handle(request).await }
+    };
+    serve_http1(listener, handler, header_read_timeout, shutdown).await
+}
+
+/// Serves `handler` over HTTP/1.1 on `listener` until `shutdown` completes, then lets the
+/// requests in flight finish.
 ///
 /// WeCom calls back over HTTP/1.1, so this is hyper's HTTP/1.1 server rather than
 /// `axum::serve`, for one thing `axum::serve` lacks on a port that faces the internet: a
@@ -103,14 +118,17 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// slowloris client, or a keep-alive connection left idle that long) is closed instead of
 /// being held open for ever. Each connection gets `TCP_NODELAY`: an answer is one small
 /// write that must leave at once.
-pub async fn serve_router(
+pub async fn serve_http1<H, F>(
     listener: TcpListener,
-    app: axum::Router,
+    handler: H,
     header_read_timeout: Duration,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    H: Fn(http::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = endpoint::Response> + Send + 'static,
+{
     use hyper_util::rt::{TokioIo, TokioTimer};
-    use tower::ServiceExt;
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -131,9 +149,10 @@ pub async fn serve_router(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "cannot set TCP_NODELAY on a callback connection");
         }
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |request: http::Request<_>| {
-            app.clone().oneshot(request.map(axum::body::Body::new))
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let answer = handler(request);
+            async move { Ok::<_, std::convert::Infallible>(answer.await) }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -176,10 +195,10 @@ pub fn serve_on(
     let refresher = directory.spawn_refresher(stop.clone());
     let worker = worker::spawn(context.clone(), triggers, events, settings.worker);
     let header_read_timeout = settings.header_read_timeout;
-    let app = router(directory, queue, &context.metrics, settings.endpoint);
+    let endpoint = CallbackEndpoint::new(directory, queue, &context.metrics, settings.endpoint);
     let mut stop = stop;
     tokio::spawn(async move {
-        let served = serve_router(listener, app, header_read_timeout, async move {
+        let served = serve_endpoint(listener, endpoint, header_read_timeout, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;
