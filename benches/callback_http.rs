@@ -6,7 +6,8 @@
 //! 1. In process, one core: verify + decrypt + parse of a sealed `delete_link` (what every
 //!    POST costs beyond HTTP), the same with the `Encrypt` extraction of the body, and the
 //!    endpoint's whole request handler (path, query, body, checks, replay memory, hand-off) on
-//!    distinct events, without sockets.
+//!    distinct events, without sockets; the parts one by one; and the replay memory filled
+//!    to a generation's default capacity (mean and slowest insert).
 //! 2. Over loopback HTTP/1.1 with keep-alive, distinct pre-sealed `add_external_contact`
 //!    events (none is answered from the replay memory): the endpoint and its event consumer
 //!    on one current-thread runtime, on one thread pinned to CPU 0; the load generator
@@ -43,6 +44,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot};
 use wecom_acq::api::AcquisitionLink;
+use wecom_acq::callback::replay::ReplayGuard;
 use wecom_acq::callback::worker::{CustomerTally, EventMeter, LinkIndex};
 use wecom_acq::callback::{
     AppCallback, CallbackEndpoint, DEFAULT_HEADER_READ_TIMEOUT, EndpointSettings, InboundEvent,
@@ -268,6 +270,33 @@ fn in_process() {
                 .expect("the sealed event verifies");
             black_box(parse_event(&plain).expect("the sealed event parses"));
         },
+    );
+}
+
+/// The replay memory filled to one generation's default capacity, a key at a time: the
+/// mean cost of a key, and the slowest single insert (a shard growing its table).
+fn replay_memory() {
+    let capacity = wecom_acq::callback::endpoint::DEFAULT_REPLAY_CAPACITY;
+    let guard = ReplayGuard::new(Duration::from_secs(600), capacity);
+    let keys: Vec<_> = (0..capacity as u64)
+        .map(|i| guard.key(&[&i.to_le_bytes()]))
+        .collect();
+    let mut each_ns: Vec<u32> = Vec::with_capacity(keys.len());
+    let started = Instant::now();
+    for key in keys {
+        let one = Instant::now();
+        assert!(guard.insert_all_new(&[key]), "every key is new");
+        each_ns.push(one.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+    }
+    let elapsed = started.elapsed();
+    each_ns.sort_unstable();
+    let micros = |p: f64| f64::from(percentile(&each_ns, p)) / 1000.0;
+    println!(
+        "in process: replay memory filled with {capacity} keys: {:.0} ns per insert; single insert p99.9 {:.1} us, p99.99 {:.1} us, slowest {:.1} us",
+        elapsed.as_nanos() as f64 / capacity as f64,
+        micros(0.999),
+        micros(0.9999),
+        micros(1.0),
     );
 }
 
@@ -712,6 +741,7 @@ fn main() {
     let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
     if wanted("in-process") {
         in_process();
+        replay_memory();
     }
 
     // CALLBACK_BENCH_EVENTS shrinks the run for a quick smoke test of an unoptimised build.
