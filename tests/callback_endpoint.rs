@@ -7,9 +7,12 @@
 //! window reaches back to 2014 (`vector_settings`). Freshness itself is tested with events
 //! sealed now (`stale_or_future_timestamps_are_refused`), on the default 5-minute window.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod log_capture;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use log_capture::Captured;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -21,6 +24,7 @@ use wecom_acq::callback::{
 use wecom_acq::metrics::Metrics;
 use wecom_acq::wecom::crypto::{CallbackCrypto, post_body};
 use wecom_acq::wecom::event::{CallbackEvent, ChangeType, Envelope, EventFamily, render_event};
+use wecom_acq::wecom::unix_now;
 
 const CLASSIC_TOKEN: &str = "QDG6eK";
 const CLASSIC_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
@@ -39,13 +43,6 @@ const TOKEN: &str = "cbToken2024";
 const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 const CORP: &str = "ww1234567890abcdef";
 const SUITE: &str = "wwsuite0000000001";
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 fn crypto(receive_id: &str) -> CallbackCrypto {
     CallbackCrypto::new(TOKEN, AES_KEY, receive_id).unwrap()
@@ -810,31 +807,10 @@ async fn a_full_queue_answers_503_and_the_retry_is_taken_later() {
     assert_eq!(endpoint.taken().event.link_id.as_deref(), Some("L2"));
 }
 
-/// Collects formatted log lines of the current thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn refusals_are_logged_in_one_line_without_secrets() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
     // A current-thread runtime: the server's tasks log on this thread.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::install(tracing::Level::DEBUG);
     let mut endpoint = Endpoint::default().await;
     // tracing caches each log site's interest globally; a site first reached by a parallel
     // test (no subscriber there) while this one was being installed can keep "never". Once
@@ -842,7 +818,7 @@ async fn refusals_are_logged_in_one_line_without_secrets() {
     let mut round = 0;
     let (log, refusals) = loop {
         round += 1;
-        captured.0.lock().unwrap().clear();
+        captured.clear();
         let nonce = |n: u32| format!("{round}{n}");
         let forged = Sealed {
             signature: "f".repeat(40),
@@ -865,7 +841,7 @@ async fn refusals_are_logged_in_one_line_without_secrets() {
         endpoint.deliver(SELF_BUILT, &stale).await;
         endpoint.assert_nothing_queued();
 
-        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let log = captured.text();
         let refusals: Vec<String> = log
             .lines()
             .filter(|l| l.contains("callback refused"))

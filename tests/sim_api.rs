@@ -2,9 +2,12 @@
 //! token rules, methods, validation codes, CRUD, pagination under concurrent change,
 //! statistics windows, quota, faults, the frequency limit and the admin API.
 
+mod log_capture;
+
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
+use log_capture::Captured;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use wecom_acq::sim::{self, OrgChart, OrgSpec, SimConfig, SimHandle};
@@ -1079,31 +1082,10 @@ async fn console_edit_and_delete_change_what_the_api_sees() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-/// Collects log lines written while a test runs.
-#[derive(Clone, Default)]
-struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn debug_logs_name_the_call_but_never_a_secret_or_token() {
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     // The test runtime is single-threaded: the simulator's tasks log on this thread.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Captured::install(tracing::Level::TRACE);
     let sim = Sim::default().await;
     let token = sim.token().await;
     sim.gettoken_raw("wwsimcorp", "wrong-secret-value").await;
@@ -1113,7 +1095,7 @@ async fn debug_logs_name_the_call_but_never_a_secret_or_token() {
     sim.admin_ok(M::DELETE, &format!("/_sim/links/{id}"), None)
         .await;
     sim.handle.shutdown().await;
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(
         text.contains("create_link") && text.contains("errcode=40001"),
         "{text}"

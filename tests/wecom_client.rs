@@ -6,13 +6,15 @@
 //! errcode script per API and a call counter) for the focused tests that need exact control
 //! over each answer: hangs, 5xx, foreign bodies, echoed credentials, a closed port.
 
+mod log_capture;
+
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
+use log_capture::Captured;
 use serde_json::{Value, json};
 use wecom_acq::wecom::types::{CreateLinkRequest, LinkRange, UpdateLinkRequest};
 use wecom_acq::wecom::{
@@ -819,31 +821,11 @@ async fn closed_port_url() -> String {
     format!("http://{addr}")
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn neither_secret_nor_token_appears_in_errors_or_logs() {
     const KNOWN_SECRET: &str = "KnownSecretValue-7f3a9c";
     const TOKEN_PREFIX: &str = "KnownAccessToken-51be0d-";
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (captured, _default) = Captured::install(tracing::Level::TRACE);
     // reqwest and hyper log through `log`; route it into the same capture.
     let _ = tracing_log::LogTracer::init();
 
@@ -912,7 +894,7 @@ async fn neither_secret_nor_token_appears_in_errors_or_logs() {
     assert!(!debug_config.contains(SECRET), "{debug_config}");
     assert_eq!(Secret::new(KNOWN_SECRET).to_string(), "<redacted>");
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(logs.contains("WeCom request"), "the capture works: {logs}");
     for secret in [KNOWN_SECRET, TOKEN_PREFIX] {
         assert!(

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, Request, StatusCode, header};
@@ -30,6 +30,7 @@ use super::replay::{ReplayGuard, ReplayKey};
 use crate::metrics::{CallbackLabels, Metrics};
 use crate::wecom::crypto::{CallbackCrypto, CryptoError, extract_encrypt_borrowed};
 use crate::wecom::event::{CallbackEvent, Envelope, EventError, parse_event};
+use crate::wecom::unix_now;
 
 /// What the endpoint answers: a status and a small body held in memory.
 pub type Response = http::Response<Full<Bytes>>;
@@ -396,13 +397,6 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The signature query WeCom adds, values URL-decoded. A `+` stays a `+`: the values are

@@ -70,9 +70,7 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-fn unix_now() -> i64 {
-    k8s_openapi::jiff::Timestamp::now().as_second()
-}
+use crate::wecom::unix_now;
 
 fn jitter() -> f64 {
     0.5 + rand::random::<f64>() * 0.5

@@ -106,7 +106,7 @@ pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -199,12 +199,7 @@ impl std::fmt::Debug for SimCallback {
     }
 }
 
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::wecom::unix_now;
 
 /// What every handler shares: the state and the way to the callback pusher.
 pub(crate) struct Shared {

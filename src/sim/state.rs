@@ -4,7 +4,7 @@
 //! every rule can be unit-tested.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rand::distributions::Alphanumeric;
@@ -231,12 +231,7 @@ pub struct SimState {
     outbox: Vec<SimEvent>,
 }
 
-fn real_unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use crate::wecom::unix_now as real_unix_now;
 
 fn random_alnum(len: usize) -> String {
     rand::thread_rng()

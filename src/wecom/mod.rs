@@ -14,3 +14,12 @@ pub mod types;
 pub use client::{CallObserver, ClientConfig, ClientConfigError, Secret, WeComClient};
 pub use error::{Api, ErrorClass, WeComError};
 pub use retry::RetryPolicy;
+
+/// The local clock in Unix seconds, the unit of WeCom's timestamps; 0 if the clock is
+/// before 1970.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
