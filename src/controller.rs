@@ -327,6 +327,9 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The longest startup and shutdown wait for the callback leader label of this Pod.
+const LABEL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `wecom-acq run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default().await.map_err(|e| {
@@ -341,6 +344,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // /healthz (or the liveness probe restarts it) and /readyz (or a rollout that waits
     // for new pods to be Ready never ends). A standby is ready; a leader once its caches
     // are synced.
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let own_pod = args
+        .leader_elect
+        .then(|| crate::leader::OwnPod::new(client.clone(), &lease_namespace));
+    if let Some(own_pod) = &own_pod {
+        // Before this replica reports ready: a label left from an earlier life of this
+        // Pod (it lost the Lease and restarted) would route callbacks to a standby.
+        own_pod.unmark(LABEL_TIMEOUT).await;
+    }
     let (ready_tx, ready_rx) = watch::channel(args.leader_elect);
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
@@ -358,12 +373,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let mut leadership = None;
     if args.leader_elect {
-        let namespace = args
-            .lease_namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
         tokio::select! {
-            acquired = crate::leader::acquire(client.clone(), &namespace, &args.lease_name) => leadership = Some(acquired?),
+            acquired = crate::leader::acquire(client.clone(), &lease_namespace, &args.lease_name) => leadership = Some(acquired?),
             _ = &mut signal => {
                 tracing::info!("shutting down before holding the lease");
                 let _ = stop_tx.send(true);
@@ -404,8 +415,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(metrics = %args.metrics_addr, callback = %args.callback_addr, namespace = ?args.namespace, "controller started");
+    // The callback port listens: route callbacks here.
+    let labelling = own_pod.map(|own_pod| {
+        let own_pod = Arc::new(own_pod);
+        let marking = tokio::spawn({
+            let own_pod = own_pod.clone();
+            async move { own_pod.mark_leading().await }
+        });
+        (own_pod, marking)
+    });
     signal.await;
     tracing::info!("shutting down");
+    if let Some((own_pod, marking)) = labelling {
+        // Callbacks go to the next leader from now on; this one still takes what is in
+        // flight until it stops.
+        marking.abort();
+        own_pod.unmark(LABEL_TIMEOUT).await;
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(20), running.task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;

@@ -1,17 +1,25 @@
 //! Leader election on a coordination.k8s.io/v1 Lease, for running more than one replica:
 //! only the holder reconciles. A replica that loses the lease exits so that Kubernetes
 //! restarts it as a follower (the usual controller-runtime behaviour).
+//!
+//! Only the holder serves WeCom callbacks too, so it labels its own Pod with
+//! [`CALLBACK_LEADER_LABEL`] once its callback port listens, and the chart's callback
+//! Service selects on that label: WeCom's callbacks reach the one replica that can take
+//! them, never a standby's closed port. A replica removes the label from its Pod when it
+//! starts (a restart after losing the lease keeps the Pod and its labels) and when it shuts
+//! down.
 
 use std::time::Duration;
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
+    api::core::v1::Pod,
     apimachinery::pkg::apis::meta::v1::MicroTime,
     jiff::Timestamp,
 };
 use kube::{
     Api, Client,
-    api::{ObjectMeta, PostParams},
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
 
 const LEASE_SECONDS: i32 = 15;
@@ -22,6 +30,83 @@ fn identity() -> String {
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("wecom-acq-{}", std::process::id()))
+}
+
+/// The label on the Pod of the replica that holds the Lease and serves callbacks.
+pub const CALLBACK_LEADER_LABEL: &str = "acquisition.wecom.dev/callback-leader";
+
+/// This replica's own Pod (`POD_NAME`, else `HOSTNAME`, in `POD_NAMESPACE`, else the
+/// Lease's namespace), whose [`CALLBACK_LEADER_LABEL`] routes callbacks to it.
+pub struct OwnPod {
+    api: Api<Pod>,
+    name: String,
+}
+
+impl OwnPod {
+    pub fn new(client: Client, lease_namespace: &str) -> OwnPod {
+        let namespace =
+            std::env::var("POD_NAMESPACE").unwrap_or_else(|_| lease_namespace.to_string());
+        OwnPod {
+            api: Api::namespaced(client, &namespace),
+            name: identity(),
+        }
+    }
+
+    /// Sets (`leading`) or removes the label. Removing it from a Pod that does not exist
+    /// (the controller runs outside a cluster) is done already.
+    pub async fn mark(&self, leading: bool) -> Result<(), kube::Error> {
+        let value = if leading {
+            serde_json::Value::from("true")
+        } else {
+            serde_json::Value::Null
+        };
+        let patch = serde_json::json!({"metadata": {"labels": {CALLBACK_LEADER_LABEL: value}}});
+        match self
+            .api
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 && !leading => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Labels the Pod, retrying until it works (the first failure is logged as a warning):
+    /// callbacks reach this replica only once it is labelled.
+    pub async fn mark_leading(&self) {
+        let mut warned = false;
+        loop {
+            match self.mark(true).await {
+                Ok(()) => {
+                    tracing::info!(pod = %self.name, label = CALLBACK_LEADER_LABEL, "labelled this pod: the callback Service routes to it");
+                    return;
+                }
+                Err(err) if !warned => {
+                    warned = true;
+                    tracing::warn!(pod = %self.name, %err, "cannot label this pod as the callback leader (RBAC: patch pods in its namespace); callbacks do not reach it until it can; retrying");
+                }
+                Err(err) => {
+                    tracing::debug!(pod = %self.name, %err, "labelling this pod failed again")
+                }
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// Removes the label, waiting at most `limit` (startup and shutdown must not hang on
+    /// an unreachable API).
+    pub async fn unmark(&self, limit: Duration) {
+        match tokio::time::timeout(limit, self.mark(false)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(pod = %self.name, %err, "cannot remove the callback leader label from this pod")
+            }
+            Err(_) => {
+                tracing::warn!(pod = %self.name, "removing the callback leader label from this pod timed out")
+            }
+        }
+    }
 }
 
 fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {

@@ -27,6 +27,7 @@ use kube::api::DeleteParams;
 use reqwest::Method;
 use serde_json::{Value, json};
 use wecom_acq::api::{CREATE_PENDING_ANNOTATION, LINK_ID_ANNOTATION};
+use wecom_acq::leader::CALLBACK_LEADER_LABEL;
 
 /// Generous deadline for anything the controller does on its own (first Ready, a watch
 /// event): the machine running CI is shared and slow.
@@ -782,22 +783,85 @@ async fn wait_probes_ok(env: &Env, metrics: std::net::SocketAddr) {
     .await;
 }
 
+fn pods(env: &Env) -> kube::Api<k8s_openapi::api::core::v1::Pod> {
+    kube::Api::namespaced(env.client.clone(), &env.ns)
+}
+
+/// Creates the Pod object of the next replica (the emulator runs nothing; the controller
+/// only labels its own Pod), with `labels`.
+async fn create_next_pod(env: &Env, labels: Value) -> String {
+    let name = env.next_identity();
+    let pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "controller", "image": "wecom-acq"}]},
+    }))
+    .unwrap();
+    pods(env)
+        .create(&kube::api::PostParams::default(), &pod)
+        .await
+        .unwrap();
+    name
+}
+
+/// The callback leader label of a replica's Pod.
+async fn callback_leader_label(env: &Env, pod: &str) -> Option<String> {
+    let pod = pods(env).get(pod).await.unwrap();
+    pod.metadata
+        .labels
+        .and_then(|labels| labels.get(CALLBACK_LEADER_LABEL).cloned())
+}
+
+async fn wait_label(env: &Env, pod: &str, want: Option<&str>) {
+    wait_for(
+        &format!("the callback leader label of {pod} is {want:?}"),
+        CONVERGE,
+        || async {
+            let label = callback_leader_label(env, pod).await;
+            if label.as_deref() == want {
+                Ok(())
+            } else {
+                Err(format!("{label:?}"))
+            }
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_standby_answers_probes_and_takes_over() {
     let env = Env::start("e2e-leader").await;
     let scenario = Scenario::start("leader election");
     let flags = ["--leader-elect", "--lease-namespace", "e2e-leader"];
+    let leader_pod = create_next_pod(&env, json!({"app": "wecom-acq"})).await;
     let mut leader = env.spawn_controller(&flags);
+    assert_eq!(leader.identity, leader_pod);
     env.apply_examples().await;
     env.wait_ready(SALES, CONVERGE).await;
     assert_eq!(lease_holder(&env).await, Some(leader.identity.clone()));
+    // The leader serves callbacks, so the callback Service is to select its Pod.
+    wait_label(&env, &leader_pod, Some("true")).await;
 
     // A second replica stands by: alive and ready for the probes (the chart's liveness
     // probe would restart it otherwise, and its maxUnavailable: 0 rollout waits for it to
     // be Ready), reconciling nothing.
+    // Its Pod still carries the label from an earlier life (it led, lost the Lease and
+    // restarted): removed before the replica reports ready, so callbacks are not routed
+    // to a port that is closed.
+    let standby_pod = create_next_pod(
+        &env,
+        json!({"app": "wecom-acq", CALLBACK_LEADER_LABEL: "true"}),
+    )
+    .await;
     let standby_ports = harness::Ports::free();
     let mut standby = env.spawn_controller_on(standby_ports, &flags);
     wait_probes_ok(&env, standby_ports.metrics).await;
+    assert_eq!(callback_leader_label(&env, &standby_pod).await, None);
+    assert_eq!(
+        callback_leader_label(&env, &leader_pod).await.as_deref(),
+        Some("true")
+    );
     let (_, metrics) = env.get_on(standby_ports.metrics, "/metrics").await.unwrap();
     assert!(
         !metrics.contains("wecom_acq_reconciles_total{"),
@@ -828,8 +892,10 @@ async fn leader_election_standby_answers_probes_and_takes_over() {
         killed.elapsed().as_secs_f64()
     );
     assert_eq!(lease_holder(&env).await, Some(standby.identity.clone()));
+    wait_label(&env, &standby_pod, Some("true")).await;
 
     // A replica still waiting for the Lease stops cleanly on SIGTERM.
+    let waiting_pod = create_next_pod(&env, json!({"app": "wecom-acq"})).await;
     let waiting_ports = harness::Ports::free();
     let mut waiting = env.spawn_controller_on(waiting_ports, &flags);
     wait_probes_ok(&env, waiting_ports.metrics).await;
@@ -839,8 +905,11 @@ async fn leader_election_standby_answers_probes_and_takes_over() {
         status.is_some_and(|s| s.success()),
         "a waiting replica exits 0 on SIGTERM: {status:?}"
     );
+    assert_eq!(callback_leader_label(&env, &waiting_pod).await, None);
+    // A leader shutting down hands callbacks over with the Lease.
     standby.sigterm();
     let status = standby.wait_exit(Duration::from_secs(10)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert_eq!(callback_leader_label(&env, &standby_pod).await, None);
     drop(scenario);
 }

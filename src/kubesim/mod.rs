@@ -9,7 +9,8 @@
 //! # What it serves
 //! - Discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/{group}`,
 //!   `/apis/{group}/{version}`; `/healthz`, `/readyz`, `/livez`.
-//! - core/v1 `namespaces` (with `/status`), `secrets`, `events`; `events.k8s.io/v1`
+//! - core/v1 `namespaces` (with `/status`), `secrets`, `events`, `pods` (stored as given,
+//!   with `/status`; nothing schedules or runs them); `events.k8s.io/v1`
 //!   `events` (the same stored Events, fields renamed as the real conversion does);
 //!   `coordination.k8s.io/v1` `leases`; `apiextensions.k8s.io/v1`
 //!   `customresourcedefinitions`. A created CRD is marked `NamesAccepted` and

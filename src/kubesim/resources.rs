@@ -225,6 +225,11 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
 
     let leases = ResourceType::builtin("coordination.k8s.io", "v1", "leases", "Lease", true);
 
+    // Stored as given (no scheduling, no kubelet): the controller labels its own Pod.
+    let mut pods = ResourceType::builtin("", "v1", "pods", "Pod", true);
+    pods.short_names = vec!["po".into()];
+    pods.status_subresource = true;
+
     let mut crds = ResourceType::builtin(
         "apiextensions.k8s.io",
         "v1",
@@ -238,7 +243,15 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
     crds.generation = GenerationRule::Spec;
     crds.unconditional_update = false;
 
-    vec![namespaces, secrets, core_events, events_v1, leases, crds]
+    vec![
+        namespaces,
+        secrets,
+        core_events,
+        events_v1,
+        leases,
+        pods,
+        crds,
+    ]
 }
 
 /// The types a CustomResourceDefinition serves: one per served version.

@@ -236,6 +236,12 @@ impl Env {
         self.spawn_controller_on(self.ports, extra)
     }
 
+    /// The `POD_NAME` the next spawned controller gets.
+    #[allow(dead_code, reason = "for the leader-election test")]
+    pub fn next_identity(&self) -> String {
+        format!("e2e-controller-{}", lock(&self.logs).len() + 1)
+    }
+
     /// Like [`Self::spawn_controller`] on other ports, for a second replica. Each process
     /// gets its own `POD_NAME` (`e2e-controller-N`), its leader-election identity.
     pub fn spawn_controller_on(&self, ports: Ports, extra: &[&str]) -> ControllerProcess {
@@ -270,6 +276,7 @@ impl Env {
             .env_remove("STATISTICS_INTERVAL")
             .env_remove("QUOTA_INTERVAL")
             .env_remove("LEADER_ELECT")
+            .env_remove("POD_NAMESPACE")
             .env_remove("LOG_LEVEL")
             .stdin(Stdio::null())
             .stdout(stdout)
