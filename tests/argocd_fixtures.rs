@@ -56,6 +56,7 @@ const CASES: &[&str] = &[
     "link-degraded-app-not-ready",
     "link-degraded-create-incomplete",
     "link-degraded-invalid-spec",
+    "link-degraded-link-not-found",
     "link-degraded-permission-denied",
     "link-degraded-quota-exhausted",
     "link-degraded-remote-deleted-adopted",
@@ -686,6 +687,26 @@ async fn link_degraded_when_an_adopted_link_is_deleted_in_wecom() {
         "link-degraded-remote-deleted-adopted",
         capture_link(&env).await,
         "the link was adopted",
+    )
+    .await;
+}
+
+/// spec.linkId names a link the app's corp does not have: nothing to adopt, nothing is
+/// created.
+#[tokio::test]
+async fn link_degraded_when_spec_link_id_is_not_the_apps() {
+    let mut env = env_with_app().await;
+    let mut spec = campaign_spec();
+    spec.link_id = Some("cawcdnosuchlink0001".into());
+    env.apply_link(LINK, spec).await;
+    env.wait_link_condition(LINK, "Ready", "False", "LinkNotFound")
+        .await;
+    env.stop_controller().await;
+    check(
+        &env,
+        "link-degraded-link-not-found",
+        capture_link(&env).await,
+        "is not a link of WeComApp",
     )
     .await;
 }

@@ -940,6 +940,27 @@ async fn link_named_by_spec_link_id_is_adopted_and_corrected() {
 }
 
 #[tokio::test]
+async fn a_link_id_this_corp_does_not_have_is_reported_not_found_and_nothing_is_created() {
+    let env = env_with_app(quiet_cadence()).await;
+    let mut spec = link_spec("app", "Typo", &["zhangsan"]);
+    spec.link_id = Some("cawcdnosuchlink0001".into());
+    env.apply_link("typo", spec).await;
+    let link = env
+        .wait_link_condition("typo", "Ready", "False", "LinkNotFound")
+        .await;
+    let (_, _, message) = link_condition(&link, "Ready").unwrap();
+    assert!(
+        message.contains("cawcdnosuchlink0001") && !message.contains("deleted"),
+        "{message}"
+    );
+    assert_eq!(link_condition(&link, "Synced").unwrap().1, "LinkNotFound");
+    env.wait_event(KIND, "typo", "LinkNotFound").await;
+    assert_eq!(link.status.as_ref().unwrap().origin, None);
+    assert_eq!(env.sim_call_count("create_link").await, 0);
+    assert_eq!(env.sim_call_count("update_link").await, 0);
+}
+
+#[tokio::test]
 async fn failing_statistics_do_not_stop_the_link() {
     let env = env_with_app(fast_cadence()).await;
     env.sim_fault(json!({ "api": "statistic", "errcode": 40058, "times": 1000 }))

@@ -20,6 +20,8 @@ pub mod reason {
     pub const PERMISSION_DENIED: &str = "PermissionDenied";
     pub const WECOM_ERROR: &str = "WeComError";
     pub const REMOTE_DELETED: &str = "RemoteDeleted";
+    /// `spec.linkId` names a link this app's corp does not have, and never had here.
+    pub const LINK_NOT_FOUND: &str = "LinkNotFound";
     pub const CREATE_INCOMPLETE: &str = "CreateIncomplete";
     pub const QUOTA_EXHAUSTED: &str = "QuotaExhausted";
     pub const PAUSED: &str = "Paused";

@@ -751,6 +751,19 @@ async fn remote_deleted(
     link_id: &str,
 ) -> Result<Action, Error> {
     let link = pass.link;
+    if link.spec.link_id.is_some() && pass.old.origin.is_none() {
+        // Never adopted: nothing was deleted, the id is not this corp's (a typo, or a link
+        // of another app's corp). Checked again on every pass, in case WeCom was wrong.
+        let message = format!(
+            "spec.linkId {link_id} is not a link of WeComApp {} (WeCom does not list it): check the id and spec.appRef. An adopted link is never created",
+            link.spec.app_ref.name
+        );
+        pass.set(READY, false, reason::LINK_NOT_FOUND, message.clone());
+        pass.set(SYNCED, false, reason::LINK_NOT_FOUND, message.clone());
+        pass.event_on_change(EventType::Warning, reason::LINK_NOT_FOUND, message)
+            .await;
+        return Ok(at_rest(pass.ctx));
+    }
     let adopted = link.spec.link_id.is_some() || pass.old.origin == Some(LinkOrigin::Adopted);
     let old_url = pass.old.url.clone().unwrap_or_default();
     if adopted || link.spec.on_remote_delete == RemoteDeletePolicy::Orphan {

@@ -12,19 +12,21 @@
 --   Degraded     Ready=False with a reason the controller does not get past by retrying:
 --                it waits for a change of the spec, the WeComApp, its Secret, WeCom or
 --                the quota (InvalidSpec, PermissionDenied, WeComError, RemoteDeleted,
---                CreateIncomplete, QuotaExhausted, AppNotReady; for a WeComApp
+--                LinkNotFound, CreateIncomplete, QuotaExhausted, AppNotReady; for a WeComApp
 --                SecretNotFound, CredentialsInvalid, PermissionDenied, or QuotaExhausted=True)
 
 local PAUSED_ANNOTATION = "acquisition.wecom.dev/paused"
 
 -- The controller writes RemoteDeleted only when it will not recreate the link
--- (onRemoteDelete: Orphan, or an adopted link). AppNotReady on Ready means no link exists
+-- (onRemoteDelete: Orphan, or an adopted link), and LinkNotFound when spec.linkId names a
+-- link the app's corp does not have. AppNotReady on Ready means no link exists
 -- yet and the WeComApp is missing or refused: nothing in the link fixes that.
 local DEGRADED_REASONS = {
   InvalidSpec = true,
   PermissionDenied = true,
   WeComError = true,
   RemoteDeleted = true,
+  LinkNotFound = true,
   CreateIncomplete = true,
   QuotaExhausted = true,
   AppNotReady = true,
