@@ -413,7 +413,7 @@ fn start_server(
                     Consumer::NoEndpoint => {
                         let handler = |request: http::Request<hyper::body::Incoming>| async move {
                             let _ = request.into_body().collect().await;
-                            http::Response::new(Full::default())
+                            http::Response::new(Full::<Bytes>::default())
                         };
                         serve_http1(listener, handler, DEFAULT_HEADER_READ_TIMEOUT, stopped).await
                     }

@@ -365,11 +365,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let router = health_router(metrics.clone(), ready_rx);
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await;
+        let handler = move |request: http::Request<hyper::body::Incoming>| {
+            let router = router.clone();
+            async move {
+                match tower::ServiceExt::oneshot(router, request.map(axum::body::Body::new)).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        };
+        let stopped = async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        };
+        let served = crate::http_server::serve_http1(
+            listener,
+            handler,
+            crate::http_server::DEFAULT_HEADER_READ_TIMEOUT,
+            stopped,
+        )
+        .await;
+        if let Err(err) = served {
+            tracing::error!(error = %err, "the health and metrics port stopped serving");
+        }
     });
     let mut leadership = None;
     if args.leader_elect {

@@ -8,6 +8,7 @@ pub mod callback;
 pub mod controller;
 pub mod demo;
 pub mod gitops;
+pub mod http_server;
 pub mod kubesim;
 pub mod leader;
 pub mod metrics;
