@@ -397,21 +397,16 @@ async fn exhausted_quota_stops_link_creation_until_quota_returns() {
         .create_link("first", RemoteDeletePolicy::Recreate)
         .await;
     let (first_id, _) = world.ready_link("first").await;
-    wait_until("first's customers counted by A6", || async {
-        world
-            .links()
-            .get("first")
-            .await
-            .ok()?
-            .status?
-            .customers
-            .map(|_| ())
+    let counted = wait_until("first's customers counted by A6", || async {
+        world.links().get("first").await.ok()?.status?.customers
     })
     .await;
+    assert_eq!(counted.last_add_time, None, "A6 does not say when");
 
     // Three quota left, then three customers use them up: the simulator pushes
     // balance_low, three add_external_contact and balance_exhausted.
     world.set_quota(3).await;
+    let before_adding = wecom_acq::wecom::unix_now();
     world
         .admin(
             reqwest::Method::POST,
@@ -440,11 +435,23 @@ async fn exhausted_quota_stops_link_creation_until_quota_returns() {
     assert!(!world.events(APP, "QuotaExhausted").await.is_empty());
 
     // The add_external_contact callbacks bumped the count between A6 recounts.
-    wait_until("first's customers bumped to 3 on chan-a", || async {
+    let bumped = wait_until("first's customers bumped to 3 on chan-a", || async {
         let customers = world.links().get("first").await.ok()?.status?.customers?;
-        (customers.total == 3 && customers.by_channel.get("chan-a") == Some(&3)).then_some(())
+        (customers.total == 3 && customers.by_channel.get("chan-a") == Some(&3))
+            .then_some(customers)
     })
     .await;
+    // ... and took the time of the newest from their CreateTime.
+    let last_added: jiff::Timestamp = bumped
+        .last_add_time
+        .as_deref()
+        .expect("lastAddTime set by the callbacks")
+        .parse()
+        .unwrap();
+    assert!(
+        (before_adding..=wecom_acq::wecom::unix_now()).contains(&last_added.as_second()),
+        "{last_added} is not the time the customers were added"
+    );
 
     let creates_before = world.create_link_calls().await;
     world

@@ -86,7 +86,8 @@ pub struct AcquisitionLinkSpec {
     pub deletion_policy: DeletionPolicy,
     /// What happens when the link is deleted in WeCom (admin console or WeCom itself):
     /// `Recreate` (default) makes a new link with new URLs, `Orphan` marks this object
-    /// `Ready=False` and stops.
+    /// `Ready=False` and stops. An adopted link (`linkId`) is never recreated: its id
+    /// cannot change, so it is handled as `Orphan`.
     #[serde(default)]
     pub on_remote_delete: RemoteDeletePolicy,
     /// Adopt this existing WeCom link instead of creating one. Can be set later, but never
@@ -248,6 +249,29 @@ pub struct CustomerCount {
     /// When A6 was last counted in full (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counted_at: Option<String>,
+    /// When the newest customer was added (RFC 3339), from the `CreateTime` of
+    /// add_external_contact callbacks; A6 does not say when a customer was added (an
+    /// `add_time` in its answer is read all the same). Kept across full counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_add_time: Option<String>,
+}
+
+impl CustomerCount {
+    /// Moves `last_add_time` to `unix_seconds` when that is later; true when it moved.
+    pub fn note_added_at(&mut self, unix_seconds: i64) -> bool {
+        let Ok(at) = k8s_openapi::jiff::Timestamp::from_second(unix_seconds) else {
+            return false;
+        };
+        let newer = self
+            .last_add_time
+            .as_deref()
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .is_none_or(|current| at > current);
+        if newer {
+            self.last_add_time = Some(at.to_string());
+        }
+        newer
+    }
 }
 
 /// A7 statistics over a window of whole days (at most 30).

@@ -429,6 +429,8 @@ pub struct CustomerBump {
     /// Who was added ([`customer_key`] of ExternalUserID and UserID) and through which
     /// channel.
     pub arrivals: Vec<(u64, String)>,
+    /// The newest `CreateTime` among them (Unix seconds).
+    pub last_added: Option<i64>,
 }
 
 /// Pending customer bumps, one entry per link however many events came.
@@ -454,6 +456,7 @@ impl CustomerTally {
             link_id,
             customer,
             event.state.as_deref().unwrap_or_default(),
+            event.created_at,
         );
     }
 
@@ -463,6 +466,7 @@ impl CustomerTally {
         link_id: &str,
         customer: u64,
         channel: &str,
+        added_at: i64,
     ) {
         // Looked up first: the key is cloned only for a link's first arrival in a window.
         if !self.pending.contains_key(link) {
@@ -478,6 +482,7 @@ impl CustomerTally {
             };
         }
         bump.arrivals.push((customer, channel.to_string()));
+        bump.last_added = Some(bump.last_added.map_or(added_at, |at| at.max(added_at)));
     }
 
     pub fn take(&mut self) -> Vec<(ObjectRef<AcquisitionLink>, CustomerBump)> {
@@ -489,11 +494,13 @@ impl CustomerTally {
     }
 }
 
-/// The count after `bump`, or `None` when every arrival is already in it.
+/// The count after `bump`, or `None` when every arrival is already in it and the newest
+/// add time is not newer than the one in status.
 ///
 /// Customers the last full A6 count already saw (`counted`) are skipped: their callback
-/// can arrive after that count, and adding them again would count them twice.
-/// `countedAt` stays the time of the last full count.
+/// can arrive after that count, and adding them again would count them twice; their add
+/// time still counts (A6 does not give it). `countedAt` stays the time of the last full
+/// count.
 pub fn bumped(
     current: &CustomerCount,
     bump: &CustomerBump,
@@ -509,7 +516,10 @@ pub fn bumped(
         let count = next.by_channel.entry(channel.clone()).or_default();
         *count = count.saturating_add(1);
     }
-    if added == 0 {
+    let later = bump
+        .last_added
+        .is_some_and(|added_at| next.note_added_at(added_at));
+    if added == 0 && !later {
         return None;
     }
     next.total = next.total.saturating_add(added);
@@ -557,7 +567,11 @@ async fn write_customer_bump(
             .collect();
         let patch = json!({
             "metadata": { "resourceVersion": object.resource_version() },
-            "status": { "customers": { "total": next.total, "byChannel": by_channel } },
+            "status": { "customers": {
+                "total": next.total,
+                "byChannel": by_channel,
+                "lastAddTime": next.last_add_time,
+            } },
         });
         match api
             .patch_status(&link.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -848,22 +862,36 @@ mod tests {
         let mut tally = CustomerTally::default();
         let a = ObjectRef::new("a").within("ns");
         let b = ObjectRef::new("b").within("ns");
-        for channel in ["x", "x", "y"] {
-            tally.add(&a, "L1", 10, channel);
+        for (channel, at) in [
+            ("x", 1_700_000_005),
+            ("x", 1_700_000_009),
+            ("y", 1_700_000_001),
+        ] {
+            tally.add(&a, "L1", 10, channel, at);
         }
-        tally.add(&b, "L2", 10, "");
+        tally.add(&b, "L2", 10, "", 1_700_000_000);
         let mut taken = tally.take();
         taken.sort_by(|l, r| l.0.name.cmp(&r.0.name));
         assert!(tally.is_empty());
         assert_eq!(taken.len(), 2);
         assert_eq!(taken[0].1.arrivals.len(), 3);
+        assert_eq!(
+            taken[0].1.last_added,
+            Some(1_700_000_009),
+            "the newest, not the last"
+        );
         assert_eq!(taken[1].1.arrivals, vec![(10, String::new())]);
 
-        tally.add(&a, "L1", 11, "x");
-        tally.add(&a, "L9", 12, "z");
+        tally.add(&a, "L1", 11, "x", 1_700_000_100);
+        tally.add(&a, "L9", 12, "z", 1_700_000_050);
         let taken = tally.take();
         assert_eq!(taken[0].1.link_id, "L9");
         assert_eq!(taken[0].1.arrivals, vec![(12, "z".to_string())]);
+        assert_eq!(
+            taken[0].1.last_added,
+            Some(1_700_000_050),
+            "only the new link's"
+        );
     }
 
     fn inbound(namespace: &str, change_type: ChangeType, link: &str, state: &str) -> InboundEvent {
@@ -953,6 +981,7 @@ mod tests {
             total: 5,
             by_channel: BTreeMap::from([("x".into(), 5)]),
             counted_at: Some("2025-01-01T00:00:00Z".into()),
+            last_add_time: Some("2024-12-31T23:00:00Z".into()),
         };
         let seen = customer_key("wm-old", "zhangsan");
         let bump = CustomerBump {
@@ -963,6 +992,8 @@ mod tests {
                 (customer_key("wm-2", "lisi"), "y".into()),
                 (customer_key("wm-3", "lisi"), "y".into()),
             ],
+            // 2025-01-01T00:00:10Z
+            last_added: Some(1_735_689_610),
         };
         let counted = HashSet::from([seen]);
         let next = bumped(&current, &bump, &counted).unwrap();
@@ -972,11 +1003,22 @@ mod tests {
             BTreeMap::from([("x".into(), 6), ("y".into(), 2)])
         );
         assert_eq!(next.counted_at, current.counted_at);
+        assert_eq!(next.last_add_time.as_deref(), Some("2025-01-01T00:00:10Z"));
         let stale = CustomerBump {
             link_id: "L1".into(),
             arrivals: vec![(seen, "x".into())],
+            last_added: Some(1_735_686_000), // 2024-12-31T23:00:00Z, as in status
         };
         assert_eq!(bumped(&current, &stale, &counted), None, "nothing new");
+        // A customer the count already has, added later than status says: only the time
+        // moves (A6 does not give it).
+        let later = CustomerBump {
+            last_added: Some(1_735_689_600),
+            ..stale
+        };
+        let next = bumped(&current, &later, &counted).unwrap();
+        assert_eq!(next.total, 5);
+        assert_eq!(next.last_add_time.as_deref(), Some("2025-01-01T00:00:00Z"));
     }
 
     #[test]

@@ -657,10 +657,21 @@ async fn refresh_slow_facts(pass: &mut Pass<'_>, client: &WeComClient, link_id: 
         match count_customers(client, link_id).await {
             Ok((mut count, counted)) => {
                 facts.counted = std::sync::Arc::new(counted);
-                let unchanged =
-                    pass.new.customers.as_ref().is_some_and(|c| {
-                        c.total == count.total && c.by_channel == count.by_channel
-                    });
+                // A6 rarely says when customers were added: keep what callbacks reported.
+                let previous_add = pass
+                    .new
+                    .customers
+                    .as_ref()
+                    .and_then(|c| c.last_add_time.as_deref())
+                    .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
+                if let Some(previous_add) = previous_add {
+                    count.note_added_at(previous_add.as_second());
+                }
+                let unchanged = pass.new.customers.as_ref().is_some_and(|c| {
+                    c.total == count.total
+                        && c.by_channel == count.by_channel
+                        && c.last_add_time == count.last_add_time
+                });
                 if !unchanged {
                     count.counted_at = Some(pass.now.0.to_string());
                     pass.new.customers = Some(count);
@@ -728,6 +739,9 @@ async fn count_customers(
             &customer.userid,
         ));
         *count.by_channel.entry(customer.state).or_default() += 1;
+        if let Some(added) = customer.add_time {
+            count.note_added_at(added);
+        }
     }
     Ok((count, seen))
 }

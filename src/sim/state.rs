@@ -885,6 +885,8 @@ impl SimState {
                 userid: userid.clone(),
                 chat_status: 0,
                 state: state.clone(),
+                // As WeCom's documentation has it: A6 does not say when.
+                add_time: None,
             };
             link.customers.push(customer.clone());
             let day = link.daily.entry(china_day(now)).or_default();

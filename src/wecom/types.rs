@@ -228,6 +228,10 @@ pub struct Customer {
     /// The customer_channel the customer came through (empty when none).
     #[serde(default)]
     pub state: String,
+    /// When the customer was added (Unix seconds). The skill text lists it; WeCom's own
+    /// documentation does not, so it is read when present and never required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_time: Option<i64>,
 }
 
 /// A6 answer.
@@ -316,6 +320,7 @@ mod tests {
         .unwrap();
         assert_eq!(official.userid, skill.userid);
         assert_eq!(official.state, "c");
+        assert_eq!((official.add_time, skill.add_time), (None, Some(5)));
     }
 
     #[test]
