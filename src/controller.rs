@@ -340,10 +340,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = futures::FutureExt::now_or_never(&mut signal);
     let metrics = Metrics::new();
     let (stop_tx, stop_rx) = watch::channel(false);
-    // The probes are served before the Lease is held: a replica standing by must answer
-    // /healthz (or the liveness probe restarts it) and /readyz (or a rollout that waits
-    // for new pods to be Ready never ends). A standby is ready; a leader once its caches
-    // are synced.
     let lease_namespace = args
         .lease_namespace
         .clone()
@@ -356,6 +352,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         // Pod (it lost the Lease and restarted) would route callbacks to a standby.
         own_pod.unmark(LABEL_TIMEOUT).await;
     }
+    // The probes are served before the Lease is held: a replica standing by must answer
+    // /healthz (or the liveness probe restarts it) and /readyz (or a rollout that waits
+    // for new pods to be Ready never ends). A standby is ready; a leader once its caches
+    // are synced.
     let (ready_tx, ready_rx) = watch::channel(args.leader_elect);
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await

@@ -33,6 +33,8 @@ where
 {
     use hyper_util::rt::{TokioIo, TokioTimer};
 
+    // Both ports log through here: name the one a line is about.
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -42,7 +44,7 @@ where
                 Err(err) if is_connection_error(&err) => continue,
                 Err(err) => {
                     // Out of file descriptors and the like: give the process a moment.
-                    tracing::warn!(error = %err, "cannot accept a connection");
+                    tracing::warn!(port, error = %err, "cannot accept a connection");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -50,7 +52,7 @@ where
             () = &mut shutdown => break,
         };
         if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY on a connection");
+            tracing::debug!(port, error = %err, "cannot set TCP_NODELAY on a connection");
         }
         let handler = handler.clone();
         let service = hyper::service::service_fn(move |request| {
@@ -64,7 +66,7 @@ where
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "a connection ended with an error");
+                tracing::debug!(port, error = %err, "a connection ended with an error");
             }
         });
     }

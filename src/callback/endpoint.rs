@@ -571,33 +571,28 @@ async fn read_body<B: Body<Data = Bytes>>(body: B, limit: usize) -> Result<Bytes
         return Err(BodyError::TooLarge);
     }
     let mut body = std::pin::pin!(body);
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
+    // The body while it is one piece; `joined` once a second piece came.
+    let mut single: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
     while let Some(frame) = body.as_mut().frame().await {
         let Ok(data) = frame.map_err(|_| BodyError::Unreadable)?.into_data() else {
             // Trailers: not part of the content.
             continue;
         };
-        let so_far =
-            first.as_ref().map_or(0, Bytes::len) + joined.as_ref().map_or(0, BytesMut::len);
+        let so_far = single.as_ref().map_or(0, Bytes::len) + joined.len();
         if so_far + data.len() > limit {
             return Err(BodyError::TooLarge);
         }
-        match (&mut joined, first.take()) {
-            (Some(joined), _) => joined.extend_from_slice(&data),
-            (None, None) => first = Some(data),
-            (None, Some(earlier)) => {
-                let mut both = BytesMut::with_capacity(earlier.len() + data.len());
-                both.extend_from_slice(&earlier);
-                both.extend_from_slice(&data);
-                joined = Some(both);
+        if single.is_none() && joined.is_empty() {
+            single = Some(data);
+        } else {
+            if let Some(first) = single.take() {
+                joined.extend_from_slice(&first);
             }
+            joined.extend_from_slice(&data);
         }
     }
-    Ok(match joined {
-        Some(joined) => joined.freeze(),
-        None => first.unwrap_or_default(),
-    })
+    Ok(single.unwrap_or_else(|| joined.freeze()))
 }
 
 impl<D: AppDirectory, S: EventSink> Endpoint<D, S> {
