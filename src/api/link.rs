@@ -213,7 +213,9 @@ pub struct AcquisitionLinkStatus {
     /// The generation the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// When WeCom was last observed (RFC 3339).
+    /// When a pass that observed WeCom last changed this status (RFC 3339). A pass that
+    /// finds nothing new writes nothing, so an in-sync link keeps an older time: it is not
+    /// a heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<String>,
     /// Consecutive failed passes; drives the back-off and survives restarts.
