@@ -259,20 +259,27 @@ pub struct CustomerCount {
 }
 
 impl CustomerCount {
+    /// `last_add_time` in Unix seconds.
+    pub fn last_added_at(&self) -> Option<i64> {
+        let at = self.last_add_time.as_deref()?;
+        at.parse::<k8s_openapi::jiff::Timestamp>()
+            .ok()
+            .map(|t| t.as_second())
+    }
+
     /// Moves `last_add_time` to `unix_seconds` when that is later; true when it moved.
     pub fn note_added_at(&mut self, unix_seconds: i64) -> bool {
+        if self
+            .last_added_at()
+            .is_some_and(|current| current >= unix_seconds)
+        {
+            return false;
+        }
         let Ok(at) = k8s_openapi::jiff::Timestamp::from_second(unix_seconds) else {
             return false;
         };
-        let newer = self
-            .last_add_time
-            .as_deref()
-            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-            .is_none_or(|current| at > current);
-        if newer {
-            self.last_add_time = Some(at.to_string());
-        }
-        newer
+        self.last_add_time = Some(at.to_string());
+        true
     }
 }
 

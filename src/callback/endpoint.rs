@@ -5,13 +5,14 @@
 //!
 //! A POST goes through, in this order: the path (404 for anything but
 //! `/callback/{namespace}/{app}`, 405 for other methods than GET and POST), app lookup (404
-//! that reveals nothing), body limit (413, the body is read only for a known app), the `Encrypt` element (400), the signature in constant time (403), the timestamp
-//! window (403), the (signature, nonce) replay check (200, not processed again), decryption
-//! and the receive id (400/403), event parsing (400; an authentic message that is no event
-//! is answered 200 and ignored), the decrypted-content replay check (200), then a
-//! non-blocking hand-off to a bounded queue (503 when full, so WeCom retries and nothing is
-//! lost silently). Nothing before the hand-off touches the Kubernetes API or
-//! WeCom, so the answer comes at once whatever they are doing.
+//! that reveals nothing), body limit (413; the body is read only for a known app), the
+//! `Encrypt` element (400), the signature in constant time (403), the timestamp window
+//! (403), the (signature, nonce) replay check (200, not processed again), decryption and
+//! the receive id (400/403), event parsing (400; an authentic message that is no event is
+//! answered 200 and ignored), the decrypted-content replay check (200), then a non-blocking
+//! hand-off to a bounded queue (503 when full, so WeCom retries and nothing is lost
+//! silently). Nothing before the hand-off touches the Kubernetes API or WeCom, so the
+//! answer comes at once whatever they are doing.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -336,8 +337,8 @@ struct Endpoint<D, S> {
 ///
 /// A plain handler rather than an axum `Router`: the port has one route, parsed by hand
 /// ([`callback_path`]), and the router's per-request machinery (boxed handler futures,
-/// request extensions, body type conversions) cost about a tenth of the endpoint's time
-/// per callback.
+/// request extensions, body type conversions) held the endpoint to about 30,500 events/s on
+/// one core, against 35,000-42,000 without it (`cargo bench --bench callback_http`).
 pub struct CallbackEndpoint<D, S>(Arc<Endpoint<D, S>>);
 
 impl<D, S> Clone for CallbackEndpoint<D, S> {

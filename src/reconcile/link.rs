@@ -658,14 +658,13 @@ async fn refresh_slow_facts(pass: &mut Pass<'_>, client: &WeComClient, link_id: 
             Ok((mut count, counted)) => {
                 facts.counted = std::sync::Arc::new(counted);
                 // A6 rarely says when customers were added: keep what callbacks reported.
-                let previous_add = pass
+                if let Some(previous) = pass
                     .new
                     .customers
                     .as_ref()
-                    .and_then(|c| c.last_add_time.as_deref())
-                    .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
-                if let Some(previous_add) = previous_add {
-                    count.note_added_at(previous_add.as_second());
+                    .and_then(CustomerCount::last_added_at)
+                {
+                    count.note_added_at(previous);
                 }
                 let unchanged = pass.new.customers.as_ref().is_some_and(|c| {
                     c.total == count.total
