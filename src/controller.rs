@@ -10,7 +10,6 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         events::{Recorder, Reporter},
-        predicates,
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -99,6 +98,16 @@ fn app_predicate(app: &WeComApp) -> Option<u64> {
                 .hash(&mut h);
         }
     }
+    Some(h.finish())
+}
+
+/// The app controller's own trigger: spec changes and deletion (both bump the generation)
+/// and its finalizers (the in-use finalizer it adds must lead to the first real pass).
+fn app_lifecycle_predicate(app: &WeComApp) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    app.metadata.generation.hash(&mut h);
+    app.metadata.finalizers.hash(&mut h);
     Some(h.finish())
 }
 
@@ -197,6 +206,7 @@ pub fn start(
         slow_facts: Default::default(),
         quota_checks: Default::default(),
         pass_failures: Default::default(),
+        app_deletions: Default::default(),
     });
     let (ready_tx, ready_rx) = watch::channel(false);
     let shutdown: BoxFuture<'static, ()> = Box::pin(shutdown);
@@ -228,7 +238,7 @@ pub fn start(
     let app_controller = Controller::for_stream(
         tokio_stream_from(app_rx_all)
             .map(|a| Ok::<_, watcher::Error>((*a).clone()))
-            .predicate_filter(predicates::generation, Default::default()),
+            .predicate_filter(app_lifecycle_predicate, Default::default()),
         app_reader.clone(),
     )
     .reconcile_on(tokio_stream_from(app_trigger_rx))

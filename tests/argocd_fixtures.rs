@@ -370,6 +370,16 @@ async fn link_healthy_when_its_app_is_gone() {
         .delete(APP, &DeleteParams::default())
         .await
         .unwrap();
+    // The app's in-use finalizer keeps it while the link exists; a person removes it to
+    // leave the link without its app.
+    env.apps()
+        .patch(
+            APP,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
     support::wait_until("the controller's cache to lose the app", || async {
         env.controller()
             .running

@@ -25,6 +25,9 @@ pub const PAUSED_ANNOTATION: &str = "acquisition.wecom.dev/paused";
 pub const RECONCILE_REQUESTED_ANNOTATION: &str = "acquisition.wecom.dev/reconcile-requested-at";
 /// Finalizer guarding the remote link.
 pub const LINK_FINALIZER: &str = "acquisition.wecom.dev/link";
+/// Finalizer keeping a WeComApp (and so its credentials) until no AcquisitionLink refers to
+/// it, so deleting a namespace or an app with its links still deletes their WeCom links.
+pub const APP_IN_USE_FINALIZER: &str = "acquisition.wecom.dev/app-in-use";
 /// Field manager for status writes.
 pub const FIELD_MANAGER: &str = "wecom-acq";
 

@@ -34,8 +34,9 @@
 //! - Status subresource isolation both ways; generation bumps on spec changes only (for
 //!   custom resources: any change outside metadata and status).
 //! - deletionTimestamp plus finalizers; no new finalizers on a deleting object; removing
-//!   the last finalizer deletes. Namespaces terminate after their content is gone and
-//!   refuse new content meanwhile; `default`, `kube-system`, `kube-public` cannot be
+//!   the last finalizer deletes. Namespaces terminate after their content is gone (deleted
+//!   in a new random order each time: the namespace controller promises none) and refuse
+//!   new content meanwhile; `default`, `kube-system`, `kube-public` cannot be
 //!   deleted. Deleting a CRD deletes its objects first.
 //! - Names must be DNS subdomains (namespaces: DNS labels), label keys and values,
 //!   annotation keys and finalizers are checked; events.k8s.io/v1 Events are validated.

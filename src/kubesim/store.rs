@@ -1201,6 +1201,12 @@ impl Store {
                         progressed = true;
                     }
                 } else {
+                    // The namespace controller promises no order: neither may tests.
+                    let mut content = content;
+                    rand::seq::SliceRandom::shuffle(
+                        content.as_mut_slice(),
+                        &mut rand::thread_rng(),
+                    );
                     for (storage, path) in content {
                         let before = self.rv;
                         self.cascade_delete(&storage, &path);

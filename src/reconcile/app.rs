@@ -7,17 +7,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{controller::Action, events::EventType},
+    runtime::{
+        controller::Action,
+        events::EventType,
+        finalizer::{Event as Finalizer, finalizer},
+    },
 };
 use serde_json::json;
 
 use super::{
+    app_usage::{links_using, waiting_message},
     conditions::{self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, READY, reason},
     context::Context,
-    link::Error,
+    link::{Error, finalizer_outcome},
 };
 use crate::{
-    api::{AppQuota, QuotaBatchStatus, WeComApp, WeComAppStatus},
+    api::{APP_IN_USE_FINALIZER, AppQuota, QuotaBatchStatus, WeComApp, WeComAppStatus},
     wecom::{ErrorClass, types::QuotaResponse},
 };
 
@@ -133,9 +138,12 @@ pub fn set_quota_conditions(
     }
 }
 
+/// How often an app whose deletion waits for its links looks again (a store read, no call).
+const DELETION_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn reconcile(app: Arc<WeComApp>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(&app, &ctx).await;
+    let result = reconcile_guarded(app, &ctx).await;
     let label = match &result {
         Ok(_) => "ok",
         Err(e) => e.metric_label(),
@@ -151,6 +159,58 @@ pub fn error_policy(app: Arc<WeComApp>, error: &Error, _ctx: Arc<Context>) -> Ac
         2,
         0.5 + rand::random::<f64>() * 0.5,
     ))
+}
+
+/// The app pass behind its in-use finalizer: added before anything else, removed only
+/// when no link of the namespace refers to the app any more.
+async fn reconcile_guarded(app: Arc<WeComApp>, ctx: &Context) -> Result<Action, Error> {
+    let namespace = app.namespace().unwrap_or_default();
+    let key = format!("{namespace}/{}", app.name_any());
+    if app.metadata.deletion_timestamp.is_some() {
+        // An unsynced link cache would look empty and let the app go before its links.
+        let _ = ctx.link_store.wait_until_ready().await;
+        let users = links_using(&ctx.link_store, &app);
+        if !users.is_empty() {
+            announce_waiting(&app, ctx, &key, &users).await;
+            return Ok(Action::requeue(DELETION_RECHECK));
+        }
+    }
+    let api: Api<WeComApp> = Api::namespaced(ctx.kube.clone(), &namespace);
+    let result = finalizer(&api, APP_IN_USE_FINALIZER, app, |event| async {
+        match event {
+            Finalizer::Apply(app) => reconcile_inner(&app, ctx).await,
+            Finalizer::Cleanup(app) => {
+                // Looked at again here: a link made since the check above keeps the app.
+                let users = links_using(&ctx.link_store, &app);
+                if users.is_empty() {
+                    if let Ok(mut waiting) = ctx.app_deletions.lock() {
+                        waiting.remove(&key);
+                    }
+                    Ok(Action::await_change())
+                } else {
+                    Err(Error::DeletionBlocked(key.clone(), waiting_message(&users)))
+                }
+            }
+        }
+    })
+    .await;
+    finalizer_outcome(result)
+}
+
+/// Says once per change of the number of links why a deleted app is still there: an
+/// Event (refused in a terminating namespace, so also a log line).
+async fn announce_waiting(app: &WeComApp, ctx: &Context, key: &str, users: &[String]) {
+    let changed = ctx
+        .app_deletions
+        .lock()
+        .map(|mut waiting| waiting.insert(key.to_string(), users.len()) != Some(users.len()))
+        .unwrap_or(true);
+    if changed {
+        let message = waiting_message(users);
+        tracing::info!(app = %key, %message, "WeComApp deletion waits for its links");
+        ctx.publish(app, EventType::Normal, "WaitingForLinks", "Delete", message)
+            .await;
+    }
 }
 
 async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error> {

@@ -241,6 +241,14 @@ impl AppClients {
         Ok(client)
     }
 
+    /// The client last built for `app`, however old: what the deletion of a link uses when
+    /// the app's Secret is already gone (a namespace being deleted removes Secrets too).
+    pub fn held(&self, app: &WeComApp) -> Option<WeComClient> {
+        let key = (app.namespace().unwrap_or_default(), app.name_any());
+        let clients = self.clients.lock().ok()?;
+        clients.get(&key).map(|cached| cached.client.clone())
+    }
+
     /// Drops the clients (their token and request budget) of apps that are no longer in
     /// `apps`: a deleted WeComApp is not reconciled again, so its client would otherwise
     /// stay cached until the process ends. Returns how many were dropped. An app missing
@@ -274,6 +282,8 @@ pub struct Context {
     /// Consecutive failed passes per link that could not be recorded in status (the
     /// Kubernetes API itself failing), so the back-off still grows during an outage.
     pub pass_failures: Mutex<HashMap<String, u32>>,
+    /// Deleted apps waiting for their links, with how many links the last look found.
+    pub app_deletions: Mutex<HashMap<String, usize>>,
 }
 
 #[derive(Debug, Clone, Default)]

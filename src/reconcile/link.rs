@@ -98,21 +98,7 @@ pub async fn reconcile(link: Arc<AcquisitionLink>, ctx: Arc<Context>) -> Result<
         }
     })
     .await;
-    // Adding or removing the finalizer raced a newer version of the object than the cache
-    // had (the JSON patch's `test` failed with 422, or a 409): the watch brings the newer
-    // version and its own pass, so this is no failure worth a warning.
-    let result = match result {
-        Ok(action) => Ok(action),
-        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => Err(e),
-        Err(
-            FinalizerError::AddFinalizer(kube::Error::Api(status))
-            | FinalizerError::RemoveFinalizer(kube::Error::Api(status)),
-        ) if status.code == 409 || status.code == 422 => {
-            tracing::debug!(message = %status.message, "finalizer update raced a newer object; waiting for it");
-            Ok(Action::requeue(Duration::from_secs(1)))
-        }
-        Err(other) => Err(Error::Finalizer(other.to_string())),
-    };
+    let result = finalizer_outcome(result);
     let key = format!("{namespace}/{name}");
     if let Ok(mut failures) = ctx.pass_failures.lock() {
         match &result {
@@ -129,6 +115,27 @@ pub async fn reconcile(link: Arc<AcquisitionLink>, ctx: Arc<Context>) -> Result<
     ctx.metrics
         .observe_reconcile("AcquisitionLink", label, started.elapsed());
     result
+}
+
+/// The outcome of a pass run by kube's `finalizer()` helper. Adding or removing the
+/// finalizer may race a newer version of the object than the cache had (the JSON patch's
+/// `test` failed with 422, or a 409): the watch brings the newer version and its own pass,
+/// so that is no failure worth a warning.
+pub(super) fn finalizer_outcome(
+    result: Result<Action, FinalizerError<Error>>,
+) -> Result<Action, Error> {
+    match result {
+        Ok(action) => Ok(action),
+        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => Err(e),
+        Err(
+            FinalizerError::AddFinalizer(kube::Error::Api(status))
+            | FinalizerError::RemoveFinalizer(kube::Error::Api(status)),
+        ) if status.code == 409 || status.code == 422 => {
+            tracing::debug!(message = %status.message, "finalizer update raced a newer object; waiting for it");
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        Err(other) => Err(Error::Finalizer(other.to_string())),
+    }
 }
 
 /// Error policy: back off with jitter.
@@ -1143,7 +1150,7 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
             ),
         ));
     }
-    let client = ctx.apps.client_for(&app).await?;
+    let client = cleanup_client(link, ctx, &app, link_id.as_deref()).await?;
     let targets: Vec<String> = match link_id {
         Some(id) => vec![id],
         None => {
@@ -1176,6 +1183,48 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
         .await;
     }
     Ok(Action::await_change())
+}
+
+/// The client that deletes a link in WeCom: the app's, or, when the app's Secret is
+/// already gone, the one the controller still holds. Holding none blocks the deletion with
+/// a message (status, Event and log line) that says what to do.
+async fn cleanup_client(
+    link: &AcquisitionLink,
+    ctx: &Context,
+    app: &WeComApp,
+    link_id: Option<&str>,
+) -> Result<WeComClient, Error> {
+    let err = match ctx.apps.client_for(app).await {
+        Ok(client) => return Ok(client),
+        Err(err @ (AppError::SecretNotFound { .. } | AppError::SecretKeyMissing { .. })) => err,
+        Err(err) => return Err(err.into()),
+    };
+    if let Some(client) = ctx.apps.held(app) {
+        tracing::info!(link = %link.name_any(), %err, "deleting with the credentials the controller still holds");
+        return Ok(client);
+    }
+    let message = format!(
+        "{err}, and this controller holds no credentials of the app, so link {} cannot be \
+         deleted in WeCom: restore the Secret, or remove finalizer {LINK_FINALIZER} from this \
+         AcquisitionLink to leave the link in WeCom",
+        link_id.unwrap_or("(being created)")
+    );
+    // A terminating namespace refuses Events: the log line and status still say it.
+    tracing::warn!(link = %link.name_any(), namespace = ?link.namespace(), %message, "deletion blocked");
+    ctx.publish(
+        link,
+        EventType::Warning,
+        "DeletionBlocked",
+        "Delete",
+        message.clone(),
+    )
+    .await;
+    let key = format!(
+        "{}/{}",
+        link.namespace().unwrap_or_default(),
+        link.name_any()
+    );
+    Err(Error::DeletionBlocked(key, message))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Reconcilers for AcquisitionLink and WeComApp, and the pure plan logic they share.
 
 pub mod app;
+pub mod app_usage;
 pub mod conditions;
 pub mod context;
 pub mod link;

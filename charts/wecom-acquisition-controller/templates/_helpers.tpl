@@ -75,9 +75,9 @@ to WeCom and fight over status; one port cannot serve both listeners.
 - apiGroups: ["acquisition.wecom.dev"]
   resources: ["acquisitionlinks/status", "wecomapps/status"]
   verbs: ["get", "patch", "update"]
-{{- /* The finalizer that guards the remote link (deletionPolicy). */}}
+{{- /* The finalizers that guard the remote link (deletionPolicy) and an app in use. */}}
 - apiGroups: ["acquisition.wecom.dev"]
-  resources: ["acquisitionlinks/finalizers"]
+  resources: ["acquisitionlinks/finalizers", "wecomapps/finalizers"]
   verbs: ["update"]
 {{- /* App secrets and callback keys: read only. */}}
 - apiGroups: [""]
