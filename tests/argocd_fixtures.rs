@@ -133,6 +133,10 @@ impl Normaliser {
         let metadata = &mut object["metadata"];
         metadata["uid"] = PLACEHOLDER_UID.into();
         metadata["resourceVersion"] = PLACEHOLDER_RESOURCE_VERSION.into();
+        // Who wrote which field says nothing about health, and varies with timing.
+        if let Some(meta) = metadata.as_object_mut() {
+            meta.remove("managedFields");
+        }
         if let Some(pending) = metadata
             .get_mut("annotations")
             .and_then(|a| a.get_mut(CREATE_PENDING_ANNOTATION))

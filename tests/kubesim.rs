@@ -1239,3 +1239,118 @@ async fn errors_and_discovery_on_the_wire() {
         .unwrap();
     assert_eq!(wrong_verb.status(), 405);
 }
+
+#[tokio::test]
+async fn managed_fields_record_who_wrote_what_and_apply_conflicts() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let (_sim, client) = start().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let apply = |holder: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
+    };
+    let as_manager = |m: &str| PatchParams::apply(m);
+    let created = leases
+        .patch("lock", &as_manager("pod-a"), &Patch::Apply(apply("pod-a")))
+        .await
+        .unwrap();
+    let fields = created.metadata.managed_fields.clone().unwrap();
+    assert_eq!(fields.len(), 1);
+    assert_eq!(fields[0].manager.as_deref(), Some("pod-a"));
+    assert_eq!(fields[0].operation.as_deref(), Some("Apply"));
+    assert_eq!(fields[0].fields_type.as_deref(), Some("FieldsV1"));
+    let owned = &fields[0].fields_v1.as_ref().unwrap().0;
+    assert!(owned["f:spec"].get("f:holderIdentity").is_some(), "{owned}");
+
+    // Another manager applying a different holder conflicts, naming the owner and field.
+    let err = api_error(
+        leases
+            .patch("lock", &as_manager("pod-b"), &Patch::Apply(apply("pod-b")))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    assert!(
+        err.message
+            .contains("conflict with \"pod-a\": .spec.holderIdentity"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        leases
+            .get("lock")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .holder_identity
+            .as_deref(),
+        Some("pod-a"),
+        "a conflict changes nothing"
+    );
+    // Forced, the field moves to the new manager; the duration both applied alike stays
+    // shared.
+    let forced = leases
+        .patch(
+            "lock",
+            &as_manager("pod-b").force(),
+            &Patch::Apply(apply("pod-b")),
+        )
+        .await
+        .unwrap();
+    let entries = forced.metadata.managed_fields.unwrap();
+    let owns = |manager: &str, field: &str| {
+        entries
+            .iter()
+            .filter(|f| f.manager.as_deref() == Some(manager))
+            .any(|f| {
+                f.fields_v1.as_ref().unwrap().0["f:spec"]
+                    .get(field)
+                    .is_some()
+            })
+    };
+    assert!(owns("pod-b", "f:holderIdentity") && !owns("pod-a", "f:holderIdentity"));
+    assert!(owns("pod-a", "f:leaseDurationSeconds") && owns("pod-b", "f:leaseDurationSeconds"));
+
+    // An update (merge patch) takes the fields it changes, under its fieldManager.
+    let patched = leases
+        .patch(
+            "lock",
+            &PatchParams {
+                field_manager: Some("janitor".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"spec": {"leaseDurationSeconds": 30}})),
+        )
+        .await
+        .unwrap();
+    let entries = patched.metadata.managed_fields.unwrap();
+    let janitor = entries
+        .iter()
+        .find(|f| f.manager.as_deref() == Some("janitor"))
+        .expect("an Update entry for janitor");
+    assert_eq!(janitor.operation.as_deref(), Some("Update"));
+    let owned = &janitor.fields_v1.as_ref().unwrap().0;
+    assert!(owned["f:spec"].get("f:leaseDurationSeconds").is_some());
+    assert!(owned["f:spec"].get("f:holderIdentity").is_none());
+    // A status write of a custom resource is recorded against the status subresource.
+    let links: Api<AcquisitionLink> = Api::namespaced(client, "default");
+    links
+        .create(&PostParams::default(), &link("l", "L"))
+        .await
+        .unwrap();
+    let status = json!({"apiVersion": "acquisition.wecom.dev/v1alpha1", "kind": "AcquisitionLink",
+                        "status": {"linkId": "x"}});
+    let written = links
+        .patch_status("l", &PatchParams::apply("writer"), &Patch::Apply(&status))
+        .await
+        .unwrap();
+    let entry = written
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .find(|f| f.manager.as_deref() == Some("writer"))
+        .expect("the status writer's entry");
+    assert_eq!(entry.subresource.as_deref(), Some("status"));
+}

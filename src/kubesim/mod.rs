@@ -48,9 +48,12 @@
 //!   custom resources. A custom resource the real apiserver would reject or prune is
 //!   stored as sent; test validation against a real apiserver.
 //! - Server-side apply is a simplified merge: fields this manager stops applying are
-//!   removed, maps merge, lists replace whole (no `x-kubernetes-list-type: map` merging),
-//!   there is no ownership tracking, so no apply conflicts (409) and `force` has no
-//!   effect; `metadata.managedFields` is never returned.
+//!   removed, maps merge, lists replace whole (no `x-kubernetes-list-type: map` merging).
+//!   `metadata.managedFields` is kept as the apiserver keeps it (per manager, operation
+//!   and subresource, `FieldsV1`; the manager of a write without `fieldManager` comes from
+//!   the User-Agent), with lists owned whole; applying a value another manager owns is a
+//!   409 conflict naming manager and field, unless `force=true`. A write that changes no
+//!   value records no new co-owner.
 //! - Strategic merge patch on built-in kinds is a merge patch plus set-merging of
 //!   `metadata.finalizers`; other patch strategies and `$patch` directives are ignored.
 //!   On custom resources it is refused with 415, as on a real apiserver.
@@ -79,6 +82,7 @@
 //!   creation (NamesAccepted, Established); later status writes by clients are kept.
 
 mod faults;
+mod managed;
 mod patch;
 mod resources;
 mod selector;

@@ -1,7 +1,7 @@
 //! The four PATCH bodies the apiserver accepts, applied to a JSON object: JSON merge patch
 //! (RFC 7386), JSON patch (RFC 6902, `test` included), a strategic merge patch reduced to
 //! what matters on the kinds served here, and server-side apply as a field-manager-aware
-//! merge without conflict detection.
+//! merge (its conflicts come from `managed`).
 
 use serde_json::{Map, Value};
 
@@ -114,8 +114,8 @@ fn strip_directives(value: &mut Value) {
 
 /// Server-side apply, simplified: fields this manager applied last time and omits now
 /// are removed, then the applied configuration is merged in (maps recursively, lists
-/// and scalars replaced whole). Other managers' ownership is not tracked, so an apply
-/// never conflicts and `force` changes nothing.
+/// and scalars replaced whole). Conflicts with other managers' fields are checked
+/// afterwards against managedFields (`managed::record`), which refuses the whole write.
 pub(crate) fn apply(live: &mut Value, applied: &Value, previously_applied: Option<&Value>) {
     if let Some(previous) = previously_applied {
         remove_dropped(live, previous, applied);

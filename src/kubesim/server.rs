@@ -235,12 +235,24 @@ async fn serve_resource(
         name,
         subresource,
     } = target;
-    let scope = match subresource.as_deref() {
-        None => WriteScope::default(),
-        Some("status") if rt.status_subresource => WriteScope { status: true },
+    let status = match subresource.as_deref() {
+        None => false,
+        Some("status") if rt.status_subresource => true,
         Some(_) => return Err(ApiError::no_route()),
     };
     let query = parse_query(&request);
+    let user_agent = request
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let scope = WriteScope {
+        status,
+        manager: match query.get("fieldManager").filter(|m| !m.is_empty()) {
+            Some(manager) => manager.clone(),
+            None => super::managed::manager_from_user_agent(user_agent),
+        },
+        force: is_true(query.get("force")),
+    };
     if query.get("dryRun").is_some_and(|v| !v.is_empty()) {
         return Err(ApiError::bad_request(
             "dryRun is not supported by the kubesim emulator; run this request against a real apiserver",
@@ -303,7 +315,8 @@ async fn serve_resource(
         (Method::POST, None) if !scope.status => {
             let (content_type, body) = read_body(request).await?;
             let object = decode_object(&content_type, &body)?;
-            let created = lock(&state.store).create(&rt, namespace.as_deref(), object)?;
+            let created =
+                lock(&state.store).create_with(&rt, namespace.as_deref(), object, &scope, None)?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (Method::PUT, Some(name)) => {

@@ -59,6 +59,29 @@ impl ApiError {
         .with_details(json!({"name": name, "group": group, "kind": plural}))
     }
 
+    /// 409 for a server-side apply that would change fields other managers own: one
+    /// `conflict with "manager": .field` per field, as the apiserver words it.
+    pub fn apply_conflict(group: &str, plural: &str, conflicts: &[String]) -> Self {
+        let causes: Vec<Value> = conflicts
+            .iter()
+            .map(|c| {
+                let field = c.rsplit_once(": ").map_or("", |(_, f)| f);
+                json!({"type": "FieldManagerConflict", "message": c, "field": field})
+            })
+            .collect();
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Apply failed with {} conflict{}: {}",
+                conflicts.len(),
+                if conflicts.len() == 1 { "" } else { "s" },
+                conflicts.join(", ")
+            ),
+        )
+        .with_details(json!({"group": group, "kind": plural, "causes": causes}))
+    }
+
     pub fn stale_resource_version(group: &str, plural: &str, name: &str) -> Self {
         Self::conflict(
             group,

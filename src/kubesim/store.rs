@@ -11,6 +11,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use super::managed;
 use super::patch::{self, PatchKind};
 use super::resources::{self, GenerationRule, ResourceType, View};
 use super::selector::{FieldSelector, LabelSelector};
@@ -98,10 +99,35 @@ pub(crate) struct WatchStart {
 }
 
 /// Options of a write beyond its body.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct WriteScope {
     /// The write goes to the `/status` subresource.
     pub status: bool,
+    /// The field manager recorded in managedFields (`fieldManager`, else from the
+    /// User-Agent; empty: `unknown`).
+    pub manager: String,
+    /// Server-side apply with `force=true`: take fields other managers own.
+    pub force: bool,
+}
+
+impl WriteScope {
+    fn writer(&self, apply_config: Option<&Value>) -> managed::Writer {
+        managed::Writer {
+            manager: if self.manager.is_empty() {
+                "unknown".into()
+            } else {
+                self.manager.clone()
+            },
+            operation: match apply_config {
+                None => managed::Operation::Update,
+                Some(config) => managed::Operation::Apply {
+                    config: config.clone(),
+                    force: self.force,
+                },
+            },
+            status: self.status,
+        }
+    }
 }
 
 pub(crate) struct Store {
@@ -215,7 +241,8 @@ fn generated_name(prefix: &str) -> String {
 }
 
 /// Keeps the ObjectMeta fields the apiserver round-trips and drops empty ones, as
-/// decoding into the typed ObjectMeta does. managedFields are not kept.
+/// decoding into the typed ObjectMeta does. managedFields are kept here; writes replace
+/// what a client sent with the server's own (see `managed`).
 fn normalize_metadata(object: &mut Value) {
     const KEPT: &[&str] = &[
         "name",
@@ -231,6 +258,7 @@ fn normalize_metadata(object: &mut Value) {
         "annotations",
         "ownerReferences",
         "finalizers",
+        "managedFields",
     ];
     let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
         return;
@@ -601,6 +629,19 @@ impl Store {
         path_namespace: Option<&str>,
         body: Value,
     ) -> Result<Value, ApiError> {
+        self.create_with(rt, path_namespace, body, &WriteScope::default(), None)
+    }
+
+    /// POST (or an apply that creates, with its configuration), recorded in managedFields
+    /// for `scope`'s manager.
+    pub fn create_with(
+        &mut self,
+        rt: &ResourceType,
+        path_namespace: Option<&str>,
+        body: Value,
+        scope: &WriteScope,
+        apply_config: Option<&Value>,
+    ) -> Result<Value, ApiError> {
         let served = Self::ingest_body(rt, body)?;
         let mut object = rt.ingest(&served);
         let body_ns = meta_str(&object, "namespace").to_string();
@@ -684,6 +725,14 @@ impl Store {
         if self.stored(rt, &namespace, &name).is_some() {
             return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
         }
+        managed::record(
+            None,
+            &mut object,
+            &scope.writer(apply_config),
+            &rt.group,
+            &rt.plural,
+            &now_rfc3339(),
+        )?;
         let created = self.commit(&rt.storage.clone(), ChangeKind::Added, object, None);
         if rt.group == "apiextensions.k8s.io" {
             self.establish_crd(&created);
@@ -764,7 +813,7 @@ impl Store {
             .stored(rt, namespace, name)
             .cloned()
             .ok_or_else(|| Self::not_found(rt, name))?;
-        self.write_existing(rt, old, candidate, scope, true)
+        self.write_existing(rt, old, candidate, scope, true, None)
     }
 
     /// PATCH in any of the four formats; apply may create the object.
@@ -805,7 +854,7 @@ impl Store {
             }
         }
         let candidate = rt.ingest(&served);
-        self.write_existing(rt, old, candidate, scope, false)
+        self.write_existing(rt, old, candidate, scope, false, None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -858,12 +907,19 @@ impl Store {
             manager.to_string(),
             scope.status,
         );
+        let config = rt.ingest(&applied);
         let result = match old {
             None if scope.status => return Err(Self::not_found(rt, name)),
             None => {
                 let mut fresh = applied.clone();
                 remove_key(&mut fresh, "status");
-                self.create(rt, Some(namespace).filter(|n| !n.is_empty()), fresh)?
+                self.create_with(
+                    rt,
+                    Some(namespace).filter(|n| !n.is_empty()),
+                    fresh,
+                    &scope,
+                    Some(&config),
+                )?
             }
             Some(old) => {
                 let mut served = rt.present(&old);
@@ -877,7 +933,7 @@ impl Store {
                     );
                 }
                 let candidate = rt.ingest(&served);
-                self.write_existing(rt, old, candidate, scope, false)?
+                self.write_existing(rt, old, candidate, scope, false, Some(&config))?
             }
         };
         if self.stored(rt, namespace, name).is_some() {
@@ -894,6 +950,7 @@ impl Store {
         candidate: Value,
         scope: WriteScope,
         is_put: bool,
+        apply_config: Option<&Value>,
     ) -> Result<Value, ApiError> {
         let name = meta_str(&old, "name").to_string();
         let namespace = namespace_of(&old).to_string();
@@ -1028,10 +1085,23 @@ impl Store {
             set_meta(&mut new, "generation", generation.into());
         }
 
-        if new == old {
+        // managedFields are the server's: what a client sent back is not kept.
+        match meta(&old).get("managedFields") {
+            Some(fields) => set_meta(&mut new, "managedFields", fields.clone()),
+            None => remove_meta(&mut new, "managedFields"),
+        }
+        if managed::same_content(&old, &new) {
             // A write that changes nothing is not a change: same resourceVersion, no event.
             return Ok(rt.present(&old));
         }
+        managed::record(
+            Some(&old),
+            &mut new,
+            &scope.writer(apply_config),
+            &rt.group,
+            &rt.plural,
+            &now_rfc3339(),
+        )?;
         let storage = rt.storage.clone();
         let result = if is_deleting(&new) && finalizers(&new).is_empty() {
             // The apiserver deletes the stored object instead of writing the update: the
