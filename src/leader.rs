@@ -22,8 +22,49 @@ use kube::{
     api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
 
-const LEASE_SECONDS: i32 = 15;
 const RETRY: Duration = Duration::from_secs(2);
+
+/// How the lease is held. The holder gives up when a renewal has not succeeded within
+/// `renew_deadline` of the last one that did (counted from when that request was sent,
+/// which is the renewTime others see), and `renew_deadline` is shorter than `lease`: so it
+/// has stopped before any other replica may take the lease over.
+///
+/// Hand-written rather than `kube-lease-manager` (0.13, kube 5): that crate has no renew
+/// deadline (a renewal that fails ends its `changed()` with an error at once, so one API
+/// blip drops leadership, and one that hangs is bounded only by the client's timeouts),
+/// and it renews with a strategic merge patch without a precondition, relying on
+/// server-side-apply conflicts when taking a lease. Here every take and renewal is a
+/// replace with the resourceVersion read, so the apiserver's optimistic concurrency alone
+/// decides between two replicas.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTiming {
+    /// `leaseDurationSeconds`: how long others wait after the last renewal.
+    pub lease: Duration,
+    /// A renewal is attempted this often.
+    pub renew_every: Duration,
+    /// After a failed renewal, retried this often until the deadline.
+    pub retry: Duration,
+    /// Give up when no renewal succeeded for this long (less than `lease`).
+    pub renew_deadline: Duration,
+}
+
+impl Default for LeaseTiming {
+    /// client-go's defaults: 15 s lease, 10 s renew deadline, 2 s retry; renewed every 5 s.
+    fn default() -> Self {
+        LeaseTiming {
+            lease: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+            retry: RETRY,
+            renew_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+impl LeaseTiming {
+    fn lease_seconds(&self) -> i32 {
+        i32::try_from(self.lease.as_secs().max(1)).unwrap_or(i32::MAX)
+    }
+}
 
 fn identity() -> String {
     std::env::var("POD_NAME")
@@ -109,19 +150,27 @@ impl OwnPod {
     }
 }
 
-fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS));
+fn expired(spec: &LeaseSpec, now: Timestamp, timing: &LeaseTiming) -> bool {
+    let duration = i64::from(
+        spec.lease_duration_seconds
+            .unwrap_or_else(|| timing.lease_seconds()),
+    );
     spec.renew_time
         .as_ref()
         .is_none_or(|t| t.0.as_second() + duration < now.as_second())
 }
 
 /// Tries once to take or renew the lease; true when this process holds it afterwards.
-async fn try_hold(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kube::Error> {
+async fn try_hold(
+    api: &Api<Lease>,
+    name: &str,
+    me: &str,
+    timing: &LeaseTiming,
+) -> Result<bool, kube::Error> {
     let now = Timestamp::now();
     let spec = |transitions: i32, acquired: Option<MicroTime>| LeaseSpec {
         holder_identity: Some(me.to_string()),
-        lease_duration_seconds: Some(LEASE_SECONDS),
+        lease_duration_seconds: Some(timing.lease_seconds()),
         acquire_time: acquired.or(Some(MicroTime(now))),
         renew_time: Some(MicroTime(now)),
         lease_transitions: Some(transitions),
@@ -145,7 +194,7 @@ async fn try_hold(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kube::
         Some(mut lease) => {
             let current = lease.spec.clone().unwrap_or_default();
             let mine = current.holder_identity.as_deref() == Some(me);
-            if !mine && !expired(&current, now) {
+            if !mine && !expired(&current, now, timing) {
                 return Ok(false);
             }
             let transitions = current.lease_transitions.unwrap_or(0) + i32::from(!mine);
@@ -200,49 +249,88 @@ impl Leadership {
     }
 }
 
-/// Blocks until this process holds the lease, then keeps renewing it in the background.
+/// Blocks until this process holds the lease, then keeps renewing it in the background;
+/// the process exits when the lease is lost or cannot be renewed in time.
 pub async fn acquire(client: Client, namespace: &str, name: &str) -> anyhow::Result<Leadership> {
-    let lease_name = name.to_string();
-    let lease_name_for_release = name.to_string();
+    acquire_with(client, namespace, name, identity(), LeaseTiming::default(), |lost| {
+        tracing::error!(%lost, "leadership ended; exiting so that Kubernetes restarts this replica as a follower");
+        std::process::exit(1);
+    })
+    .await
+}
+
+/// [`acquire`] with the identity, timing and what to do once leadership ends (tests).
+pub async fn acquire_with(
+    client: Client,
+    namespace: &str,
+    name: &str,
+    me: String,
+    timing: LeaseTiming,
+    on_lost: impl FnOnce(LeadershipLost) + Send + 'static,
+) -> anyhow::Result<Leadership> {
     let api: Api<Lease> = Api::namespaced(client, namespace);
-    let me = identity();
     tracing::info!(lease = name, namespace, identity = %me, "waiting for leadership");
-    loop {
-        match try_hold(&api, name, &me).await {
-            Ok(true) => break,
+    let held_since = loop {
+        let sent = std::time::Instant::now();
+        match try_hold(&api, name, &me, &timing).await {
+            Ok(true) => break sent,
             Ok(false) => {}
             Err(err) => tracing::warn!(%err, "leader election: lease request failed"),
         }
-        tokio::time::sleep(RETRY).await;
-    }
+        tokio::time::sleep(timing.retry).await;
+    };
     tracing::info!(identity = %me, "became leader");
-    let renewal_api = api.clone();
-    let renewal_identity = me.clone();
-    let renewal = tokio::spawn(async move {
-        let (api, me) = (renewal_api, renewal_identity);
-        let mut last_renewal = std::time::Instant::now();
-        loop {
-            tokio::time::sleep(Duration::from_secs((LEASE_SECONDS / 3) as u64)).await;
-            match try_hold(&api, &lease_name, &me).await {
-                Ok(true) => last_renewal = std::time::Instant::now(),
-                Ok(false) => {
-                    tracing::error!("leadership lost to another replica; exiting");
-                    std::process::exit(1);
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "leader election: renewal failed");
-                    if last_renewal.elapsed() > Duration::from_secs(LEASE_SECONDS as u64) {
-                        tracing::error!("could not renew the lease in time; exiting");
-                        std::process::exit(1);
-                    }
-                }
-            }
-        }
+    let renewal = tokio::spawn({
+        let (api, name, me) = (api.clone(), name.to_string(), me.clone());
+        async move { on_lost(keep_renewing(&api, &name, &me, &timing, held_since).await) }
     });
     Ok(Leadership {
         api,
-        name: lease_name_for_release,
+        name: name.to_string(),
         identity: me,
         renewal,
     })
+}
+
+/// Why a leader stopped leading.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeadershipLost {
+    #[error("another replica holds the lease")]
+    TakenOver,
+    #[error(
+        "no renewal succeeded within the renew deadline of {0:?} (the lease lasts longer, so no other replica has taken over yet)"
+    )]
+    RenewDeadline(Duration),
+}
+
+/// Renews the lease until it is lost; never returns while this process leads. Every
+/// attempt is bounded by what is left of the renew deadline.
+async fn keep_renewing(
+    api: &Api<Lease>,
+    name: &str,
+    me: &str,
+    timing: &LeaseTiming,
+    mut renewed: std::time::Instant,
+) -> LeadershipLost {
+    let mut wait = timing.renew_every;
+    loop {
+        tokio::time::sleep(wait.min(timing.renew_deadline.saturating_sub(renewed.elapsed()))).await;
+        let left = timing.renew_deadline.saturating_sub(renewed.elapsed());
+        if left.is_zero() {
+            return LeadershipLost::RenewDeadline(timing.renew_deadline);
+        }
+        let sent = std::time::Instant::now();
+        match tokio::time::timeout(left, try_hold(api, name, me, timing)).await {
+            Ok(Ok(true)) => {
+                renewed = sent;
+                wait = timing.renew_every;
+            }
+            Ok(Ok(false)) => return LeadershipLost::TakenOver,
+            Ok(Err(err)) => {
+                tracing::warn!(%err, "leader election: renewal failed; retrying until the renew deadline");
+                wait = timing.retry;
+            }
+            Err(_) => return LeadershipLost::RenewDeadline(timing.renew_deadline),
+        }
+    }
 }
