@@ -15,6 +15,8 @@
 
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "e2e/soak.rs"]
+mod soak;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -912,4 +914,15 @@ async fn leader_election_standby_answers_probes_and_takes_over() {
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     assert_eq!(callback_leader_label(&env, &standby_pod).await, None);
     drop(scenario);
+}
+
+/// A few trials of the crash soak (`cargo bench --bench crash_soak` runs 1,000): the
+/// controller killed at random moments while links are created, edited and deleted.
+#[tokio::test]
+async fn crash_soak_short() {
+    let _scenario = Scenario::start("crash soak (5 trials)");
+    let env = Env::start("soak").await;
+    let report = soak::run(&env, 5, 7, &[]).await;
+    assert!(report.is_clean(), "{:#?}", report.problems);
+    assert_eq!(report.trials, 5);
 }
