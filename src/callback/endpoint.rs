@@ -28,7 +28,8 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use super::replay::{ReplayGuard, ReplayKey};
-use crate::metrics::{CallbackLabels, Metrics};
+use crate::isolation;
+use crate::metrics::{CallbackLabels, Metrics, TaskLabels};
 use crate::wecom::crypto::{CallbackCrypto, CryptoError, extract_encrypt_borrowed};
 use crate::wecom::event::{CallbackEvent, Envelope, EventError, parse_event};
 use crate::wecom::unix_now;
@@ -327,6 +328,8 @@ struct Endpoint<D, S> {
     settings: EndpointSettings,
     replays: ReplayGuard,
     counters: OutcomeCounters,
+    /// `wecom_acq_panics_total{task="callback_request"}`.
+    panics: Counter,
     log: LogThrottle,
 }
 
@@ -355,12 +358,34 @@ impl<D: AppDirectory, S: EventSink> CallbackEndpoint<D, S> {
             replays: ReplayGuard::new(settings.replay_period(), settings.replay_capacity),
             settings,
             counters: OutcomeCounters::new(metrics),
+            panics: metrics
+                .panics
+                .get_or_create(&TaskLabels {
+                    task: isolation::task::CALLBACK_REQUEST.into(),
+                })
+                .clone(),
             log: LogThrottle::new(),
         }))
     }
 
-    /// Answers one request: the callback path by method, anything else an empty 404.
+    /// Answers one request: the callback path by method, anything else an empty 404. A
+    /// panic while answering (a bug) stays with this request: counted, logged, answered 500
+    /// (WeCom retries), and the port goes on serving.
     pub async fn handle<B>(&self, request: Request<B>) -> Response
+    where
+        B: Body<Data = Bytes>,
+    {
+        match isolation::catch(self.answer(request)).await {
+            Ok(response) => response,
+            Err(panic) => {
+                self.0.panics.inc();
+                tracing::error!(panic = %panic, "answering a callback request panicked (a bug); answered 500");
+                empty(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    }
+
+    async fn answer<B>(&self, request: Request<B>) -> Response
     where
         B: Body<Data = Bytes>,
     {

@@ -120,15 +120,31 @@ pub fn serve_on(
     let (queue, events) = mpsc::channel::<InboundEvent>(settings.queue_capacity.max(1));
     let directory = KubeAppDirectory::new(context.clone(), settings.directory);
     let refresher = directory.spawn_refresher(stop.clone());
-    let worker = worker::spawn(context.clone(), triggers, events, settings.worker);
+    let liveness = context.liveness.clone();
+    let stopping = {
+        let stop = stop.clone();
+        move || *stop.borrow()
+    };
+    // The worker ends only once the endpoint stopped (every sender gone): one that ends
+    // before, or panics outside the per-event boundary, is reported so /healthz fails.
+    let worker = tokio::spawn(liveness.clone().supervise(
+        "the callback worker",
+        worker::spawn(context.clone(), triggers, events, settings.worker),
+        stopping.clone(),
+    ));
     let header_read_timeout = settings.header_read_timeout;
     let endpoint = CallbackEndpoint::new(directory, queue, &context.metrics, settings.endpoint);
     let mut stop = stop;
     tokio::spawn(async move {
-        let served = serve_endpoint(listener, endpoint, header_read_timeout, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
+        let served = liveness
+            .supervise(
+                "the callback endpoint",
+                serve_endpoint(listener, endpoint, header_read_timeout, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
+                stopping,
+            )
+            .await;
         if let Err(err) = served {
             tracing::error!(error = %err, "the callback endpoint stopped serving");
         }

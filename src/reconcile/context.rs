@@ -274,6 +274,8 @@ pub struct Context {
     /// Consecutive failed passes per link that could not be recorded in status (the
     /// Kubernetes API itself failing), so the back-off still grows during an outage.
     pub pass_failures: Mutex<HashMap<String, u32>>,
+    /// Which long-running parts stopped on their own (`/healthz` reads it).
+    pub liveness: crate::isolation::Liveness,
 }
 
 #[derive(Debug, Clone, Default)]
