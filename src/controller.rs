@@ -54,6 +54,13 @@ pub struct RunArgs {
     /// replays within it are answered without being processed again.
     #[arg(long, env = "CALLBACK_MAX_SKEW", default_value = "5m", value_parser = parse_duration)]
     pub callback_max_skew: Duration,
+    /// Most connections the callback port serves at once; one more is answered 503 and
+    /// closed (WeCom retries), so a flood of connections cannot exhaust the process.
+    #[arg(long, env = "CALLBACK_MAX_CONNECTIONS", default_value_t = crate::http_server::DEFAULT_MAX_CONNECTIONS)]
+    pub callback_max_connections: usize,
+    /// A callback's body must arrive whole within this once its head is in (408 after).
+    #[arg(long, env = "CALLBACK_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub callback_body_timeout: Duration,
     /// Observe every link (A2) at least this often; callbacks make it faster.
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub resync_interval: Duration,
@@ -82,6 +89,14 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The callback port's settings from the flags.
+    pub fn callback_settings(&self) -> crate::callback::CallbackSettings {
+        let mut settings = crate::callback::CallbackSettings::with_max_skew(self.callback_max_skew);
+        settings.max_connections = self.callback_max_connections.max(1);
+        settings.endpoint.body_read_timeout = self.callback_body_timeout;
+        settings
+    }
+
     pub fn cadence(&self) -> Cadence {
         Cadence {
             resync: self.resync_interval,
@@ -690,7 +705,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let served = crate::http_server::serve_http1(
             listener,
             handler,
-            crate::http_server::DEFAULT_HEADER_READ_TIMEOUT,
+            crate::http_server::ConnectionLimits::default(),
             stopped,
         )
         .await;
@@ -741,7 +756,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.callback_addr,
         running.context.clone(),
         running.triggers.clone(),
-        crate::callback::CallbackSettings::with_max_skew(args.callback_max_skew),
+        args.callback_settings(),
         stop_rx.clone(),
     )
     .await?;
