@@ -47,8 +47,8 @@ use wecom_acq::api::AcquisitionLink;
 use wecom_acq::callback::replay::ReplayGuard;
 use wecom_acq::callback::worker::{CustomerTally, EventMeter, LinkIndex};
 use wecom_acq::callback::{
-    AppCallback, CallbackEndpoint, DEFAULT_HEADER_READ_TIMEOUT, EndpointSettings, InboundEvent,
-    StaticDirectory, serve_endpoint, serve_http1,
+    AppCallback, CallbackEndpoint, ConnectionLimits, DEFAULT_HEADER_READ_TIMEOUT, EndpointSettings,
+    InboundEvent, StaticDirectory, serve_endpoint, serve_http1,
 };
 use wecom_acq::metrics::Metrics;
 use wecom_acq::wecom::crypto::{
@@ -415,7 +415,7 @@ fn start_server(
                             let _ = request.into_body().collect().await;
                             http::Response::new(Full::<Bytes>::default())
                         };
-                        serve_http1(listener, handler, DEFAULT_HEADER_READ_TIMEOUT, stopped).await
+                        serve_http1(listener, handler, ConnectionLimits::default(), stopped).await
                     }
                     _ => {
                         let endpoint = CallbackEndpoint::new(

@@ -16,13 +16,20 @@ use kube::{
 };
 use tokio::sync::{mpsc, watch};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+
 use crate::{
     api::{AcquisitionLink, PAUSED_ANNOTATION, RECONCILE_REQUESTED_ANNOTATION, WeComApp},
+    isolation::{self, Liveness},
     metrics::Metrics,
     reconcile::{
         app, conditions,
         context::{AppClients, Cadence, Context},
-        link,
+        link, plan,
     },
 };
 
@@ -46,6 +53,13 @@ pub struct RunArgs {
     /// replays within it are answered without being processed again.
     #[arg(long, env = "CALLBACK_MAX_SKEW", default_value = "5m", value_parser = parse_duration)]
     pub callback_max_skew: Duration,
+    /// Most connections the callback port serves at once; one more is answered 503 and
+    /// closed (WeCom retries), so a flood of connections cannot exhaust the process.
+    #[arg(long, env = "CALLBACK_MAX_CONNECTIONS", default_value_t = crate::http_server::DEFAULT_MAX_CONNECTIONS)]
+    pub callback_max_connections: usize,
+    /// A callback's body must arrive whole within this once its head is in (408 after).
+    #[arg(long, env = "CALLBACK_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub callback_body_timeout: Duration,
     /// Observe every link (A2) at least this often; callbacks make it faster.
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub resync_interval: Duration,
@@ -74,6 +88,14 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The callback port's settings from the flags.
+    pub fn callback_settings(&self) -> crate::callback::CallbackSettings {
+        let mut settings = crate::callback::CallbackSettings::with_max_skew(self.callback_max_skew);
+        settings.max_connections = self.callback_max_connections.max(1);
+        settings.endpoint.body_read_timeout = self.callback_body_timeout;
+        settings
+    }
+
     pub fn cadence(&self) -> Cadence {
         Cadence {
             resync: self.resync_interval,
@@ -155,6 +177,38 @@ pub fn start(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Running {
+    start_with(
+        client,
+        namespace,
+        cadence,
+        metrics,
+        StartOptions::default(),
+        shutdown,
+    )
+}
+
+/// Runs at the start of every reconcile pass, inside the pass's panic boundary, with the
+/// kind ("AcquisitionLink" or "WeComApp"), namespace and name of the object. For tests
+/// that need a pass to fail in a way no input can cause (a panic).
+pub type PassHook = Arc<dyn Fn(&str, &str, &str) + Send + Sync>;
+
+/// What [`start_with`] takes besides the client and the cadence.
+#[derive(Clone, Default)]
+pub struct StartOptions {
+    /// Where a controller loop that ends on its own is reported (`/healthz` reads it).
+    pub liveness: Liveness,
+    pub pass_hook: Option<PassHook>,
+}
+
+/// [`start`] with a liveness shared with the health endpoint, and an optional pass hook.
+pub fn start_with(
+    client: Client,
+    namespace: Option<&str>,
+    cadence: Cadence,
+    metrics: Arc<Metrics>,
+    options: StartOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Running {
     let (links_api, apps_api): (Api<AcquisitionLink>, Api<WeComApp>) = match namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -207,7 +261,12 @@ pub fn start(
         quota_checks: Default::default(),
         pass_failures: Default::default(),
         app_deletions: Default::default(),
+        liveness: options.liveness.clone(),
     });
+    let guard = PassGuard {
+        hook: options.pass_hook.clone(),
+        panics: Default::default(),
+    };
     let (ready_tx, ready_rx) = watch::channel(false);
     let shutdown: BoxFuture<'static, ()> = Box::pin(shutdown);
     let shutdown = futures::future::FutureExt::shared(shutdown);
@@ -231,7 +290,22 @@ pub fn start(
         )
         .reconcile_on(tokio_stream_from(link_trigger_rx))
         .graceful_shutdown_on(shutdown.clone())
-        .run(link::reconcile, link::error_policy, context.clone())
+        .run(
+            {
+                let guard = guard.clone();
+                move |link, ctx| {
+                    let guard = guard.clone();
+                    async move { guard.pass(&LINKS, link, ctx, link::reconcile).await }
+                }
+            },
+            {
+                let guard = guard.clone();
+                move |link, error, ctx| {
+                    guard.error_policy(&LINKS, link, error, ctx, link::error_policy)
+                }
+            },
+            context.clone(),
+        )
         .for_each(|_| async {});
     // The app controller runs on spec changes (and on its triggers and requeues), not on
     // its own status writes: each quota reading rewrites status.quota.observedAt.
@@ -243,7 +317,17 @@ pub fn start(
     )
     .reconcile_on(tokio_stream_from(app_trigger_rx))
     .graceful_shutdown_on(shutdown.clone())
-    .run(app::reconcile, app::error_policy, context.clone())
+    .run(
+        {
+            let guard = guard.clone();
+            move |app, ctx| {
+                let guard = guard.clone();
+                async move { guard.pass(&APPS, app, ctx, app::reconcile).await }
+            }
+        },
+        move |app, error, ctx| guard.error_policy(&APPS, app, error, ctx, app::error_policy),
+        context.clone(),
+    )
     .for_each(|_| async {});
     let readiness = {
         let (links, apps) = (link_reader.clone(), app_reader.clone());
@@ -254,6 +338,23 @@ pub fn start(
             futures::future::pending::<()>().await;
         }
     };
+    // A controller loop ends only on shutdown; one that ends (or panics) before is
+    // reported, so /healthz fails and Kubernetes restarts the pod.
+    let shutting_down = {
+        let shutdown = shutdown.clone();
+        move || futures::FutureExt::now_or_never(shutdown.clone()).is_some()
+    };
+    let liveness = options.liveness;
+    let link_controller = liveness.clone().supervise(
+        "the AcquisitionLink controller",
+        isolation::catch(link_controller),
+        shutting_down.clone(),
+    );
+    let app_controller = liveness.supervise(
+        "the WeComApp controller",
+        isolation::catch(app_controller),
+        shutting_down,
+    );
     let task = tokio::spawn(async move {
         tokio::select! {
             _ = futures::future::join(link_controller, app_controller) => {}
@@ -272,6 +373,206 @@ pub fn start(
     }
 }
 
+/// The kind a guarded pass works on: its names and where its status is.
+struct GuardedKind<K> {
+    kind: &'static str,
+    task: &'static str,
+    conditions: fn(&K) -> &[Condition],
+}
+
+const LINKS: GuardedKind<AcquisitionLink> = GuardedKind {
+    kind: "AcquisitionLink",
+    task: isolation::task::LINK_RECONCILE,
+    conditions: |link| link.status.as_ref().map_or(&[], |s| &s.conditions),
+};
+
+const APPS: GuardedKind<WeComApp> = GuardedKind {
+    kind: "WeComApp",
+    task: isolation::task::APP_RECONCILE,
+    conditions: |app| app.status.as_ref().map_or(&[], |s| &s.conditions),
+};
+
+/// The error of a guarded pass: the reconciler's own, or a panic caught at the pass's
+/// boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Failed(E),
+    #[error("internal error (a panic, caught): {0}")]
+    Panicked(String),
+}
+
+/// The short, stable message of `Ready=False InternalError`. The panic's own text goes to
+/// the log only: it is a bug's text, not written for users, and could quote anything.
+const INTERNAL_ERROR_MESSAGE: &str = "the controller hit an internal error (a bug) on this object and retries with back-off; the controller log has the details (wecom_acq_panics_total counts them)";
+
+/// Keeps a panic in one reconcile pass inside that pass: caught, counted, logged once,
+/// reported on the object, and retried with back-off, while every other object goes on.
+#[derive(Clone)]
+struct PassGuard {
+    hook: Option<PassHook>,
+    /// Consecutive panicked passes per object, for the back-off.
+    panics: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+}
+
+impl PassGuard {
+    async fn pass<K, E, F, Fut>(
+        &self,
+        of: &GuardedKind<K>,
+        object: Arc<K>,
+        ctx: Arc<Context>,
+        reconcile: F,
+    ) -> Result<Action, PassError<E>>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        E: std::error::Error + 'static,
+        F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+        Fut: std::future::Future<Output = Result<Action, E>>,
+    {
+        let namespace = object.namespace().unwrap_or_default();
+        let name = object.name_any();
+        let key = format!("{}/{namespace}/{name}", of.kind);
+        let hook = self.hook.clone();
+        let caught = isolation::catch(async {
+            if let Some(hook) = hook {
+                hook(of.kind, &namespace, &name);
+            }
+            reconcile(object.clone(), ctx.clone()).await
+        })
+        .await;
+        let message = match caught {
+            Ok(result) => {
+                if let Ok(mut panics) = self.panics.lock() {
+                    panics.remove(&key);
+                }
+                return result.map_err(PassError::Failed);
+            }
+            Err(message) => message,
+        };
+        if let Ok(mut panics) = self.panics.lock() {
+            *panics.entry(key).or_default() += 1;
+        }
+        ctx.metrics.count_panic(of.task);
+        ctx.metrics
+            .observe_reconcile(of.kind, "panic", Duration::ZERO);
+        tracing::error!(
+            kind = of.kind,
+            %namespace,
+            name = %name,
+            panic = %message,
+            "reconcile pass panicked (a bug); reported on the object as Ready=False InternalError and retried with back-off"
+        );
+        report_internal_error(&ctx, of, &object, &namespace, &name).await;
+        Err(PassError::Panicked(message))
+    }
+
+    /// The reconciler's own policy for its errors; back-off by consecutive panics for a
+    /// panic. A panic in the policy itself is caught too.
+    fn error_policy<K, E>(
+        &self,
+        of: &GuardedKind<K>,
+        object: Arc<K>,
+        error: &PassError<E>,
+        ctx: Arc<Context>,
+        policy: fn(Arc<K>, &E, Arc<Context>) -> Action,
+    ) -> Action
+    where
+        K: kube::Resource<DynamicType = ()>,
+        E: std::error::Error + 'static,
+    {
+        let key = format!(
+            "{}/{}/{}",
+            of.kind,
+            object.namespace().unwrap_or_default(),
+            object.name_any()
+        );
+        let panicked = match error {
+            PassError::Failed(error) => {
+                let metrics = ctx.metrics.clone();
+                match isolation::catch_sync(|| policy(object, error, ctx)) {
+                    Ok(action) => return action,
+                    Err(message) => {
+                        metrics.count_panic(of.task);
+                        tracing::error!(kind = of.kind, object = %key, panic = %message, "error policy panicked (a bug); retrying with back-off");
+                        1
+                    }
+                }
+            }
+            PassError::Panicked(_) => self
+                .panics
+                .lock()
+                .ok()
+                .and_then(|p| p.get(&key).copied())
+                .unwrap_or(1),
+        };
+        Action::requeue(plan::retry_delay(
+            panicked,
+            0.5 + rand::random::<f64>() * 0.5,
+        ))
+    }
+}
+
+/// Writes `Ready=False InternalError` on the object (a status merge patch of its
+/// conditions), unless it already says so. A failure to write is logged, never fatal.
+async fn report_internal_error<K>(
+    ctx: &Context,
+    of: &GuardedKind<K>,
+    object: &K,
+    namespace: &str,
+    name: &str,
+) where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let Some(conditions) = internal_error_conditions(
+        (of.conditions)(object),
+        object.meta().generation,
+        &Time(k8s_openapi::jiff::Timestamp::now()),
+    ) else {
+        return;
+    };
+    let api: Api<K> = Api::namespaced(ctx.kube.clone(), namespace);
+    let patch = serde_json::json!({ "status": { "conditions": conditions } });
+    if let Err(err) = api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!(kind = of.kind, %namespace, %name, error = %err, "cannot write Ready=False InternalError");
+    }
+}
+
+/// The conditions with `Ready=False InternalError`, or `None` when they say so already.
+fn internal_error_conditions(
+    current: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+) -> Option<Vec<Condition>> {
+    let ready = conditions::find(current, conditions::READY);
+    if ready.is_some_and(|c| {
+        c.status == "False"
+            && c.reason == conditions::reason::INTERNAL_ERROR
+            && c.observed_generation == generation
+    }) {
+        return None;
+    }
+    let mut next = current.to_vec();
+    conditions::set(
+        &mut next,
+        conditions::READY,
+        false,
+        conditions::reason::INTERNAL_ERROR,
+        INTERNAL_ERROR_MESSAGE,
+        generation,
+        now,
+    );
+    Some(next)
+}
+
 fn tokio_stream_from<T: Send + 'static>(
     mut rx: mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> + Send {
@@ -282,12 +583,31 @@ fn tokio_stream_from<T: Send + 'static>(
 struct Health {
     metrics: Arc<Metrics>,
     ready: watch::Receiver<bool>,
+    liveness: Liveness,
 }
 
-/// /healthz, /readyz (ready once both caches are synced) and /metrics.
-pub fn health_router(metrics: Arc<Metrics>, ready: watch::Receiver<bool>) -> Router {
+/// /healthz (fails once a controller loop or worker stopped on its own), /readyz (ready
+/// once both caches are synced) and /metrics.
+pub fn health_router(
+    metrics: Arc<Metrics>,
+    ready: watch::Receiver<bool>,
+    liveness: Liveness,
+) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(|State(h): State<Health>| async move {
+                let stopped = h.liveness.stopped();
+                if stopped.is_empty() {
+                    (StatusCode::OK, "ok".to_string())
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("stopped: {}", stopped.join(", ")),
+                    )
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(|State(h): State<Health>| async move {
@@ -311,7 +631,11 @@ pub fn health_router(metrics: Arc<Metrics>, ready: watch::Receiver<bool>) -> Rou
                     .into_response()
             }),
         )
-        .with_state(Health { metrics, ready })
+        .with_state(Health {
+            metrics,
+            ready,
+            liveness,
+        })
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -372,7 +696,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .map_err(|e| {
             anyhow::anyhow!("cannot listen on --metrics-addr {}: {e}", args.metrics_addr)
         })?;
-    let router = health_router(metrics.clone(), ready_rx);
+    let liveness = Liveness::default();
+    let router = health_router(metrics.clone(), ready_rx, liveness.clone());
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
         let handler = move |request: http::Request<hyper::body::Incoming>| {
@@ -390,7 +715,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let served = crate::http_server::serve_http1(
             listener,
             handler,
-            crate::http_server::DEFAULT_HEADER_READ_TIMEOUT,
+            crate::http_server::ConnectionLimits::default(),
             stopped,
         )
         .await;
@@ -416,11 +741,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let running = start(
+    let running = start_with(
         client.clone(),
         args.namespace.as_deref(),
         args.cadence(),
         metrics.clone(),
+        StartOptions {
+            liveness,
+            pass_hook: None,
+        },
         stopped,
     );
     let mut caches_synced = running.ready.clone();
@@ -437,7 +766,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.callback_addr,
         running.context.clone(),
         running.triggers.clone(),
-        crate::callback::CallbackSettings::with_max_skew(args.callback_max_skew),
+        args.callback_settings(),
         stop_rx.clone(),
     )
     .await?;
@@ -467,4 +796,68 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         leadership.release().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn healthz(router: &Router) -> (StatusCode, String) {
+        let request = http::Request::get("/healthz")
+            .body(axum::body::Body::empty())
+            .unwrap_or_default();
+        let response = match tower::ServiceExt::oneshot(router.clone(), request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap_or_default();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_once_a_controller_loop_ended_on_its_own() {
+        let liveness = Liveness::default();
+        let (_ready_tx, ready) = watch::channel(true);
+        let router = health_router(Metrics::new(), ready, liveness.clone());
+        assert_eq!(healthz(&router).await, (StatusCode::OK, "ok".into()));
+        // A loop that ends while shutting down is no failure.
+        liveness
+            .clone()
+            .supervise("the WeComApp controller", async {}, || true)
+            .await;
+        assert_eq!(healthz(&router).await.0, StatusCode::OK);
+        // One that ends (or whose panic was caught) while running is.
+        liveness
+            .clone()
+            .supervise(
+                "the AcquisitionLink controller",
+                isolation::catch(async { panic!("stream ended") }),
+                || false,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            healthz(&router).await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stopped: the AcquisitionLink controller".into()
+            )
+        );
+    }
+
+    #[test]
+    fn internal_error_is_written_once_per_generation() {
+        let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let first = internal_error_conditions(&[], Some(3), &now).unwrap_or_default();
+        let ready = conditions::find(&first, conditions::READY).cloned();
+        assert_eq!(
+            ready.map(|c| (c.status, c.reason, c.observed_generation)),
+            Some(("False".into(), "InternalError".into(), Some(3)))
+        );
+        assert!(internal_error_conditions(&first, Some(3), &now).is_none());
+        assert!(internal_error_conditions(&first, Some(4), &now).is_some());
+    }
 }

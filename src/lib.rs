@@ -9,6 +9,7 @@ pub mod controller;
 pub mod demo;
 pub mod gitops;
 pub mod http_server;
+pub mod isolation;
 pub mod kubesim;
 pub mod leader;
 pub mod metrics;

@@ -60,6 +60,11 @@ pub struct CallbackEventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub task: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConversionLabels {
     pub namespace: String,
     pub app: String,
@@ -80,6 +85,8 @@ pub struct Metrics {
     pub callbacks: Family<CallbackLabels, Counter>,
     pub conversions: Family<ConversionLabels, Counter>,
     pub callback_events: Family<CallbackEventLabels, Counter>,
+    /// Panics caught at a task boundary (`crate::isolation::task`).
+    pub panics: Family<TaskLabels, Counter>,
     link_ready: Mutex<HashMap<String, String>>,
 }
 
@@ -103,6 +110,7 @@ impl Default for Metrics {
         let callbacks = Family::<CallbackLabels, Counter>::default();
         let conversions = Family::<ConversionLabels, Counter>::default();
         let callback_events = Family::<CallbackEventLabels, Counter>::default();
+        let panics = Family::<TaskLabels, Counter>::default();
         registry.register(
             "reconciles",
             "Reconcile passes by kind and result",
@@ -148,6 +156,11 @@ impl Default for Metrics {
             "Verified callback events handled, by change type (unknown ones as \"unknown\")",
             callback_events.clone(),
         );
+        registry.register(
+            "panics",
+            "Panics caught at a task boundary (a bug), by task; the rest of the controller goes on",
+            panics.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -159,6 +172,7 @@ impl Default for Metrics {
             callbacks,
             conversions,
             callback_events,
+            panics,
             link_ready: Mutex::new(HashMap::new()),
         }
     }
@@ -216,6 +230,13 @@ impl Metrics {
                 })
                 .set(count);
         }
+    }
+
+    /// Counts a panic caught in `task` (one of `crate::isolation::task`).
+    pub fn count_panic(&self, task: &str) {
+        self.panics
+            .get_or_create(&TaskLabels { task: task.into() })
+            .inc();
     }
 
     pub fn set_quota_balance(&self, namespace: &str, app: &str, balance: u64) {

@@ -18,8 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use wecom_acq::callback::{
-    AppCallback, CallbackEndpoint, DEFAULT_HEADER_READ_TIMEOUT, EndpointSettings, InboundEvent,
-    StaticDirectory, serve_endpoint,
+    AppCallback, AppDirectory, CallbackEndpoint, ConnectionLimits, EndpointSettings, InboundEvent,
+    Lookup, StaticDirectory, serve_endpoint, serve_endpoint_with,
 };
 use wecom_acq::metrics::Metrics;
 use wecom_acq::wecom::crypto::{CallbackCrypto, post_body};
@@ -100,15 +100,25 @@ struct Endpoint {
 
 impl Endpoint {
     async fn start(settings: EndpointSettings, queue: usize) -> Endpoint {
+        Endpoint::start_with(directory(), settings, queue, ConnectionLimits::default()).await
+    }
+
+    /// An endpoint over `directory`, with `limits` on its connections.
+    async fn start_with(
+        directory: impl AppDirectory,
+        settings: EndpointSettings,
+        queue: usize,
+        limits: ConnectionLimits,
+    ) -> Endpoint {
         let (tx, events) = mpsc::channel(queue);
         let metrics = Metrics::new();
-        let app = CallbackEndpoint::new(directory(), tx, &metrics, settings);
+        let app = CallbackEndpoint::new(directory, tx, &metrics, settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve_endpoint(
+        tokio::spawn(serve_endpoint_with(
             listener,
             app,
-            DEFAULT_HEADER_READ_TIMEOUT,
+            limits,
             std::future::pending(),
         ));
         Endpoint {
@@ -152,9 +162,21 @@ impl Endpoint {
         (resp.status(), resp.text().await.unwrap())
     }
 
+    /// The endpoint's `host:port`.
+    fn addr(&self) -> std::net::SocketAddr {
+        let addr = self.base.trim_start_matches("http://");
+        addr.parse().unwrap()
+    }
+
     /// Posts a sealed callback as WeCom would.
     async fn deliver(&self, path: &str, sealed: &Sealed) -> (StatusCode, String) {
         self.post(path, &sealed.query(), sealed.body.clone()).await
+    }
+
+    /// Delivers `sealed`, expects it answered 200 and queued, and gives its link id.
+    async fn deliver_and_take(&mut self, sealed: &Sealed) -> Option<String> {
+        assert_eq!(self.deliver(SELF_BUILT, sealed).await.0, StatusCode::OK);
+        self.taken().event.link_id
     }
 
     /// The event the worker got, failing if there is none.
@@ -198,6 +220,15 @@ struct Sealed {
 }
 
 impl Sealed {
+    /// [`Sealed::query`] as it goes after the `?` of a raw request line.
+    fn query_string(&self) -> String {
+        self.query()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
     fn query(&self) -> [(&'static str, &str); 3] {
         [
             ("msg_signature", &self.signature),
@@ -510,12 +541,7 @@ async fn an_oversized_body_is_413_with_or_without_content_length() {
         .await;
     assert_eq!((status, body.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, ""));
     // Streamed (chunked, no Content-Length): cut off at the limit all the same.
-    let query: String = sealed
-        .query()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
+    let query = sealed.query_string();
     let status = chunked_post(
         &endpoint.base,
         &format!("{SELF_BUILT}?{query}"),
@@ -811,7 +837,12 @@ async fn a_full_queue_answers_503_and_the_retry_is_taken_later() {
 async fn refusals_are_logged_in_one_line_without_secrets() {
     // A current-thread runtime: the server's tasks log on this thread.
     let (captured, _guard) = Captured::install(tracing::Level::DEBUG);
-    let mut endpoint = Endpoint::default().await;
+    // Every refusal logged (no interval), so that the second round below logs too.
+    let settings = EndpointSettings {
+        refusal_log_interval: Duration::ZERO,
+        ..EndpointSettings::default()
+    };
+    let mut endpoint = Endpoint::start(settings, 16).await;
     // tracing caches each log site's interest globally; a site first reached by a parallel
     // test (no subscriber there) while this one was being installed can keep "never". Once
     // the sites exist, rebuilding the cache settles it, so a second round is reliable.
@@ -862,4 +893,284 @@ async fn refusals_are_logged_in_one_line_without_secrets() {
     for secret in [TOKEN, AES_KEY, &AES_KEY[..20]] {
         assert!(!log.contains(secret), "a secret was logged: {log}");
     }
+}
+
+/// Reads what the server sends until it closes the connection (at most 20 s).
+async fn answer_until_closed(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_cut_off_with_408_and_the_port_goes_on() {
+    let settings = EndpointSettings {
+        body_read_timeout: Duration::from_millis(300),
+        ..EndpointSettings::default()
+    };
+    let mut endpoint = Endpoint::start(settings, 16).await;
+    let sealed = seal_with(&crypto(CORP), &delete_link("stall1"), unix_now(), "30001");
+    let query = sealed.query_string();
+    let addr = endpoint.addr();
+    // The whole head, then a fifth of the announced body, then nothing.
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST {SELF_BUILT}?{query} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+        sealed.body.len()
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled
+        .write_all(&sealed.body.as_bytes()[..sealed.body.len() / 5])
+        .await
+        .unwrap();
+    let answer = answer_until_closed(&mut stalled).await;
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 408")),
+        "a stalled body was held open: {answer:?}"
+    );
+    assert_eq!(endpoint.count("body_timeout"), 1);
+    endpoint.assert_nothing_queued();
+    // The same callback, sent whole, is taken.
+    assert_eq!(
+        endpoint.deliver_and_take(&sealed).await.as_deref(),
+        Some("stall1")
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_and_callbacks_get_through_below_it() {
+    let limits = ConnectionLimits {
+        max_connections: 3,
+        ..ConnectionLimits::default()
+    };
+    let mut endpoint =
+        Endpoint::start_with(directory(), EndpointSettings::default(), 16, limits).await;
+    let addr = endpoint.addr();
+    let deliver = |nonce: &'static str, link: &'static str| async move {
+        let sealed = seal_with(&crypto(CORP), &delete_link(link), unix_now(), nonce);
+        // A fresh client each time: no pooled connection stays behind holding a slot.
+        reqwest::Client::new()
+            .post(format!("http://{addr}{SELF_BUILT}"))
+            .query(&sealed.query())
+            .body(sealed.body.clone())
+            .send()
+            .await
+            .map(|r| r.status())
+    };
+    // Two connections that send nothing hold two of the three slots...
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // ...and a callback still gets through on the third.
+    assert_eq!(deliver("40001", "cap1").await.ok(), Some(StatusCode::OK));
+    assert_eq!(endpoint.taken().event.link_id.as_deref(), Some("cap1"));
+    // Fill the slots: the callback's connection frees its slot once the server has seen it
+    // close, so connect until one is refused; the ones accepted meanwhile hold a slot.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut first = [0u8; 12];
+        match tokio::time::timeout(Duration::from_millis(500), probe.read_exact(&mut first)).await {
+            // Refused: the cap is reached, unless the callback's connection was still
+            // counted (then try again).
+            Ok(Ok(_)) if &first == b"HTTP/1.1 503" && idle.len() == 3 => break,
+            Ok(Ok(_)) if &first == b"HTTP/1.1 503" => {}
+            Ok(other) => panic!("unexpected answer to an idle connection: {other:?} {first:?}"),
+            // Accepted: it waits for a request head, holding a slot.
+            Err(_) => idle.push(probe),
+        }
+        assert!(
+            idle.len() <= 3,
+            "more than three connections were served at once"
+        );
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+    }
+    // With every slot held, each further connection is answered 503 and closed at once.
+    let mut refused = Vec::new();
+    for _ in 0..5 {
+        let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+        refused.push(answer_until_closed(&mut over).await);
+    }
+    for answer in &refused {
+        assert!(
+            answer
+                .as_deref()
+                .is_some_and(|a| a.starts_with("HTTP/1.1 503")),
+            "over the cap: {refused:?}"
+        );
+    }
+    // A slot freed is a slot for the next callback.
+    drop(idle.pop());
+    wait_for_ok(|| async { deliver("40002", "cap2").await.ok() == Some(StatusCode::OK) }).await;
+    assert_eq!(endpoint.taken().event.link_id.as_deref(), Some("cap2"));
+}
+
+/// Polls `attempt` (every 50 ms, at most 20 s) until it says yes.
+async fn wait_for_ok<F, Fut>(mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !attempt().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn three_hundred_garbage_requests_are_all_4xx_and_logged_boundedly() {
+    let (captured, _guard) = Captured::install(tracing::Level::WARN);
+    let mut endpoint = Endpoint::default().await;
+    let sealed = seal_with(&crypto(CORP), &delete_link("after"), unix_now(), "50001");
+    let addr = endpoint.addr();
+    let mut statuses = Vec::new();
+    for i in 0..300_usize {
+        let nonce = format!("g{i}");
+        let status = match i % 10 {
+            // A forged signature over a well-formed body.
+            0 => {
+                let forged = [
+                    ("msg_signature", "0".repeat(40)),
+                    ("timestamp", unix_now().to_string()),
+                    ("nonce", nonce),
+                ];
+                let resp = endpoint.http.post(format!("{}{SELF_BUILT}", endpoint.base));
+                resp.query(&forged)
+                    .body(sealed.body.clone())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+            // Not XML at all.
+            1 => endpoint
+                .post(SELF_BUILT, &sealed.query(), vec![i as u8; 200])
+                .await
+                .0
+                .as_u16(),
+            // No signature query.
+            2 => endpoint.post(SELF_BUILT, &[], "<xml/>").await.0.as_u16(),
+            // Too large.
+            3 => endpoint
+                .post(SELF_BUILT, &sealed.query(), vec![b'x'; 70_000])
+                .await
+                .0
+                .as_u16(),
+            // Unknown apps and paths.
+            4 => endpoint
+                .post(&format!("/callback/x{i}/y"), &sealed.query(), "<xml/>")
+                .await
+                .0
+                .as_u16(),
+            5 => endpoint
+                .get(&format!("/../etc/passwd{i}"), &[])
+                .await
+                .0
+                .as_u16(),
+            // Another method.
+            6 => endpoint
+                .http
+                .delete(format!("{}{SELF_BUILT}", endpoint.base))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            // A well-formed envelope whose ciphertext is garbage, correctly signed for
+            // nothing: refused at the signature.
+            7 => {
+                let body = format!(
+                    "<xml><Encrypt><![CDATA[{}]]></Encrypt></xml>",
+                    "A".repeat(i + 1)
+                );
+                endpoint
+                    .post(SELF_BUILT, &sealed.query(), body)
+                    .await
+                    .0
+                    .as_u16()
+            }
+            // Not HTTP.
+            _ => {
+                let mut raw = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                raw.write_all(format!("\x16\x03\x01 garbage {i}\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                let answer = answer_until_closed(&mut raw).await.unwrap_or_default();
+                answer
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|code| code.parse().ok())
+                    .unwrap_or(0)
+            }
+        };
+        statuses.push(status);
+    }
+    let not_4xx: Vec<_> = statuses
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !(400..500).contains(*s))
+        .collect();
+    assert!(not_4xx.is_empty(), "not a 4xx: {not_4xx:?}");
+    endpoint.assert_nothing_queued();
+    // The port still takes a genuine callback.
+    assert_eq!(
+        endpoint.deliver_and_take(&sealed).await.as_deref(),
+        Some("after")
+    );
+    // At most one line per refusal reason in the interval, not one per request.
+    let log = captured.text();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("callback refused"))
+        .count();
+    assert!(lines <= 8, "{lines} refusal lines for 300 requests: {log}");
+}
+
+/// The test directory, except that looking up app `bomb` panics (a stand-in for a bug on
+/// the request path).
+struct PanickingDirectory(StaticDirectory);
+
+impl AppDirectory for PanickingDirectory {
+    async fn lookup(&self, namespace: &str, app: &str) -> Lookup {
+        if app == "bomb" {
+            panic!("injected panic in the lookup of {namespace}/{app}");
+        }
+        self.0.lookup(namespace, app).await
+    }
+}
+
+#[tokio::test]
+async fn a_panic_while_answering_is_a_500_for_that_request_only() {
+    let mut endpoint = Endpoint::start_with(
+        PanickingDirectory(directory()),
+        EndpointSettings::default(),
+        16,
+        ConnectionLimits::default(),
+    )
+    .await;
+    let sealed = seal_with(&crypto(CORP), &delete_link("p1"), unix_now(), "60001");
+    for _ in 0..3 {
+        let (status, _) = endpoint.deliver("/callback/shop/bomb", &sealed).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let counted = endpoint
+        .metrics
+        .panics
+        .get_or_create(&wecom_acq::metrics::TaskLabels {
+            task: wecom_acq::isolation::task::CALLBACK_REQUEST.into(),
+        })
+        .get();
+    assert_eq!(counted, 3);
+    assert_eq!(
+        endpoint.deliver_and_take(&sealed).await.as_deref(),
+        Some("p1")
+    );
 }

@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -28,7 +28,8 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use super::replay::{ReplayGuard, ReplayKey};
-use crate::metrics::{CallbackLabels, Metrics};
+use crate::isolation;
+use crate::metrics::{CallbackLabels, Metrics, TaskLabels};
 use crate::wecom::crypto::{CallbackCrypto, CryptoError, extract_encrypt_borrowed};
 use crate::wecom::event::{CallbackEvent, Envelope, EventError, parse_event};
 use crate::wecom::unix_now;
@@ -40,6 +41,9 @@ pub type Response = http::Response<Full<Bytes>>;
 pub const BODY_LIMIT: usize = 64 * 1024;
 /// Default window for the `timestamp` of a callback (`--callback-max-skew`).
 pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(300);
+/// Default for how long a request body may take to arrive (`--callback-body-timeout`): a
+/// callback's 2 KiB arrive in one packet.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most keys one replay generation holds (about 50 MB for both generations at most).
 pub const DEFAULT_REPLAY_CAPACITY: usize = 1_000_000;
 
@@ -53,6 +57,11 @@ pub struct EndpointSettings {
     pub body_limit: usize,
     /// Replay memory bound (keys per generation).
     pub replay_capacity: usize,
+    /// The whole body must arrive within this once the request head is in (408 after):
+    /// a client that sends a head and then trickles or stalls the body is cut off.
+    pub body_read_timeout: Duration,
+    /// Refusals are logged at most once per reason per this (with the count left out).
+    pub refusal_log_interval: Duration,
 }
 
 impl Default for EndpointSettings {
@@ -61,6 +70,8 @@ impl Default for EndpointSettings {
             max_skew: Some(DEFAULT_MAX_SKEW),
             body_limit: BODY_LIMIT,
             replay_capacity: DEFAULT_REPLAY_CAPACITY,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            refusal_log_interval: crate::http_server::DEFAULT_REFUSAL_LOG_INTERVAL,
         }
     }
 }
@@ -184,6 +195,8 @@ pub enum Outcome {
     NotAnEvent,
     BadRequest,
     TooLarge,
+    /// The body did not arrive whole within the body read timeout.
+    BodyTimeout,
     UnknownApp,
     Unavailable,
     BadSignature,
@@ -196,7 +209,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 16] = [
+    pub const ALL: [Outcome; 17] = [
         Outcome::Accepted,
         Outcome::Duplicate,
         Outcome::Verified,
@@ -204,6 +217,7 @@ impl Outcome {
         Outcome::NotAnEvent,
         Outcome::BadRequest,
         Outcome::TooLarge,
+        Outcome::BodyTimeout,
         Outcome::UnknownApp,
         Outcome::Unavailable,
         Outcome::BadSignature,
@@ -224,6 +238,7 @@ impl Outcome {
             Outcome::NotAnEvent => "not_an_event",
             Outcome::BadRequest => "bad_request",
             Outcome::TooLarge => "too_large",
+            Outcome::BodyTimeout => "body_timeout",
             Outcome::UnknownApp => "unknown_app",
             Outcome::Unavailable => "unavailable",
             Outcome::BadSignature => "bad_signature",
@@ -247,6 +262,7 @@ impl Outcome {
                 StatusCode::BAD_REQUEST
             }
             Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Outcome::UnknownApp => StatusCode::NOT_FOUND,
             Outcome::BadSignature | Outcome::Stale | Outcome::WrongReceiver => {
                 StatusCode::FORBIDDEN
@@ -287,47 +303,15 @@ impl OutcomeCounters {
     }
 }
 
-/// At most a few refusal lines per second, so a flood of forged requests cannot flood the
-/// log; the number left out is reported with the next line.
-struct LogThrottle {
-    state: Mutex<(u64, u32, u64)>,
-}
-
-const LOG_LINES_PER_SECOND: u32 = 10;
-
-impl LogThrottle {
-    fn new() -> Self {
-        LogThrottle {
-            state: Mutex::new((0, 0, 0)),
-        }
-    }
-
-    /// `Some(suppressed so far)` when a line may be written now.
-    fn admit(&self) -> Option<u64> {
-        let second = unix_now().max(0) as u64;
-        let mut state = self.state.lock().ok()?;
-        let (window, lines, suppressed) = &mut *state;
-        if *window != second {
-            *window = second;
-            *lines = 0;
-        }
-        if *lines < LOG_LINES_PER_SECOND {
-            *lines += 1;
-            Some(std::mem::take(suppressed))
-        } else {
-            *suppressed += 1;
-            None
-        }
-    }
-}
-
 struct Endpoint<D, S> {
     directory: D,
     sink: S,
     settings: EndpointSettings,
     replays: ReplayGuard,
     counters: OutcomeCounters,
-    log: LogThrottle,
+    /// `wecom_acq_panics_total{task="callback_request"}`.
+    panics: Counter,
+    log: crate::http_server::LogThrottle,
 }
 
 /// The callback endpoint over any app directory and event sink: one HTTP handler for
@@ -353,14 +337,36 @@ impl<D: AppDirectory, S: EventSink> CallbackEndpoint<D, S> {
             directory,
             sink,
             replays: ReplayGuard::new(settings.replay_period(), settings.replay_capacity),
-            settings,
             counters: OutcomeCounters::new(metrics),
-            log: LogThrottle::new(),
+            panics: metrics
+                .panics
+                .get_or_create(&TaskLabels {
+                    task: isolation::task::CALLBACK_REQUEST.into(),
+                })
+                .clone(),
+            log: crate::http_server::LogThrottle::new(settings.refusal_log_interval),
+            settings,
         }))
     }
 
-    /// Answers one request: the callback path by method, anything else an empty 404.
+    /// Answers one request: the callback path by method, anything else an empty 404. A
+    /// panic while answering (a bug) stays with this request: counted, logged, answered 500
+    /// (WeCom retries), and the port goes on serving.
     pub async fn handle<B>(&self, request: Request<B>) -> Response
+    where
+        B: Body<Data = Bytes>,
+    {
+        match isolation::catch(self.answer(request)).await {
+            Ok(response) => response,
+            Err(panic) => {
+                self.0.panics.inc();
+                tracing::error!(panic = %panic, "answering a callback request panicked (a bug); answered 500");
+                empty(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    }
+
+    async fn answer<B>(&self, request: Request<B>) -> Response
     where
         B: Body<Data = Bytes>,
     {
@@ -477,7 +483,7 @@ impl<D: AppDirectory, S: EventSink> Endpoint<D, S> {
                 app = %loggable(app),
                 "callback for an unknown app or one without callback settings"
             );
-        } else if let Some(suppressed) = self.log.admit() {
+        } else if let Some(suppressed) = self.log.admit(outcome.label()) {
             tracing::warn!(
                 namespace = %loggable(namespace),
                 app = %loggable(app),
@@ -562,6 +568,7 @@ fn callback_path(path: &str) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
 enum BodyError {
     TooLarge,
     Unreadable,
+    TimedOut,
 }
 
 /// The whole body, refused as soon as it is known to exceed `limit` (from `Content-Length`
@@ -644,8 +651,20 @@ impl<D: AppDirectory, S: EventSink> Endpoint<D, S> {
         };
         let refuse = |outcome, why| self.refuse(outcome, namespace, app, why);
         // Read only for a known app, and never more than the limit.
-        let body = match read_body(body, self.settings.body_limit).await {
+        let reading = read_body(body, self.settings.body_limit);
+        let read = tokio::time::timeout(self.settings.body_read_timeout, reading)
+            .await
+            .unwrap_or(Err(BodyError::TimedOut));
+        let body = match read {
             Ok(body) => body,
+            Err(BodyError::TimedOut) => {
+                return refuse(
+                    Outcome::BodyTimeout,
+                    Refusal::Message(
+                        "the body did not arrive within the body read timeout (--callback-body-timeout)",
+                    ),
+                );
+            }
             Err(BodyError::TooLarge) => {
                 return refuse(
                     Outcome::TooLarge,

@@ -28,7 +28,9 @@ pub use endpoint::{
 };
 pub use worker::WorkerSettings;
 
-pub use crate::http_server::{DEFAULT_HEADER_READ_TIMEOUT, serve_http1};
+pub use crate::http_server::{
+    ConnectionLimits, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, serve_http1,
+};
 
 use crate::{controller::Triggers, reconcile::context::Context};
 
@@ -44,6 +46,8 @@ pub struct CallbackSettings {
     pub queue_capacity: usize,
     /// A connection that does not deliver a whole request head within this is closed.
     pub header_read_timeout: Duration,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
 }
 
 impl Default for CallbackSettings {
@@ -54,6 +58,7 @@ impl Default for CallbackSettings {
             worker: WorkerSettings::default(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -100,11 +105,26 @@ pub async fn serve_endpoint<D: AppDirectory, S: EventSink>(
     header_read_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let limits = ConnectionLimits {
+        header_read_timeout,
+        ..ConnectionLimits::default()
+    };
+    serve_endpoint_with(listener, endpoint, limits, shutdown).await
+}
+
+/// [`serve_endpoint`] with explicit connection limits (a cap on connections besides the
+/// header read timeout).
+pub async fn serve_endpoint_with<D: AppDirectory, S: EventSink>(
+    listener: TcpListener,
+    endpoint: CallbackEndpoint<D, S>,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let handler = move |request| {
         let endpoint = endpoint.clone();
         async move { endpoint.handle(request).await }
     };
-    serve_http1(listener, handler, header_read_timeout, shutdown).await
+    serve_http1(listener, handler, limits, shutdown).await
 }
 
 /// Serves the callback endpoint on a bound listener (tests bind port 0 first, to know the
@@ -120,15 +140,34 @@ pub fn serve_on(
     let (queue, events) = mpsc::channel::<InboundEvent>(settings.queue_capacity.max(1));
     let directory = KubeAppDirectory::new(context.clone(), settings.directory);
     let refresher = directory.spawn_refresher(stop.clone());
-    let worker = worker::spawn(context.clone(), triggers, events, settings.worker);
-    let header_read_timeout = settings.header_read_timeout;
+    let liveness = context.liveness.clone();
+    let stopping = {
+        let stop = stop.clone();
+        move || *stop.borrow()
+    };
+    // The worker ends only once the endpoint stopped (every sender gone): one that ends
+    // before, or panics outside the per-event boundary, is reported so /healthz fails.
+    let worker = tokio::spawn(liveness.clone().supervise(
+        "the callback worker",
+        worker::spawn(context.clone(), triggers, events, settings.worker),
+        stopping.clone(),
+    ));
+    let limits = ConnectionLimits {
+        header_read_timeout: settings.header_read_timeout,
+        max_connections: settings.max_connections,
+    };
     let endpoint = CallbackEndpoint::new(directory, queue, &context.metrics, settings.endpoint);
     let mut stop = stop;
     tokio::spawn(async move {
-        let served = serve_endpoint(listener, endpoint, header_read_timeout, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
+        let served = liveness
+            .supervise(
+                "the callback endpoint",
+                serve_endpoint_with(listener, endpoint, limits, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
+                stopping,
+            )
+            .await;
         if let Err(err) = served {
             tracing::error!(error = %err, "the callback endpoint stopped serving");
         }

@@ -37,6 +37,7 @@ use super::endpoint::InboundEvent;
 use crate::{
     api::{AcquisitionLink, CustomerCount, LINK_ID_ANNOTATION, WeComApp, WeComAppStatus},
     controller::Triggers,
+    isolation,
     metrics::{CallbackEventLabels, ConversionLabels, Metrics},
     reconcile::{
         app::{LOW_BALANCE, publish_transitions},
@@ -109,7 +110,18 @@ pub fn spawn(
                         break;
                     }
                     for event in batch.drain(..) {
-                        worker.handle(event);
+                        // A panic in one event stays with that event: the worker goes
+                        // on with the next (a dead worker would refuse every callback).
+                        if let Err(panic) = isolation::catch_sync(|| worker.handle(&event)) {
+                            worker.context.metrics.count_panic(isolation::task::CALLBACK_WORKER);
+                            tracing::error!(
+                                namespace = %event.namespace,
+                                app = %event.app,
+                                change_type = %event.event.change_type,
+                                panic = %panic,
+                                "handling a callback event panicked (a bug); event dropped, polling catches up"
+                            );
+                        }
                     }
                 }
                 _ = flush.tick() => worker.flush(),
@@ -139,20 +151,20 @@ struct Worker {
 }
 
 impl Worker {
-    fn handle(&mut self, inbound: InboundEvent) {
-        self.meter.event(&self.context.metrics, &inbound);
+    fn handle(&mut self, inbound: &InboundEvent) {
+        self.meter.event(&self.context.metrics, inbound);
         let change = &inbound.event.change_type;
         match change {
-            ChangeType::DeleteLink | ChangeType::LinkUnavailable => self.link_gone(&inbound),
+            ChangeType::DeleteLink | ChangeType::LinkUnavailable => self.link_gone(inbound),
             ChangeType::OpenProfile
             | ChangeType::FriendRequest
             | ChangeType::CustomerStartChat
             | ChangeType::AddExternalContact
-            | ChangeType::MessageFromCustomer => self.conversion(&inbound),
+            | ChangeType::MessageFromCustomer => self.conversion(inbound),
             ChangeType::BalanceLow
             | ChangeType::BalanceExhausted
             | ChangeType::BalanceIncreased
-            | ChangeType::QuotaExpireSoon => self.quota(&inbound),
+            | ChangeType::QuotaExpireSoon => self.quota(inbound),
             ChangeType::Other(name) => tracing::debug!(
                 namespace = %inbound.namespace,
                 app = %inbound.app,
@@ -250,7 +262,16 @@ impl Worker {
             futures::stream::iter(bumps)
                 .for_each_concurrent(8, |(link, bump)| {
                     let context = context.clone();
-                    async move { write_customer_bump(&context, &link, &bump).await }
+                    async move {
+                        let written =
+                            isolation::catch(write_customer_bump(&context, &link, &bump)).await;
+                        if let Err(panic) = written {
+                            context
+                                .metrics
+                                .count_panic(isolation::task::CALLBACK_WORKER);
+                            tracing::error!(namespace = ?link.namespace, link = %link.name, panic = %panic, "writing a customer count panicked (a bug); the next A6 recount corrects it");
+                        }
+                    }
                 })
                 .await;
         }));
@@ -684,7 +705,19 @@ async fn quota_loop(
     follow_up: Duration,
 ) {
     while let Some(notice) = notices.recv().await {
-        apply_quota_notice(&context, &triggers, &notice, follow_up).await;
+        let applied =
+            isolation::catch(apply_quota_notice(&context, &triggers, &notice, follow_up)).await;
+        if let Err(panic) = applied {
+            context
+                .metrics
+                .count_panic(isolation::task::CALLBACK_WORKER);
+            tracing::error!(
+                namespace = %notice.namespace,
+                app = %notice.app,
+                panic = %panic,
+                "applying a quota callback panicked (a bug); the next A8 check reports the quota"
+            );
+        }
     }
 }
 

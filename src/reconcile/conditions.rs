@@ -35,6 +35,9 @@ pub mod reason {
     pub const BALANCE_EXHAUSTED: &str = "BalanceExhausted";
     pub const NO_BATCH_EXPIRING: &str = "NoBatchExpiring";
     pub const BATCH_EXPIRING: &str = "BatchExpiring";
+    /// A pass on this object hit a bug in the controller (a panic, caught): retried with
+    /// back-off; the controller log has the details.
+    pub const INTERNAL_ERROR: &str = "InternalError";
 }
 
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {

@@ -284,6 +284,8 @@ pub struct Context {
     pub pass_failures: Mutex<HashMap<String, u32>>,
     /// Deleted apps waiting for their links, with how many links the last look found.
     pub app_deletions: Mutex<HashMap<String, usize>>,
+    /// Which long-running parts stopped on their own (`/healthz` reads it).
+    pub liveness: crate::isolation::Liveness,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -220,14 +220,26 @@ impl Env {
     /// Starts the controllers watching `namespace` only (`None`: all) and waits until their
     /// caches are synced.
     pub async fn start_controller_in(&mut self, namespace: Option<&str>, cadence: Cadence) {
+        self.start_controller_with(namespace, cadence, controller::StartOptions::default())
+            .await;
+    }
+
+    /// [`Env::start_controller_in`] with explicit options (a liveness to read, a pass hook).
+    pub async fn start_controller_with(
+        &mut self,
+        namespace: Option<&str>,
+        cadence: Cadence,
+        options: controller::StartOptions,
+    ) {
         assert!(self.controller.is_none(), "a controller is already running");
         let metrics = Metrics::new();
         let (stop, stopped) = oneshot::channel::<()>();
-        let running = controller::start(
+        let running = controller::start_with(
             self.client.clone(),
             namespace,
             cadence,
             metrics.clone(),
+            options,
             async {
                 let _ = stopped.await;
             },

@@ -79,10 +79,11 @@ to WeCom and fight over status; one port cannot serve both listeners.
 - apiGroups: ["acquisition.wecom.dev"]
   resources: ["acquisitionlinks/finalizers", "wecomapps/finalizers"]
   verbs: ["update"]
-{{- /* App secrets and callback keys: read only. */}}
+{{- /* App secrets and callback keys: read by name only (get). No list or watch: those
+would hand the controller every Secret of every watched namespace. */}}
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
