@@ -25,6 +25,7 @@ use crate::{
         context::{AppClients, Cadence, Context},
         link,
     },
+    wecom::AllowedApiHosts,
 };
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -72,6 +73,10 @@ pub struct RunArgs {
     /// Namespace of the leader-election Lease (default: the pod's namespace).
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// Hosts a WeComApp's apiBaseUrl may name, comma-separated: `host` (any port) or
+    /// `host:port`. Any other app gets Ready=False, reason ApiHostNotAllowed, and no request.
+    #[arg(long, env = "ALLOWED_API_HOSTS", default_value = crate::wecom::allowed_hosts::OFFICIAL_API_HOST)]
+    pub allowed_api_hosts: AllowedApiHosts,
 }
 
 impl RunArgs {
@@ -144,6 +149,7 @@ pub fn start(
     namespace: Option<&str>,
     cadence: Cadence,
     metrics: Arc<Metrics>,
+    allowed_api_hosts: AllowedApiHosts,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Running {
     let (links_api, apps_api): (Api<AcquisitionLink>, Api<WeComApp>) = match namespace {
@@ -188,7 +194,7 @@ pub fn start(
     };
     let context = Arc::new(Context {
         kube: client.clone(),
-        apps: AppClients::new(client.clone(), metrics.clone()),
+        apps: AppClients::new(client.clone(), metrics.clone(), allowed_api_hosts),
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
         cadence,
@@ -411,6 +417,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.namespace.as_deref(),
         args.cadence(),
         metrics.clone(),
+        args.allowed_api_hosts.clone(),
         stopped,
     );
     let mut caches_synced = running.ready.clone();

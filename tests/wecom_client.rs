@@ -468,7 +468,7 @@ async fn a_cursor_that_does_not_advance_ends_the_listing_with_an_error() {
     let result: Result<Vec<String>, _> = client.list_links().try_collect().await;
     assert!(matches!(
         result,
-        Err(WeComError::Decode {
+        Err(WeComError::Pagination {
             api: Api::ListLink,
             ..
         })
@@ -712,8 +712,9 @@ async fn http_errors_and_foreign_bodies_are_typed() {
     assert!(
         matches!(
             error,
-            WeComError::Decode {
+            WeComError::NotJson {
                 api: Api::GetLink,
+                status: 200,
                 ..
             }
         ),
@@ -872,7 +873,7 @@ async fn neither_secret_nor_token_appears_in_errors_or_logs() {
         vec![
             "transport",
             "http_500",
-            "decode",
+            "not_json",
             "timeout",
             "40058",
             "transport"

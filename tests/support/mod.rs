@@ -29,6 +29,7 @@ use wecom_acq::kubesim::{self, FaultControl, KubeSimHandle};
 use wecom_acq::metrics::{Metrics, ReconcileLabels};
 use wecom_acq::reconcile::context::Cadence;
 use wecom_acq::sim::{self, SimConfig, SimHandle};
+use wecom_acq::wecom::AllowedApiHosts;
 
 /// The namespace every helper works in.
 pub const NS: &str = "default";
@@ -220,6 +221,18 @@ impl Env {
     /// Starts the controllers watching `namespace` only (`None`: all) and waits until their
     /// caches are synced.
     pub async fn start_controller_in(&mut self, namespace: Option<&str>, cadence: Cadence) {
+        // The simulator listens on the loopback address.
+        self.start_controller_allowing(namespace, cadence, AllowedApiHosts::loopback())
+            .await;
+    }
+
+    /// Like [`Self::start_controller_in`], allowing WeComApps only the API hosts `allowed`.
+    pub async fn start_controller_allowing(
+        &mut self,
+        namespace: Option<&str>,
+        cadence: Cadence,
+        allowed: AllowedApiHosts,
+    ) {
         assert!(self.controller.is_none(), "a controller is already running");
         let metrics = Metrics::new();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -228,6 +241,7 @@ impl Env {
             namespace,
             cadence,
             metrics.clone(),
+            allowed,
             async {
                 let _ = stopped.await;
             },
