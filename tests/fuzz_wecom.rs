@@ -1,5 +1,6 @@
-//! Property tests of the WeCom answer decoders and the pagination guard: arbitrary bytes
-//! and arbitrary JSON (shaped like WeCom's answers, with hostile numbers) into every
+//! Property tests of the WeCom answer decoders and the pagination guard: arbitrary bytes,
+//! arbitrary JSON shaped like WeCom's answers, and well-formed answers with a few values
+//! replaced by hostile ones (numbers at every edge, wrong types) or removed, into every
 //! answer type never panic, always give a typed result for the right API, and whatever
 //! decodes is within the ranges the controller relies on.
 //!
@@ -135,6 +136,115 @@ fn wecom_like() -> impl Strategy<Value = Value> {
         })
 }
 
+/// A well-formed answer of each API, the starting point of [`mutated_answer`].
+fn templates() -> Vec<Value> {
+    vec![
+        serde_json::json!({"errcode": 0, "errmsg": "ok", "access_token": "t", "expires_in": 7200}),
+        serde_json::json!({"errcode": 0, "link_id_list": ["a", "b"], "next_cursor": "c"}),
+        serde_json::json!({"errcode": 0, "link": {"link_id": "l", "link_name": "n", "url": "u",
+            "create_time": 1_700_000_000, "skip_verify": true, "mark_source": false},
+            "range": {"user_list": ["u"], "department_list": [1]},
+            "priority_option": {"priority_type": 2, "priority_userid_list": ["u"]}}),
+        serde_json::json!({"errcode": 0, "customer_list": [{"external_userid": "wm",
+            "userid": "u", "chat_status": 1, "state": "s", "add_time": 1_700_000_000}],
+            "next_cursor": ""}),
+        serde_json::json!({"errcode": 0, "click_link_customer_cnt": 7, "new_customer_cnt": 3}),
+        serde_json::json!({"errcode": 0, "total": 10, "balance": 990,
+            "quota_list": [{"expire_date": 1_767_196_800, "balance": 990}]}),
+    ]
+}
+
+/// Every path to a value inside `value` (object keys and array indexes).
+fn paths(value: &Value, prefix: &mut Vec<PathStep>, out: &mut Vec<Vec<PathStep>>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                prefix.push(PathStep::Key(k.clone()));
+                out.push(prefix.clone());
+                paths(v, prefix, out);
+                prefix.pop();
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                prefix.push(PathStep::Index(i));
+                out.push(prefix.clone());
+                paths(v, prefix, out);
+                prefix.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+#[derive(Debug, Clone)]
+enum PathStep {
+    Key(String),
+    Index(usize),
+}
+
+/// Replaces (or, with `remove`, drops) the value at `path`.
+fn edit(value: &mut Value, path: &[PathStep], new: Value, remove: bool) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut at = value;
+    for step in parents {
+        let next = match (step, at) {
+            (PathStep::Key(k), Value::Object(map)) => map.get_mut(k),
+            (PathStep::Index(i), Value::Array(items)) => items.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(next) => at = next,
+            None => return,
+        }
+    }
+    match (last, at) {
+        (PathStep::Key(k), Value::Object(map)) if remove => {
+            map.remove(k);
+        }
+        (PathStep::Key(k), Value::Object(map)) => {
+            map.insert(k.clone(), new);
+        }
+        (PathStep::Index(i), Value::Array(items)) if *i < items.len() => {
+            if remove {
+                items.remove(*i);
+            } else {
+                items[*i] = new;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A well-formed answer with a few values replaced by hostile ones or removed.
+fn mutated_answer() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(templates()),
+        prop::collection::vec(
+            (
+                any::<prop::sample::Index>(),
+                leaf(),
+                prop::bool::weighted(0.2),
+            ),
+            1..4,
+        ),
+    )
+        .prop_map(|(mut answer, edits)| {
+            for (index, new, remove) in edits {
+                let mut all = Vec::new();
+                paths(&answer, &mut Vec::new(), &mut all);
+                if all.is_empty() {
+                    break;
+                }
+                let path = index.get(&all).clone();
+                edit(&mut answer, &path, new, remove);
+            }
+            answer
+        })
+}
+
 /// Runs `body` through the decoder of `api`'s answer type and checks the result.
 fn decode_all(body: &[u8]) {
     check::<TokenResponse>(Api::GetToken, body, |t| {
@@ -211,6 +321,11 @@ proptest! {
 
     #[test]
     fn wecom_shaped_json_decodes_in_range_or_names_its_problem(value in wecom_like()) {
+        decode_all(value.to_string().as_bytes());
+    }
+
+    #[test]
+    fn mutated_answers_decode_in_range_or_name_their_problem(value in mutated_answer()) {
         decode_all(value.to_string().as_bytes());
     }
 

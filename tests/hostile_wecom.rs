@@ -335,9 +335,30 @@ async fn an_html_page_is_not_json_naming_status_and_content_type() {
         world.client.quota().await.unwrap_err(),
         WeComError::Http {
             api: Api::Quota,
-            status: 403
+            status: 403,
+            content_type: "content type \"text/html\"".into(),
         }
     );
+
+    // A gateway's 502 page is retried as a 5xx, and still says what answered.
+    world
+        .raw(
+            Api::Quota,
+            json!({"status": 502, "contentType": "text/html", "body": "<html>Bad Gateway</html>"}),
+            Some(3),
+        )
+        .await;
+    let error = world.client.quota().await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .ends_with("answered HTTP 502 with content type \"text/html\""),
+        "{error}"
+    );
+    assert!(matches!(
+        error,
+        WeComError::RetriesExhausted { attempts: 3, .. }
+    ));
 }
 
 #[tokio::test]

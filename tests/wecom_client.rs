@@ -654,7 +654,8 @@ async fn create_is_not_repeated_when_it_may_have_reached_wecom() {
         error,
         WeComError::Http {
             api: Api::CreateLink,
-            status: 502
+            status: 502,
+            content_type: "no content type".into(),
         }
     );
     assert_eq!(stub.calls(Api::CreateLink), 2);
@@ -702,7 +703,8 @@ async fn http_errors_and_foreign_bodies_are_typed() {
         client.get_link("caw1").await.unwrap_err(),
         WeComError::Http {
             api: Api::GetLink,
-            status: 404
+            status: 404,
+            content_type: "no content type".into(),
         }
     );
     assert_eq!(stub.calls(Api::GetLink), 1, "a 404 is terminal");

@@ -95,7 +95,8 @@ impl fmt::Display for Secret {
 /// Told about every HTTP request (retries and gettoken included), for metrics.
 pub trait CallObserver: Send + Sync {
     /// `outcome` is `"0"` on success, else [`WeComError::metric_label`] (the errcode, or
-    /// `http_500`, `timeout`, `transport`, `decode`). `elapsed` excludes the budget wait.
+    /// `http_500`, `timeout`, `transport`, `decode`, `too_large`, `not_json`; a listing's
+    /// `pagination` error is not a request's). `elapsed` excludes the budget wait.
     fn on_call(&self, api: Api, outcome: &str, elapsed: Duration);
     /// After each gettoken attempt.
     fn on_token_refresh(&self, ok: bool);
@@ -519,22 +520,23 @@ impl WeComClient {
             .await
             .map_err(|e| self.transport_failure(api, token, e))?;
         let status = response.status();
-        if status != reqwest::StatusCode::OK {
-            // A 5xx may come from a gateway after WeCom acted; a 429 or 4xx did not act.
-            return Err(SendFailure {
-                error: WeComError::Http {
-                    api,
-                    status: status.as_u16(),
-                },
-                outcome_unknown: status.is_server_error(),
-            });
-        }
         let content_type = answer::shown_content_type(
             response
                 .headers()
                 .get(reqwest::header::CONTENT_TYPE)
                 .map(|v| v.as_bytes()),
         );
+        if status != reqwest::StatusCode::OK {
+            // A 5xx may come from a gateway after WeCom acted; a 429 or 4xx did not act.
+            return Err(SendFailure {
+                error: WeComError::Http {
+                    api,
+                    status: status.as_u16(),
+                    content_type: self.scrub(&content_type, token),
+                },
+                outcome_unknown: status.is_server_error(),
+            });
+        }
         let body = self.read_capped(api, token, response).await?;
         answer::decode(api, status.as_u16(), &content_type, &body)
             .map_err(|error| SendFailure::answered(self.scrub_error(error, token)))

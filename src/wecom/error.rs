@@ -167,9 +167,14 @@ pub enum WeComError {
         errcode: i64,
         errmsg: String,
     },
-    /// HTTP status other than 200.
-    #[error("WeCom {api} answered HTTP {status}")]
-    Http { api: Api, status: u16 },
+    /// HTTP status other than 200; the body is not read. `content_type` as in
+    /// [`WeComError::NotJson`] (`content type "text/html"` says a proxy answered).
+    #[error("WeCom {api} answered HTTP {status} with {content_type}")]
+    Http {
+        api: Api,
+        status: u16,
+        content_type: String,
+    },
     /// Connection refused, reset, DNS, TLS...
     #[error("WeCom {api} request failed: {message}")]
     Transport { api: Api, message: String },
@@ -341,9 +346,14 @@ mod tests {
     #[test]
     fn http_and_transport_errors_are_classified() {
         let api = Api::GetLink;
-        assert!(WeComError::Http { api, status: 502 }.is_retryable());
-        assert!(WeComError::Http { api, status: 429 }.is_retryable());
-        assert!(!WeComError::Http { api, status: 404 }.is_retryable());
+        let http = |status| WeComError::Http {
+            api,
+            status,
+            content_type: "no content type".into(),
+        };
+        assert!(http(502).is_retryable());
+        assert!(http(429).is_retryable());
+        assert!(!http(404).is_retryable());
         assert!(WeComError::Timeout { api }.is_retryable());
         assert!(
             WeComError::Transport {
