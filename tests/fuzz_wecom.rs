@@ -249,6 +249,7 @@ fn mutated_answer() -> impl Strategy<Value = Value> {
 fn decode_all(body: &[u8]) {
     check::<TokenResponse>(Api::GetToken, body, |t| {
         assert!(!t.access_token.is_empty() && t.expires_in <= MAX_EXPIRES_IN);
+        assert!(t.access_token.len() <= answer::MAX_TOKEN_BYTES);
     });
     check::<ListLinkResponse>(Api::ListLink, body, |_| {});
     check::<GetLinkResponse>(Api::GetLink, body, |a| {

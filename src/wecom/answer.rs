@@ -28,6 +28,8 @@ pub const MAX_UNIX_SECONDS: i64 = 253_402_300_799;
 pub const MAX_EXPIRES_IN: u64 = 86_400;
 /// The longest page cursor sent back. WeCom's are a few dozen bytes.
 pub const MAX_CURSOR_BYTES: usize = 1024;
+/// The longest access token used. WeCom asks callers to store 512 bytes; 4 times that.
+pub const MAX_TOKEN_BYTES: usize = 2048;
 /// The longest wrong value quoted in an error.
 const MAX_PROBLEM_CHARS: usize = 160;
 
@@ -83,6 +85,15 @@ impl Answer for TokenResponse {
             return Err(Invalid::new(
                 "access_token",
                 "errcode 0 without an access_token",
+            ));
+        }
+        if self.access_token.len() > MAX_TOKEN_BYTES {
+            return Err(Invalid::new(
+                "access_token",
+                format!(
+                    "a token of {} bytes (at most {MAX_TOKEN_BYTES})",
+                    self.access_token.len()
+                ),
             ));
         }
         if self.expires_in > MAX_EXPIRES_IN {
@@ -365,6 +376,16 @@ mod tests {
         .unwrap_err();
         assert!(
             matches!(&error, WeComError::Decode { path, .. } if path == "expires_in"),
+            "{error:?}"
+        );
+        let long = format!(
+            r#"{{"errcode":0,"access_token":"{}","expires_in":7200}}"#,
+            "t".repeat(MAX_TOKEN_BYTES + 1)
+        );
+        let error = decode_as::<TokenResponse>(Api::GetToken, &long).unwrap_err();
+        assert!(
+            matches!(&error, WeComError::Decode { path, message, .. }
+                if path == "access_token" && !message.contains("ttt")),
             "{error:?}"
         );
     }
