@@ -31,6 +31,7 @@ use crate::{
         context::{AppClients, Cadence, Context},
         link, plan,
     },
+    wecom::AllowedApiHosts,
 };
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -85,6 +86,10 @@ pub struct RunArgs {
     /// Namespace of the leader-election Lease (default: the pod's namespace).
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// Hosts a WeComApp's apiBaseUrl may name, comma-separated: `host` (any port) or
+    /// `host:port`. Any other app gets Ready=False, reason ApiHostNotAllowed, and no request.
+    #[arg(long, env = "ALLOWED_API_HOSTS", default_value = crate::wecom::allowed_hosts::OFFICIAL_API_HOST)]
+    pub allowed_api_hosts: AllowedApiHosts,
 }
 
 impl RunArgs {
@@ -175,6 +180,7 @@ pub fn start(
     namespace: Option<&str>,
     cadence: Cadence,
     metrics: Arc<Metrics>,
+    allowed_api_hosts: AllowedApiHosts,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Running {
     start_with(
@@ -182,7 +188,10 @@ pub fn start(
         namespace,
         cadence,
         metrics,
-        StartOptions::default(),
+        StartOptions {
+            allowed_api_hosts,
+            ..StartOptions::default()
+        },
         shutdown,
     )
 }
@@ -198,6 +207,8 @@ pub struct StartOptions {
     /// Where a controller loop that ends on its own is reported (`/healthz` reads it).
     pub liveness: Liveness,
     pub pass_hook: Option<PassHook>,
+    /// The hosts a WeComApp's `apiBaseUrl` may name (`--allowed-api-hosts`).
+    pub allowed_api_hosts: AllowedApiHosts,
 }
 
 /// [`start`] with a liveness shared with the health endpoint, and an optional pass hook.
@@ -251,7 +262,11 @@ pub fn start_with(
     };
     let context = Arc::new(Context {
         kube: client.clone(),
-        apps: AppClients::new(client.clone(), metrics.clone()),
+        apps: AppClients::new(
+            client.clone(),
+            metrics.clone(),
+            options.allowed_api_hosts.clone(),
+        ),
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
         cadence,
@@ -749,6 +764,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         StartOptions {
             liveness,
             pass_hook: None,
+            allowed_api_hosts: args.allowed_api_hosts.clone(),
         },
         stopped,
     );

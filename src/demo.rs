@@ -215,6 +215,8 @@ async fn start(options: &DemoOptions, manifests: &Manifests) -> anyhow::Result<W
         Some(NAMESPACE),
         demo_cadence(),
         crate::metrics::Metrics::new(),
+        // The demo's WeCom is the simulator on the loopback address.
+        crate::wecom::AllowedApiHosts::loopback(),
         shutdown,
     );
     let (sim_callback, callbacks) = match options.change_feed {

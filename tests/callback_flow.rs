@@ -120,8 +120,15 @@ impl World {
             quota: HOUR,
             ..Cadence::default()
         };
-        let running =
-            controller::start(client.clone(), Some(NS), cadence, Metrics::new(), shutdown);
+        let running = controller::start(
+            client.clone(),
+            Some(NS),
+            cadence,
+            Metrics::new(),
+            // The simulator listens on the loopback address.
+            wecom_acq::wecom::AllowedApiHosts::loopback(),
+            shutdown,
+        );
         let served = callback::serve_on(
             listener,
             running.context.clone(),

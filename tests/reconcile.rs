@@ -724,6 +724,41 @@ async fn app_reports_quota_and_conditions() {
 }
 
 #[tokio::test]
+async fn app_naming_an_api_host_not_allowed_is_refused_without_a_call() {
+    let mut env = Env::without_controller().await;
+    // Only WeCom's own host: the simulator's 127.0.0.1 is not allowed.
+    env.start_controller_allowing(
+        None,
+        quiet_cadence(),
+        wecom_acq::wecom::AllowedApiHosts::default(),
+    )
+    .await;
+    env.apply_app_with_secret("app").await;
+    let app = env
+        .wait_app_condition("app", "Ready", "False", "ApiHostNotAllowed")
+        .await;
+    let message = support::app_condition(&app, "Ready").unwrap().2;
+    let host = format!("127.0.0.1:{}", env.sim.addr().port());
+    assert!(
+        message.contains(&host) && message.contains("--allowed-api-hosts"),
+        "{message}"
+    );
+
+    env.apply_link("far", link_spec("app", "Far", &["zhangsan"]))
+        .await;
+    let link = env
+        .wait_link_condition("far", "Ready", "False", "AppNotReady")
+        .await;
+    let message = link_condition(&link, "Ready").unwrap().2;
+    assert!(message.contains(&host), "{message}");
+    assert_eq!(
+        env.sim_calls().await["total"],
+        0,
+        "no request to a host that is not allowed"
+    );
+}
+
+#[tokio::test]
 async fn app_with_missing_secret_is_not_ready_and_its_links_wait() {
     let env = Env::start(quiet_cadence()).await;
     env.apply_app("app", "no-such-secret").await;

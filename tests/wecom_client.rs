@@ -468,7 +468,7 @@ async fn a_cursor_that_does_not_advance_ends_the_listing_with_an_error() {
     let result: Result<Vec<String>, _> = client.list_links().try_collect().await;
     assert!(matches!(
         result,
-        Err(WeComError::Decode {
+        Err(WeComError::Pagination {
             api: Api::ListLink,
             ..
         })
@@ -654,7 +654,8 @@ async fn create_is_not_repeated_when_it_may_have_reached_wecom() {
         error,
         WeComError::Http {
             api: Api::CreateLink,
-            status: 502
+            status: 502,
+            content_type: "no content type".into(),
         }
     );
     assert_eq!(stub.calls(Api::CreateLink), 2);
@@ -702,7 +703,8 @@ async fn http_errors_and_foreign_bodies_are_typed() {
         client.get_link("caw1").await.unwrap_err(),
         WeComError::Http {
             api: Api::GetLink,
-            status: 404
+            status: 404,
+            content_type: "no content type".into(),
         }
     );
     assert_eq!(stub.calls(Api::GetLink), 1, "a 404 is terminal");
@@ -712,8 +714,9 @@ async fn http_errors_and_foreign_bodies_are_typed() {
     assert!(
         matches!(
             error,
-            WeComError::Decode {
+            WeComError::NotJson {
                 api: Api::GetLink,
+                status: 200,
                 ..
             }
         ),
@@ -872,7 +875,7 @@ async fn neither_secret_nor_token_appears_in_errors_or_logs() {
         vec![
             "transport",
             "http_500",
-            "decode",
+            "not_json",
             "timeout",
             "40058",
             "transport"

@@ -240,6 +240,7 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
             let reason = match err {
                 super::context::AppError::SecretNotFound { .. }
                 | super::context::AppError::SecretKeyMissing { .. } => reason::SECRET_NOT_FOUND,
+                super::context::AppError::ApiHostNotAllowed { .. } => reason::API_HOST_NOT_ALLOWED,
                 _ => reason::CREDENTIALS_INVALID,
             };
             conditions::set(

@@ -30,6 +30,8 @@ pub mod reason {
     pub const CREDENTIALS_READY: &str = "CredentialsReady";
     pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// The app's apiBaseUrl names a host not in `--allowed-api-hosts`.
+    pub const API_HOST_NOT_ALLOWED: &str = "ApiHostNotAllowed";
     pub const BALANCE_OK: &str = "BalanceOk";
     pub const BALANCE_LOW: &str = "BalanceLow";
     pub const BALANCE_EXHAUSTED: &str = "BalanceExhausted";

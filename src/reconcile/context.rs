@@ -21,6 +21,7 @@ use crate::{
     api::{AcquisitionLink, SecretKeyRef, WeComApp},
     metrics::Metrics,
     wecom::{
+        AllowedApiHosts,
         client::{ClientConfig, Secret, WeComClient},
         retry::RetryPolicy,
     },
@@ -90,6 +91,17 @@ pub enum AppError {
         name: String,
         message: String,
     },
+    #[error(
+        "WeComApp {namespace}/{name}: spec.apiBaseUrl names host {host}, which the controller \
+         may not call (allowed: {allowed}); use WeCom's host, or add the host to the \
+         controller's --allowed-api-hosts (env ALLOWED_API_HOSTS, chart value allowedApiHosts)"
+    )]
+    ApiHostNotAllowed {
+        namespace: String,
+        name: String,
+        host: String,
+        allowed: String,
+    },
     #[error("reading Secret {namespace}/{name}: {source}")]
     Kube {
         namespace: String,
@@ -113,16 +125,38 @@ pub struct AppClients {
     clients: Mutex<HashMap<(String, String), CachedClient>>,
     /// How long a secret read stays trusted before it is read again.
     secret_ttl: Duration,
+    /// The hosts an app's apiBaseUrl may name; checked before anything else, so no client
+    /// (and no request, not even the Secret read) exists for any other.
+    allowed_hosts: AllowedApiHosts,
 }
 
 impl AppClients {
-    pub fn new(kube: kube::Client, metrics: Arc<Metrics>) -> Self {
+    pub fn new(kube: kube::Client, metrics: Arc<Metrics>, allowed_hosts: AllowedApiHosts) -> Self {
         AppClients {
             kube,
             metrics,
             clients: Mutex::new(HashMap::new()),
             secret_ttl: Duration::from_secs(60),
+            allowed_hosts,
         }
+    }
+
+    /// The base URL of `app`'s WeCom API, if its host is allowed.
+    pub fn base_url_of(&self, app: &WeComApp) -> Result<String, AppError> {
+        let base_url = app
+            .spec
+            .api_base_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_API_BASE_URL.to_string());
+        self.allowed_hosts
+            .check(&base_url)
+            .map_err(|refused| AppError::ApiHostNotAllowed {
+                namespace: app.namespace().unwrap_or_default(),
+                name: app.name_any(),
+                host: refused.host,
+                allowed: self.allowed_hosts.to_string(),
+            })?;
+        Ok(base_url)
     }
 
     /// Reads one key of a Secret in `namespace`.
@@ -168,6 +202,7 @@ impl AppClients {
 
     /// The client of `app`, built or reused.
     pub async fn client_for(&self, app: &WeComApp) -> Result<WeComClient, AppError> {
+        let base_url = self.base_url_of(app)?;
         let namespace = app.namespace().unwrap_or_default();
         let name = app.name_any();
         let key = (namespace.clone(), name.clone());
@@ -191,11 +226,6 @@ impl AppClients {
                 ),
             });
         }
-        let base_url = app
-            .spec
-            .api_base_url
-            .clone()
-            .unwrap_or_else(|| DEFAULT_API_BASE_URL.to_string());
         let rpm = app
             .spec
             .requests_per_minute
@@ -365,13 +395,19 @@ mod tests {
         .expect("a valid WeComApp")
     }
 
-    #[tokio::test]
-    async fn clients_of_apps_gone_from_the_store_are_dropped() {
+    /// App clients over a Kubernetes client that reaches nothing (a closed port): any
+    /// Secret read fails.
+    fn offline_clients() -> AppClients {
         let kube = kube::Client::try_from(kube::Config::new(
             "http://127.0.0.1:1".parse().expect("a URL"),
         ))
         .expect("a client (nothing is sent)");
-        let clients = AppClients::new(kube, Metrics::new());
+        AppClients::new(kube, Metrics::new(), AllowedApiHosts::default())
+    }
+
+    #[tokio::test]
+    async fn clients_of_apps_gone_from_the_store_are_dropped() {
+        let clients = offline_clients();
         let (store, mut writer) = reflector::store::<WeComApp>();
         writer.apply_watcher_event(&watcher::Event::Apply(app("ns", "kept")));
         let cached = || CachedClient {
@@ -396,5 +432,25 @@ mod tests {
             .collect();
         assert_eq!(left, vec![("ns".to_string(), "kept".to_string())]);
         assert_eq!(clients.retain_apps(&store), 0);
+    }
+
+    #[tokio::test]
+    async fn an_app_naming_a_host_not_allowed_gets_no_client() {
+        // Only WeCom's host is allowed. A Secret read would fail with a Kube error instead.
+        let clients = offline_clients();
+        let mut hostile = app("ns", "hostile");
+        hostile.spec.api_base_url = Some("http://10.0.0.7:8080/x".into());
+        let error = clients.client_for(&hostile).await.expect_err("refused");
+        assert!(
+            matches!(&error, AppError::ApiHostNotAllowed { host, .. } if host == "10.0.0.7:8080"),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("10.0.0.7:8080")
+                && message.contains("--allowed-api-hosts")
+                && message.contains("qyapi.weixin.qq.com"),
+            "{message}"
+        );
     }
 }

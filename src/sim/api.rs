@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::http::Method;
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::Shared;
-use super::state::{ApiFailure, CallQuery};
+use super::state::{ApiFailure, CallQuery, RawReply};
 use crate::wecom::error::Api;
 
 /// Parses the query string WeCom reads; unknown or malformed pairs are ignored.
@@ -42,6 +42,14 @@ pub(crate) async fn handle(
         // Injected latency (POST /_sim/faults): the product's fault injection.
         tokio::time::sleep(latency).await;
     }
+    if let Some(raw) = admission.raw {
+        tracing::debug!(
+            api = api.name(),
+            status = raw.status,
+            "sim WeCom call: raw fault"
+        );
+        return raw_response(raw);
+    }
     let result = match admission.refusal {
         Some(refusal) => Err(refusal),
         None => {
@@ -63,6 +71,36 @@ pub(crate) async fn handle(
         "sim WeCom call"
     );
     Json(answer).into_response()
+}
+
+/// Raw answers longer than this are streamed in chunks of this size, without a
+/// Content-Length, so a client cannot refuse them from the header alone.
+const RAW_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A raw fault's answer as it was asked for (status and content type were checked when
+/// the fault was added).
+fn raw_response(raw: RawReply) -> Response {
+    let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::OK);
+    let body = if raw.body.len() > RAW_CHUNK_BYTES {
+        let body = axum::body::Bytes::from(raw.body);
+        let chunks: Vec<Result<axum::body::Bytes, std::io::Error>> = (0..body.len())
+            .step_by(RAW_CHUNK_BYTES)
+            .map(|start| Ok(body.slice(start..(start + RAW_CHUNK_BYTES).min(body.len()))))
+            .collect();
+        axum::body::Body::from_stream(futures::stream::iter(chunks))
+    } else {
+        axum::body::Body::from(raw.body)
+    };
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.remove(header::CONTENT_TYPE);
+    if let Some(value) = raw
+        .content_type
+        .and_then(|t| header::HeaderValue::from_str(&t).ok())
+    {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    response
 }
 
 fn render(result: Result<Value, ApiFailure>) -> (i64, Value) {

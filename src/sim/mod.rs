@@ -47,8 +47,8 @@
 //!   `--third-party-suite-id`. Posted from a background task in order, 5 s timeout, up to 3
 //!   retries. API calls (A3/A4/A5) produce no callback, as in WeCom. The URL's `timestamp`
 //!   is real time (receivers check freshness); `CreateTime` is the simulator's clock.
-//! - **Faults**: injected errcodes and latency per API (or `*`) for N calls, and expiring
-//!   every issued token.
+//! - **Faults**: injected errcodes, latency or raw answers (any status, content type and
+//!   body) per API (or `*`) for N calls, and expiring every issued token.
 //!
 //! # Built-in defaults
 //!
@@ -76,6 +76,7 @@
 //! | `DELETE /_sim/links/{id}` | | deletes as the admin console does (pushes `delete_link`) |
 //! | `PATCH /_sim/links/{id}` | `{"link_name":"x","range":{...},"skip_verify":false}` | edits as the admin console does (drift, no callback) |
 //! | `POST /_sim/faults` | `{"api":"create_link","errcode":-1,"times":2}` or `{"api":"*","latency_ms":300,"times":10}` | injects faults (`times` omitted: until cleared) |
+//! | `POST /_sim/faults` | `{"api":"gettoken","raw":{"status":200,"contentType":"text/html","body":"<html>...</html>"},"times":1}` | answers with exactly that status, content type (none if omitted) and body instead of WeCom's answer: a hostile or broken server. Every `{{n}}` in `body` becomes the fault's answer number (`{"errcode":0,"link_id_list":["l{{n}}"],"next_cursor":"c{{n}}"}` never ends a listing); `"padTo":8388608` pads the body with spaces to that many bytes (at most 64 MiB) |
 //! | `DELETE /_sim/faults` | | clears faults |
 //! | `POST /_sim/tokens/expire` | | every issued token answers 42001 |
 //! | `POST /_sim/clock` | `{"advance_secs":86400}` | moves the simulator's clock forward |

@@ -175,8 +175,62 @@ pub struct Fault {
     pub errcode: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<RawFault>,
     /// Calls left; `None` until `DELETE /_sim/faults`.
     pub remaining: Option<u32>,
+    /// Calls this fault answered so far (the `{{n}}` of a raw body).
+    pub served: u64,
+}
+
+/// A raw answer of a fault: any status, content type and body, for testing clients against
+/// a hostile or broken server (an HTML page from a proxy, wrong types, huge answers, a
+/// cursor that never ends).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFault {
+    #[serde(default = "http_ok")]
+    pub status: u16,
+    /// `Content-Type` of the answer; none when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// The body as sent; every `{{n}}` becomes the number of this fault's answer (1, 2...),
+    /// so a listing can get a new cursor on every page.
+    #[serde(default)]
+    pub body: String,
+    /// Pads the body with spaces to this many bytes (at most [`MAX_RAW_PAD_BYTES`]): an
+    /// oversized answer that is still valid JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_to: Option<usize>,
+}
+
+fn http_ok() -> u16 {
+    200
+}
+
+/// The largest padded raw answer.
+pub const MAX_RAW_PAD_BYTES: usize = 64 * 1024 * 1024;
+
+/// A raw answer about to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawReply {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl RawFault {
+    fn reply(&self, n: u64) -> RawReply {
+        let mut body = self.body.replace("{{n}}", &n.to_string()).into_bytes();
+        if let Some(pad_to) = self.pad_to {
+            body.resize(pad_to.max(body.len()), b' ');
+        }
+        RawReply {
+            status: self.status,
+            content_type: self.content_type.clone(),
+            body,
+        }
+    }
 }
 
 fn ser_fault_api<S: serde::Serializer>(api: &Option<Api>, s: S) -> Result<S::Ok, S::Error> {
@@ -193,6 +247,8 @@ pub struct FaultSpec {
     #[serde(default)]
     pub latency_ms: Option<u64>,
     #[serde(default)]
+    pub raw: Option<RawFault>,
+    #[serde(default)]
     pub times: Option<u32>,
 }
 
@@ -201,6 +257,8 @@ pub struct FaultSpec {
 pub struct Admission {
     pub latency: Option<Duration>,
     pub refusal: Option<ApiFailure>,
+    /// Sent instead of any answer (a raw fault).
+    pub raw: Option<RawReply>,
 }
 
 /// The query parameters WeCom reads.
@@ -359,10 +417,9 @@ impl SimState {
             .faults
             .iter()
             .position(|f| f.latency_ms.is_some() && f.api.is_none_or(|a| a == api));
-        let errcode_idx = self
-            .faults
-            .iter()
-            .position(|f| f.errcode.is_some() && f.api.is_none_or(|a| a == api));
+        let errcode_idx = self.faults.iter().position(|f| {
+            (f.errcode.is_some() || f.raw.is_some()) && f.api.is_none_or(|a| a == api)
+        });
         let latency = latency_idx
             .and_then(|i| self.faults[i].latency_ms)
             .map(Duration::from_millis);
@@ -389,11 +446,19 @@ impl SimState {
         if let Some(i) = latency_idx {
             used.push(i);
         }
+        let mut raw = None;
         if refusal.is_none()
             && let Some(i) = errcode_idx
         {
-            let code = self.faults[i].errcode.unwrap_or(-1);
-            refusal = Some(ApiFailure::new(code, "fault injected by POST /_sim/faults"));
+            let fault = &mut self.faults[i];
+            fault.served += 1;
+            match &fault.raw {
+                Some(answer) => raw = Some(answer.reply(fault.served)),
+                None => {
+                    let code = fault.errcode.unwrap_or(-1);
+                    refusal = Some(ApiFailure::new(code, "fault injected by POST /_sim/faults"));
+                }
+            }
             if !used.contains(&i) {
                 used.push(i);
             }
@@ -404,7 +469,11 @@ impl SimState {
             }
         }
         self.faults.retain(|f| f.remaining != Some(0));
-        Admission { latency, refusal }
+        Admission {
+            latency,
+            refusal,
+            raw,
+        }
     }
 
     // ---- phase 2: the API itself ----
@@ -965,10 +1034,37 @@ impl SimState {
                 ))
             })?),
         };
-        if spec.errcode.is_none() && spec.latency_ms.is_none() {
+        if spec.errcode.is_none() && spec.latency_ms.is_none() && spec.raw.is_none() {
             return Err(AdminError::BadRequest(
-                "a fault needs errcode, latency_ms or both".into(),
+                "a fault needs errcode, latency_ms or raw".into(),
             ));
+        }
+        if spec.errcode.is_some() && spec.raw.is_some() {
+            return Err(AdminError::BadRequest(
+                "a fault answers with errcode or raw, not both".into(),
+            ));
+        }
+        if let Some(raw) = &spec.raw {
+            if !(100..=999).contains(&raw.status) {
+                return Err(AdminError::BadRequest(format!(
+                    "raw.status {} is not an HTTP status (100-999)",
+                    raw.status
+                )));
+            }
+            if raw
+                .content_type
+                .as_deref()
+                .is_some_and(|t| http::HeaderValue::from_str(t).is_err())
+            {
+                return Err(AdminError::BadRequest(
+                    "raw.contentType is not a valid header value".into(),
+                ));
+            }
+            if raw.pad_to.is_some_and(|p| p > MAX_RAW_PAD_BYTES) {
+                return Err(AdminError::BadRequest(format!(
+                    "raw.padTo is at most {MAX_RAW_PAD_BYTES}"
+                )));
+            }
         }
         if spec.errcode == Some(0) {
             return Err(AdminError::BadRequest(
@@ -990,7 +1086,9 @@ impl SimState {
             api,
             errcode: spec.errcode,
             latency_ms: spec.latency_ms,
+            raw: spec.raw,
             remaining: spec.times,
+            served: 0,
         });
         Ok(serde_json::json!({ "faults": self.faults }))
     }
@@ -1208,6 +1306,7 @@ mod tests {
             api: "create_link".into(),
             errcode: Some(-1),
             latency_ms: None,
+            raw: None,
             times: Some(1),
         })
         .unwrap();
@@ -1223,9 +1322,35 @@ mod tests {
                 api: "nope".into(),
                 errcode: Some(-1),
                 latency_ms: None,
+                raw: None,
                 times: None,
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_raw_fault_numbers_its_answers_and_pads_them() {
+        let mut s = state();
+        s.add_fault(FaultSpec {
+            api: "list_link".into(),
+            errcode: None,
+            latency_ms: None,
+            raw: Some(RawFault {
+                status: 200,
+                content_type: None,
+                body: r#"{"next_cursor":"c{{n}}"}"#.into(),
+                pad_to: Some(40),
+            }),
+            times: Some(2),
+        })
+        .unwrap();
+        let t0 = Instant::now();
+        let first = s.admit(Api::ListLink, t0).raw.expect("a raw answer");
+        assert_eq!(first.body.len(), 40);
+        assert!(first.body.starts_with(br#"{"next_cursor":"c1"}  "#));
+        let second = s.admit(Api::ListLink, t0).raw.expect("a raw answer");
+        assert!(second.body.starts_with(br#"{"next_cursor":"c2"}"#));
+        assert_eq!(s.admit(Api::ListLink, t0).raw, None, "used up");
     }
 }

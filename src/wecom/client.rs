@@ -22,10 +22,10 @@ use std::time::Duration;
 
 use futures::stream::{self, Stream, TryStreamExt};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::answer::{self, Answer, PageGuard, PageLimits};
 use super::budget::RequestBudget;
 use super::error::{Api, ErrorClass, WeComError};
 use super::redact;
@@ -47,6 +47,10 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const LIST_LINK_PAGE_LIMIT: u32 = 100;
 /// A6 page size: WeCom's maximum.
 pub const CUSTOMER_PAGE_LIMIT: u32 = 1000;
+/// The most A1 pages read: 50,000 links, far more than one app's links a cluster manages.
+pub const LIST_LINK_MAX_PAGES: u32 = 500;
+/// The most A6 pages read: 1,000,000 customers through one link, beyond any quota bought.
+pub const CUSTOMER_MAX_PAGES: u32 = 1000;
 /// Connecting never takes longer than this, whatever the request timeout.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -91,7 +95,8 @@ impl fmt::Display for Secret {
 /// Told about every HTTP request (retries and gettoken included), for metrics.
 pub trait CallObserver: Send + Sync {
     /// `outcome` is `"0"` on success, else [`WeComError::metric_label`] (the errcode, or
-    /// `http_500`, `timeout`, `transport`, `decode`). `elapsed` excludes the budget wait.
+    /// `http_500`, `timeout`, `transport`, `decode`, `too_large`, `not_json`; a listing's
+    /// `pagination` error is not a request's). `elapsed` excludes the budget wait.
     fn on_call(&self, api: Api, outcome: &str, elapsed: Duration);
     /// After each gettoken attempt.
     fn on_token_refresh(&self, ok: bool);
@@ -278,7 +283,11 @@ impl WeComClient {
 
     /// A1, every page at 100 ids each.
     pub fn list_links(&self) -> impl Stream<Item = Result<String, WeComError>> + Send + '_ {
-        paginate(Api::ListLink, move |cursor| async move {
+        let limits = PageLimits {
+            per_page: LIST_LINK_PAGE_LIMIT,
+            max_pages: LIST_LINK_MAX_PAGES,
+        };
+        paginate(Api::ListLink, limits, move |cursor| async move {
             let page = self
                 .list_links_page(cursor.as_deref(), LIST_LINK_PAGE_LIMIT)
                 .await?;
@@ -297,19 +306,10 @@ impl WeComClient {
 
     /// A3. Not retried once the request may have reached WeCom (see the module docs): a
     /// [`WeComError::Timeout`], [`WeComError::Transport`] or 5xx [`WeComError::Http`] from
-    /// here means the link may or may not exist.
+    /// here means the link may or may not exist. A success without a link_id is a
+    /// [`WeComError::Decode`] at `link.link_id`.
     pub async fn create_link(&self, request: &CreateLinkRequest) -> Result<LinkInfo, WeComError> {
         let answer: CreateLinkResponse = self.call(Api::CreateLink, Some(request)).await?;
-        if answer.link.link_id.is_empty() {
-            return Err(WeComError::Decode {
-                api: Api::CreateLink,
-                message: format!(
-                    "WeCom reported success creating link {:?} but sent no link_id; list the \
-                     app's links (A1) to find it before creating again",
-                    request.link_name
-                ),
-            });
-        }
         Ok(answer.link)
     }
 
@@ -334,7 +334,11 @@ impl WeComClient {
         link_id: &str,
     ) -> impl Stream<Item = Result<Customer, WeComError>> + Send + '_ {
         let link_id = link_id.to_string();
-        paginate(Api::Customer, move |cursor| {
+        let limits = PageLimits {
+            per_page: CUSTOMER_PAGE_LIMIT,
+            max_pages: CUSTOMER_MAX_PAGES,
+        };
+        paginate(Api::Customer, limits, move |cursor| {
             let request = CustomerRequest {
                 link_id: link_id.clone(),
                 limit: Some(CUSTOMER_PAGE_LIMIT),
@@ -377,7 +381,7 @@ impl WeComClient {
     async fn call<B, R>(&self, api: Api, body: Option<&B>) -> Result<R, WeComError>
     where
         B: Serialize + Sync,
-        R: DeserializeOwned,
+        R: Answer,
     {
         let span = tracing::debug_span!("wecom_call", api = api.name());
         with_retries(&self.inner.retry, api, |attempt| {
@@ -397,7 +401,7 @@ impl WeComClient {
     ) -> Result<R, AttemptFailure>
     where
         B: Serialize + Sync,
-        R: DeserializeOwned,
+        R: Answer,
     {
         // The token fetch ran its own retries: repeating it here would multiply them.
         let token = self.token().await.map_err(AttemptFailure::final_)?;
@@ -435,20 +439,7 @@ impl WeComClient {
                         .await
                         .map_err(|f| AttemptFailure::retryable_if_class_says(f.error))
                 })
-                .await
-                .and_then(|answer| {
-                    if answer.access_token.is_empty() {
-                        Err(WeComError::Decode {
-                            api: Api::GetToken,
-                            message: format!(
-                                "gettoken for corp {} answered errcode 0 without an access_token",
-                                self.inner.corp_id
-                            ),
-                        })
-                    } else {
-                        Ok(answer)
-                    }
-                });
+                .await;
                 if let Some(observer) = &self.inner.observer {
                     observer.on_token_refresh(result.is_ok());
                 }
@@ -472,7 +463,7 @@ impl WeComClient {
     ) -> Result<R, SendFailure>
     where
         B: Serialize,
-        R: DeserializeOwned,
+        R: Answer,
     {
         self.inner.budget.acquire().await;
         let started = Instant::now();
@@ -503,7 +494,7 @@ impl WeComClient {
     ) -> Result<R, SendFailure>
     where
         B: Serialize,
-        R: DeserializeOwned,
+        R: Answer,
     {
         let url = format!("{}{}", self.inner.base_url, api.path());
         let request = if api.is_get() {
@@ -529,48 +520,90 @@ impl WeComClient {
             .await
             .map_err(|e| self.transport_failure(api, token, e))?;
         let status = response.status();
+        let content_type = answer::shown_content_type(
+            response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+        );
         if status != reqwest::StatusCode::OK {
             // A 5xx may come from a gateway after WeCom acted; a 429 or 4xx did not act.
             return Err(SendFailure {
                 error: WeComError::Http {
                     api,
                     status: status.as_u16(),
+                    content_type: self.scrub(&content_type, token),
                 },
                 outcome_unknown: status.is_server_error(),
             });
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_failure(api, token, e))?;
-        let answer: ApiStatus = serde_json::from_slice(&bytes)
-            .map_err(|e| SendFailure::answered(self.decode_error(api, token, &e)))?;
-        if answer.errcode != 0 {
-            return Err(SendFailure::answered(WeComError::Api {
-                api,
-                errcode: answer.errcode,
-                errmsg: self.scrub(&answer.errmsg, token),
-            }));
-        }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| SendFailure::answered(self.decode_error(api, token, &e)))
+        let body = self.read_capped(api, token, response).await?;
+        answer::decode(api, status.as_u16(), &content_type, &body)
+            .map_err(|error| SendFailure::answered(self.scrub_error(error, token)))
     }
 
-    fn decode_error(
+    /// The body, read chunk by chunk up to [`answer::MAX_ANSWER_BYTES`]: a larger answer
+    /// is refused without being buffered.
+    async fn read_capped(
         &self,
         api: Api,
         token: Option<&AccessToken>,
-        error: &serde_json::Error,
-    ) -> WeComError {
-        WeComError::Decode {
-            api,
-            message: self.scrub(
-                &format!(
-                    "{error}; the answer from {} is not WeCom's JSON (is the base URL right?)",
-                    self.inner.host
-                ),
-                token,
-            ),
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, SendFailure> {
+        let too_large = || {
+            SendFailure::answered(WeComError::TooLarge {
+                api,
+                limit: answer::MAX_ANSWER_BYTES,
+            })
+        };
+        if response
+            .content_length()
+            .is_some_and(|length| length > answer::MAX_ANSWER_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_failure(api, token, e))?
+        {
+            if body.len() + chunk.len() > answer::MAX_ANSWER_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// `error` with the secret and the token removed from every text the server chose
+    /// (an errmsg, a quoted wrong value, a content type).
+    fn scrub_error(&self, error: WeComError, token: Option<&AccessToken>) -> WeComError {
+        match error {
+            WeComError::Api {
+                api,
+                errcode,
+                errmsg,
+            } => WeComError::Api {
+                api,
+                errcode,
+                errmsg: self.scrub(&errmsg, token),
+            },
+            WeComError::Decode { api, path, message } => WeComError::Decode {
+                api,
+                path: self.scrub(&path, token),
+                message: self.scrub(&message, token),
+            },
+            WeComError::NotJson {
+                api,
+                status,
+                content_type,
+            } => WeComError::NotJson {
+                api,
+                status,
+                content_type: self.scrub(&content_type, token),
+            },
+            other => other,
         }
     }
 
@@ -636,9 +669,11 @@ enum Page {
 }
 
 /// Turns a page fetcher (cursor in; items and next cursor out) into a stream of items
-/// that follows the cursors until WeCom sends an empty one.
+/// that follows the cursors until WeCom sends an empty one, within `limits` (see
+/// [`PageGuard`]).
 fn paginate<'a, T, F, Fut>(
     api: Api,
+    limits: PageLimits,
     fetch: F,
 ) -> impl Stream<Item = Result<T, WeComError>> + Send + 'a
 where
@@ -646,27 +681,23 @@ where
     F: FnMut(Option<String>) -> Fut + Send + 'a,
     Fut: Future<Output = Result<(Vec<T>, String), WeComError>> + Send + 'a,
 {
-    stream::try_unfold((Page::First, fetch), move |(page, mut fetch)| async move {
-        let cursor = match page {
-            Page::Done => return Ok(None),
-            Page::First => None,
-            Page::After(cursor) => Some(cursor),
-        };
-        let (items, next_cursor) = fetch(cursor.clone()).await?;
-        let next = if next_cursor.is_empty() {
-            Page::Done
-        } else if cursor.as_deref() == Some(next_cursor.as_str()) {
-            return Err(WeComError::Decode {
-                api,
-                message: "WeCom answered the same page cursor twice; stopped listing to avoid \
-                          an endless loop"
-                    .into(),
-            });
-        } else {
-            Page::After(next_cursor)
-        };
-        let items = stream::iter(items.into_iter().map(Ok::<T, WeComError>));
-        Ok(Some((items, (next, fetch))))
-    })
+    let guard = PageGuard::new(api, limits);
+    stream::try_unfold(
+        (Page::First, fetch, guard),
+        move |(page, mut fetch, mut guard)| async move {
+            let cursor = match page {
+                Page::Done => return Ok(None),
+                Page::First => None,
+                Page::After(cursor) => Some(cursor),
+            };
+            let (items, next_cursor) = fetch(cursor).await?;
+            let next = match guard.after_page(items.len(), &next_cursor)? {
+                Some(cursor) => Page::After(cursor),
+                None => Page::Done,
+            };
+            let items = stream::iter(items.into_iter().map(Ok::<T, WeComError>));
+            Ok(Some((items, (next, fetch, guard))))
+        },
+    )
     .try_flatten()
 }

@@ -167,18 +167,50 @@ pub enum WeComError {
         errcode: i64,
         errmsg: String,
     },
-    /// HTTP status other than 200.
-    #[error("WeCom {api} answered HTTP {status}")]
-    Http { api: Api, status: u16 },
+    /// HTTP status other than 200; the body is not read. `content_type` as in
+    /// [`WeComError::NotJson`] (`content type "text/html"` says a proxy answered).
+    #[error("WeCom {api} answered HTTP {status} with {content_type}")]
+    Http {
+        api: Api,
+        status: u16,
+        content_type: String,
+    },
     /// Connection refused, reset, DNS, TLS...
     #[error("WeCom {api} request failed: {message}")]
     Transport { api: Api, message: String },
     /// No answer within the request timeout.
     #[error("WeCom {api} timed out")]
     Timeout { api: Api },
-    /// The body was not the JSON WeCom documents.
-    #[error("WeCom {api} answer could not be decoded: {message}")]
-    Decode { api: Api, message: String },
+    /// The answer was JSON but not what WeCom documents: a wrong type, a missing field, or
+    /// a number out of range. `path` names the field (`link.create_time`, `.` for the
+    /// whole answer); `message` says what was wrong, without a position in the text, so
+    /// the same bad answer always gives the same message.
+    #[error("WeCom {api} answer is malformed at {path}: {message}")]
+    Decode {
+        api: Api,
+        path: String,
+        message: String,
+    },
+    /// The answer was longer than the client reads (`limit` bytes); reading stopped there.
+    #[error(
+        "WeCom {api} answer is larger than {} MiB; stopped reading it (is apiBaseUrl WeCom's API?)",
+        limit / (1024 * 1024)
+    )]
+    TooLarge { api: Api, limit: usize },
+    /// The answer was not JSON at all: an HTML page from a proxy, a login portal, plain text.
+    #[error(
+        "WeCom {api} answered HTTP {status} with {content_type}, not JSON (a proxy in the way, or apiBaseUrl is not WeCom's API?)"
+    )]
+    NotJson {
+        api: Api,
+        status: u16,
+        /// The Content-Type header as sent (printable ASCII, shortened), or `no content type`.
+        content_type: String,
+    },
+    /// A listing (A1, A6) that does not end: a cursor sent twice, more pages than the
+    /// data can have, or a page longer than asked for.
+    #[error("WeCom {api} listing stopped: {message}")]
+    Pagination { api: Api, message: String },
     /// Retries ran out on a retryable error; `last` is the final one.
     #[error("WeCom {api} still failing after {attempts} attempts: {last}")]
     RetriesExhausted {
@@ -196,6 +228,9 @@ impl WeComError {
             | WeComError::Transport { api, .. }
             | WeComError::Timeout { api }
             | WeComError::Decode { api, .. }
+            | WeComError::TooLarge { api, .. }
+            | WeComError::NotJson { api, .. }
+            | WeComError::Pagination { api, .. }
             | WeComError::RetriesExhausted { api, .. } => *api,
         }
     }
@@ -217,7 +252,12 @@ impl WeComError {
             }
             WeComError::Http { .. } => ErrorClass::Terminal,
             WeComError::Transport { .. } | WeComError::Timeout { .. } => ErrorClass::Retryable,
-            WeComError::Decode { .. } => ErrorClass::Terminal,
+            // The server at apiBaseUrl misbehaves: asking again at once would get the same
+            // answer. Terminal here; the reconcilers come back on their own cadence.
+            WeComError::Decode { .. }
+            | WeComError::TooLarge { .. }
+            | WeComError::NotJson { .. }
+            | WeComError::Pagination { .. } => ErrorClass::Terminal,
             // The retry loop gave up; the caller may still back off and try on a later pass.
             WeComError::RetriesExhausted { .. } => ErrorClass::Retryable,
         }
@@ -227,18 +267,34 @@ impl WeComError {
         self.class() == ErrorClass::Retryable
     }
 
+    /// True when the server at apiBaseUrl answered something WeCom never sends (a
+    /// malformed, oversized or non-JSON answer, or a listing that does not end): the
+    /// configuration or the network path is wrong, not the request.
+    pub fn is_bad_answer(&self) -> bool {
+        match self {
+            WeComError::Decode { .. }
+            | WeComError::TooLarge { .. }
+            | WeComError::NotJson { .. }
+            | WeComError::Pagination { .. } => true,
+            WeComError::RetriesExhausted { last, .. } => last.is_bad_answer(),
+            _ => false,
+        }
+    }
+
     /// A message that stays the same from one failure to the next: the API, the errcode
     /// and our description of it, never WeCom's errmsg (it carries request ids that change
     /// on every call, so a status condition built from it would be rewritten each time).
+    /// At most [`SUMMARY_MAX_CHARS`] characters: a hostile answer cannot flood a condition.
     pub fn summary(&self) -> String {
-        match self.errcode() {
+        let text = match self.errcode() {
             Some(code) => format!(
                 "WeCom {} failed: errcode {code} ({})",
                 self.api(),
                 describe(code)
             ),
             None => crate::wecom::redact::scrub(&self.to_string()),
-        }
+        };
+        shorten(&text, SUMMARY_MAX_CHARS)
     }
 
     /// A label for metrics: the errcode, or the kind of failure.
@@ -249,8 +305,22 @@ impl WeComError {
             WeComError::Transport { .. } => "transport".into(),
             WeComError::Timeout { .. } => "timeout".into(),
             WeComError::Decode { .. } => "decode".into(),
+            WeComError::TooLarge { .. } => "too_large".into(),
+            WeComError::NotJson { .. } => "not_json".into(),
+            WeComError::Pagination { .. } => "pagination".into(),
             WeComError::RetriesExhausted { last, .. } => last.metric_label(),
         }
+    }
+}
+
+/// The longest [`WeComError::summary`], in characters.
+pub const SUMMARY_MAX_CHARS: usize = 300;
+
+/// `text` cut to `max` characters, with `...` when cut.
+pub fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
     }
 }
 
@@ -276,9 +346,14 @@ mod tests {
     #[test]
     fn http_and_transport_errors_are_classified() {
         let api = Api::GetLink;
-        assert!(WeComError::Http { api, status: 502 }.is_retryable());
-        assert!(WeComError::Http { api, status: 429 }.is_retryable());
-        assert!(!WeComError::Http { api, status: 404 }.is_retryable());
+        let http = |status| WeComError::Http {
+            api,
+            status,
+            content_type: "no content type".into(),
+        };
+        assert!(http(502).is_retryable());
+        assert!(http(429).is_retryable());
+        assert!(!http(404).is_retryable());
         assert!(WeComError::Timeout { api }.is_retryable());
         assert!(
             WeComError::Transport {

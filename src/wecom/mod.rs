@@ -1,5 +1,7 @@
 //! The WeCom side: wire types, error codes, and the redaction every error passes through.
 
+pub mod allowed_hosts;
+pub mod answer;
 pub mod budget;
 pub mod client;
 pub mod crypto;
@@ -11,6 +13,7 @@ pub mod retry;
 pub mod token;
 pub mod types;
 
+pub use allowed_hosts::AllowedApiHosts;
 pub use client::{CallObserver, ClientConfig, ClientConfigError, Secret, WeComClient};
 pub use error::{Api, ErrorClass, WeComError};
 pub use retry::RetryPolicy;

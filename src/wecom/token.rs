@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::answer::MAX_EXPIRES_IN;
 use super::error::{WeComError, codes};
 use super::types::TokenResponse;
 
@@ -71,6 +72,17 @@ pub fn refresh_margin(expires_in: u64) -> Duration {
     (Duration::from_secs(expires_in) / 10).min(MAX_REFRESH_MARGIN)
 }
 
+/// How long a token of `expires_in` seconds is used before it is refreshed. 0 (not said)
+/// is WeCom's documented 7200 s; more than [`MAX_EXPIRES_IN`] is capped there (the client
+/// refuses such an answer; this keeps the cache safe whoever calls it).
+pub fn token_life(expires_in: u64) -> Duration {
+    let expires_in = match expires_in {
+        0 => DEFAULT_EXPIRES_IN,
+        n => n.min(MAX_EXPIRES_IN),
+    };
+    Duration::from_secs(expires_in) - refresh_margin(expires_in)
+}
+
 impl TokenCache {
     /// The cached token if it is still fresh.
     pub fn fresh(&self) -> Option<AccessToken> {
@@ -113,16 +125,14 @@ impl TokenCache {
             Ok(answer) => {
                 state.last_failure = None;
                 state.bad_secret = None;
-                let expires_in = if answer.expires_in == 0 {
-                    DEFAULT_EXPIRES_IN
-                } else {
-                    answer.expires_in
-                };
-                let life = Duration::from_secs(expires_in) - refresh_margin(expires_in);
+                let life = token_life(answer.expires_in);
+                let now = Instant::now();
                 let token = AccessToken(Arc::from(answer.access_token));
                 *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(CachedToken {
                     token: token.clone(),
-                    refresh_at: Instant::now() + life,
+                    // `life` is at most a day, so this cannot overflow; if it ever did, the
+                    // token would just be refreshed on the next call.
+                    refresh_at: now.checked_add(life).unwrap_or(now),
                 });
                 Ok(token)
             }
@@ -172,6 +182,30 @@ mod tests {
         assert_eq!(refresh_margin(7200), Duration::from_secs(300));
         assert_eq!(refresh_margin(60), Duration::from_secs(6));
         assert_eq!(refresh_margin(0), Duration::ZERO);
+    }
+
+    #[test]
+    fn any_expires_in_gives_a_bounded_life() {
+        assert_eq!(token_life(7200), Duration::from_secs(6900));
+        assert_eq!(token_life(0), Duration::from_secs(6900));
+        assert_eq!(token_life(u64::MAX), Duration::from_secs(86_100));
+        assert_eq!(token_life(1), Duration::from_millis(900));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overflowing_expires_in_does_not_panic_the_cache() {
+        let cache = TokenCache::default();
+        let token = cache
+            .get_or_refresh(|| async { Ok(answer("long", u64::MAX)) })
+            .await
+            .unwrap();
+        assert_eq!(token.expose(), "long");
+        tokio::time::advance(Duration::from_secs(86_400)).await;
+        assert_eq!(
+            cache.fresh(),
+            None,
+            "refreshed within a day whatever was said"
+        );
     }
 
     #[test]

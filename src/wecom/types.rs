@@ -3,6 +3,9 @@
 //! Field names follow the official documentation (see `shared/reference/WECOM-NOTES.md`);
 //! where the third-party skill text spells a field differently, the skill's spelling is
 //! accepted as an alias. Unknown fields are ignored so a newer WeCom keeps working.
+//! Fields the controller acts on are required in answers (no `serde(default)`): an answer
+//! without them is a decode error naming the field, not a link with an empty name or a
+//! quota of zero. Value ranges are checked in [`super::answer`].
 //! These types are shared by the client and the simulator, so both speak one wire format.
 
 use serde::{Deserialize, Serialize};
@@ -89,7 +92,6 @@ pub struct ListLinkRequest {
 /// A1 answer: one page of link ids. An empty `next_cursor` means the end.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListLinkResponse {
-    #[serde(default)]
     pub link_id_list: Vec<String>,
     #[serde(default)]
     pub next_cursor: String,
@@ -106,9 +108,7 @@ pub struct LinkIdRequest {
 pub struct LinkInfo {
     #[serde(default)]
     pub link_id: String,
-    #[serde(default)]
     pub link_name: String,
-    #[serde(default)]
     pub url: String,
     #[serde(default)]
     pub create_time: i64,
@@ -122,9 +122,7 @@ pub struct LinkInfo {
 /// A2 answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GetLinkResponse {
-    #[serde(default)]
     pub link: LinkInfo,
-    #[serde(default)]
     pub range: LinkRange,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_option: Option<PriorityOption>,
@@ -184,7 +182,6 @@ pub struct CreateLinkRequest {
 /// A3 answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateLinkResponse {
-    #[serde(default)]
     pub link: LinkInfo,
 }
 
@@ -218,7 +215,6 @@ pub struct CustomerRequest {
 /// of `userid`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Customer {
-    #[serde(default)]
     pub external_userid: String,
     #[serde(default, alias = "customer_userid")]
     pub userid: String,
@@ -237,7 +233,6 @@ pub struct Customer {
 /// A6 answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerResponse {
-    #[serde(default)]
     pub customer_list: Vec<Customer>,
     #[serde(default)]
     pub next_cursor: String,
@@ -254,9 +249,7 @@ pub struct StatisticRequest {
 /// A7 answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatisticResponse {
-    #[serde(default)]
     pub click_link_customer_cnt: u64,
-    #[serde(default)]
     pub new_customer_cnt: u64,
 }
 
@@ -264,18 +257,14 @@ pub struct StatisticResponse {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaBatch {
     /// Unix seconds: midnight of the expiry day.
-    #[serde(default)]
     pub expire_date: i64,
-    #[serde(default)]
     pub balance: u64,
 }
 
 /// A8 answer. `total` is the cumulative quota used, not purchased; `balance` may exceed it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaResponse {
-    #[serde(default)]
     pub total: u64,
-    #[serde(default)]
     pub balance: u64,
     #[serde(default)]
     pub quota_list: Vec<QuotaBatch>,

@@ -261,6 +261,8 @@ impl Env {
             .args(["--customers-interval", &secs(SLOW_FACTS)])
             .args(["--statistics-interval", &secs(SLOW_FACTS)])
             .args(["--quota-interval", &secs(SLOW_FACTS)])
+            // The simulator listens on the loopback address.
+            .args(["--allowed-api-hosts", "127.0.0.1"])
             .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info,wecom_acq=debug")
@@ -272,6 +274,7 @@ impl Env {
             .env_remove("METRICS_ADDR")
             .env_remove("CALLBACK_ADDR")
             .env_remove("RESYNC_INTERVAL")
+            .env_remove("ALLOWED_API_HOSTS")
             .env_remove("CUSTOMERS_INTERVAL")
             .env_remove("STATISTICS_INTERVAL")
             .env_remove("QUOTA_INTERVAL")

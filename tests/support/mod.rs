@@ -29,6 +29,7 @@ use wecom_acq::kubesim::{self, FaultControl, KubeSimHandle};
 use wecom_acq::metrics::{Metrics, ReconcileLabels};
 use wecom_acq::reconcile::context::Cadence;
 use wecom_acq::sim::{self, SimConfig, SimHandle};
+use wecom_acq::wecom::AllowedApiHosts;
 
 /// The namespace every helper works in.
 pub const NS: &str = "default";
@@ -220,7 +221,23 @@ impl Env {
     /// Starts the controllers watching `namespace` only (`None`: all) and waits until their
     /// caches are synced.
     pub async fn start_controller_in(&mut self, namespace: Option<&str>, cadence: Cadence) {
-        self.start_controller_with(namespace, cadence, controller::StartOptions::default())
+        // The simulator listens on the loopback address.
+        self.start_controller_allowing(namespace, cadence, AllowedApiHosts::loopback())
+            .await;
+    }
+
+    /// Like [`Self::start_controller_in`], allowing WeComApps only the API hosts `allowed`.
+    pub async fn start_controller_allowing(
+        &mut self,
+        namespace: Option<&str>,
+        cadence: Cadence,
+        allowed: AllowedApiHosts,
+    ) {
+        let options = controller::StartOptions {
+            allowed_api_hosts: allowed,
+            ..Default::default()
+        };
+        self.start_controller_with(namespace, cadence, options)
             .await;
     }
 

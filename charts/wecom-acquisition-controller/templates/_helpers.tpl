@@ -65,6 +65,9 @@ to WeCom and fight over status; one port cannot serve both listeners.
 {{- if and .Values.callback.ingress.enabled (not .Values.callback.ingress.hosts) }}
 {{- fail "callback.ingress.enabled is true but callback.ingress.hosts is empty: WeCom needs a host name in the callback URL." }}
 {{- end }}
+{{- if not .Values.allowedApiHosts }}
+{{- fail "allowedApiHosts is empty: no WeComApp could reach WeCom. List qyapi.weixin.qq.com (the default) and any proxy WeComApps name." }}
+{{- end }}
 {{- end }}
 
 {{/* The controller's rules, shared by the ClusterRole and the namespaced Role. */}}
