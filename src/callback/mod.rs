@@ -139,12 +139,18 @@ pub fn serve_on(
 ) -> JoinHandle<()> {
     let (queue, events) = mpsc::channel::<InboundEvent>(settings.queue_capacity.max(1));
     let directory = KubeAppDirectory::new(context.clone(), settings.directory);
-    let refresher = directory.spawn_refresher(stop.clone());
     let liveness = context.liveness.clone();
     let stopping = {
         let stop = stop.clone();
         move || *stop.borrow()
     };
+    // The refresher ends on `stop` by itself; before, it is reported (a lookup would
+    // otherwise go on answering from a cache that no longer follows the apps).
+    let refresher = tokio::spawn(liveness.clone().supervise(
+        "the callback directory refresher",
+        directory.spawn_refresher(stop.clone()),
+        stopping.clone(),
+    ));
     // The worker ends only once the endpoint stopped (every sender gone): one that ends
     // before, or panics outside the per-event boundary, is reported so /healthz fails.
     let worker = tokio::spawn(liveness.clone().supervise(
