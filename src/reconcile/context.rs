@@ -27,13 +27,13 @@ use crate::{
     },
 };
 
-/// The WeCom API base URL when a WeComApp does not name one.
-pub const DEFAULT_API_BASE_URL: &str = "https://qyapi.weixin.qq.com";
+/// The WeCom API base URL when a WeComApp does not name one (the client's default).
+pub use crate::wecom::client::DEFAULT_BASE_URL as DEFAULT_API_BASE_URL;
+/// Request budget when a WeComApp does not set one: well under WeCom's 10,000/minute.
+pub use crate::wecom::client::DEFAULT_REQUESTS_PER_MINUTE;
 /// The limit of one WeCom request. An A3 that was interrupted may have been acted on up to
 /// this long after its create-pending marker was written.
-pub const WECOM_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Request budget when a WeComApp does not set one: well under WeCom's 10,000/minute.
-pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 600;
+pub const WECOM_REQUEST_TIMEOUT: Duration = crate::wecom::client::DEFAULT_REQUEST_TIMEOUT;
 
 /// How often slow-changing facts are refreshed.
 #[derive(Debug, Clone)]
