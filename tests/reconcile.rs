@@ -1443,12 +1443,14 @@ async fn create_that_times_out_is_not_repeated_blindly() {
     let failed = env
         .wait_link_condition("slow", "Synced", "False", "RetryableError")
         .await;
-    let since: i64 = failed
-        .annotations()
-        .get(CREATE_PENDING_ANNOTATION)
-        .expect("an unanswered create keeps its marker")
-        .parse()
-        .unwrap();
+    let since: i64 = wecom_acq::reconcile::marker::CreateMarker::parse(
+        failed
+            .annotations()
+            .get(CREATE_PENDING_ANNOTATION)
+            .expect("an unanswered create keeps its marker"),
+    )
+    .at
+    .expect("the marker's time");
     let link = env.wait_link_ready("slow").await;
     let links = env.sim_links().await;
     assert_eq!(links.len(), 1, "exactly one link: {links:#?}");
@@ -1457,8 +1459,9 @@ async fn create_that_times_out_is_not_repeated_blindly() {
         // The simulator dropped the abandoned request; the second A3 waited until the
         // first could no longer have been answered, plus the grace for A1 to show it.
         let timeout = wecom_acq::reconcile::context::WECOM_REQUEST_TIMEOUT.as_secs() as i64;
+        let window = wecom_acq::reconcile::marker::CREATE_SEND_WINDOW.as_secs() as i64;
         let grace = quiet_cadence().create_grace.as_secs() as i64;
-        assert!(links[0]["create_time"].as_i64().unwrap() >= since + timeout + grace);
+        assert!(links[0]["create_time"].as_i64().unwrap() >= since + window + timeout + grace);
     } else {
         env.wait_event(KIND, "slow", "Adopted").await;
     }
@@ -1577,4 +1580,80 @@ async fn refused_quota_check_is_not_repeated_until_due() {
     // An explicit refresh (a quota callback) does ask.
     env.refresh_app_quota("app").await;
     assert_eq!(env.sim_call_count("customer_acquisition_quota").await, 2);
+}
+
+/// The pass that sent A3 crashed; the range was edited before the next pass. What the
+/// marker recorded of the request (name and range) still finds the link it made.
+#[tokio::test]
+async fn an_interrupted_create_is_found_after_the_range_was_edited() {
+    use wecom_acq::reconcile::{marker::CreateMarker, plan::DesiredLink};
+    let env = env_with_app(quiet_cadence()).await;
+    let sent = DesiredLink::from_spec(&link_spec("app", "Edited", &["zhangsan"]));
+    let made = env
+        .wecom_client()
+        .create_link(&sent.create_request())
+        .await
+        .unwrap();
+    let mut link = AcquisitionLink::new("edited", link_spec("app", "Edited", &["lisi"]));
+    let marker = CreateMarker::for_request(jiff::Timestamp::now().as_second() - 2, &sent);
+    link.annotations_mut()
+        .insert(CREATE_PENDING_ANNOTATION.into(), marker.to_annotation());
+    env.apply_link_object(link).await;
+
+    let link = env.wait_link_ready("edited").await;
+    assert_eq!(
+        status_link_id(&link),
+        made.link_id,
+        "the interrupted create's link"
+    );
+    let links = env.sim_links().await;
+    assert_eq!(links.len(), 1, "no second link: {links:#?}");
+    assert_eq!(
+        links[0]["range"]["user_list"],
+        json!(["lisi"]),
+        "then updated"
+    );
+    assert_eq!(
+        env.sim_call_count("create_link").await,
+        1,
+        "only the test's own A3"
+    );
+    env.wait_event(KIND, "edited", "Adopted").await;
+}
+
+/// A marker whose time cannot be read says nothing of when A3 ran: the grace starts now
+/// (the marker is rewritten with a time) instead of a create at once.
+#[tokio::test]
+async fn a_malformed_marker_waits_the_grace_instead_of_creating_at_once() {
+    use wecom_acq::reconcile::marker::CreateMarker;
+    let env = env_with_app(quiet_cadence()).await;
+    let mut link = AcquisitionLink::new("garbled", link_spec("app", "Garbled", &["zhangsan"]));
+    link.annotations_mut()
+        .insert(CREATE_PENDING_ANNOTATION.into(), "not a time".into());
+    env.apply_link_object(link).await;
+    let before = jiff::Timestamp::now().as_second();
+    let restarted = env
+        .wait_for(
+            "garbled",
+            "the marker to get a time, or a create",
+            |l: &AcquisitionLink| {
+                l.annotations()
+                    .get(CREATE_PENDING_ANNOTATION)
+                    .is_none_or(|v| CreateMarker::parse(v).at.is_some())
+            },
+        )
+        .await;
+    let at = restarted
+        .annotations()
+        .get(CREATE_PENDING_ANNOTATION)
+        .and_then(|v| CreateMarker::parse(v).at);
+    assert!(
+        at.is_some_and(|at| at >= before - 1),
+        "the grace starts now: {at:?}"
+    );
+    assert_eq!(
+        env.sim_call_count("create_link").await,
+        0,
+        "nothing created at once"
+    );
 }

@@ -1277,3 +1277,48 @@ async fn sim_customers_stream_over_several_pages() {
     assert_eq!(unique.len(), 2100);
     assert_eq!(world.calls(Api::Customer).await, 3);
 }
+
+/// A create that cannot leave within its deadline (the request budget is used up) is not
+/// sent at all, and says so.
+#[tokio::test]
+async fn create_past_its_send_deadline_is_not_sent() {
+    let sim = wecom_acq::sim::spawn(
+        wecom_acq::sim::SimConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut config = wecom_acq::wecom::client::ClientConfig::new(
+        wecom_acq::sim::DEFAULT_CORP_ID,
+        wecom_acq::sim::DEFAULT_SECRET,
+    );
+    config.base_url = sim.base_url();
+    // One request a minute: gettoken takes it, so A3 would wait about a minute.
+    config.requests_per_minute = 1;
+    let client = wecom_acq::wecom::client::WeComClient::new(config).unwrap();
+    let request = wecom_acq::wecom::types::CreateLinkRequest {
+        link_name: "Late".into(),
+        range: wecom_acq::wecom::types::LinkRange {
+            user_list: vec!["zhangsan".into()],
+            department_list: vec![],
+        },
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(200);
+    let err = client
+        .create_link_sent_by(&request, deadline)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, wecom_acq::wecom::WeComError::NotSent { .. }),
+        "{err:?}"
+    );
+    assert!(err.certainly_not_acted_on());
+    let calls: serde_json::Value = reqwest::get(format!("{}/_sim/calls", sim.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(calls["create_link"].as_u64().unwrap_or(0), 0, "{calls}");
+}

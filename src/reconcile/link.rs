@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use super::{
     conditions::{self, READY, SYNCED, reason},
     context::{AppError, Context, SlowFacts, WECOM_REQUEST_TIMEOUT},
+    marker::{CREATE_SEND_WINDOW, CreateMarker},
     plan::{self, DesiredLink},
 };
 use crate::{
@@ -303,10 +304,10 @@ fn known_link_id(link: &AcquisitionLink) -> Option<String> {
         .filter(|id| !id.is_empty())
 }
 
-fn create_pending_since(link: &AcquisitionLink) -> Option<i64> {
+fn create_marker(link: &AcquisitionLink) -> Option<CreateMarker> {
     link.annotations()
         .get(CREATE_PENDING_ANNOTATION)
-        .map(|v| v.parse::<i64>().unwrap_or(0))
+        .map(|v| CreateMarker::parse(v))
 }
 
 /// Reasons that wait for a spec change (or a reconcile request) instead of calling WeCom.
@@ -827,7 +828,7 @@ async fn remote_deleted(
 async fn find_orphans(
     pass: &Pass<'_>,
     client: &WeComClient,
-    since: i64,
+    marker: &CreateMarker,
 ) -> Result<Vec<RemoteLink>, Error> {
     let desired = DesiredLink::from_spec(&pass.link.spec);
     let me = pass.link.metadata.uid.clone();
@@ -843,15 +844,40 @@ async fn find_orphans(
     let mut found = Vec::new();
     for id in ids.into_iter().filter(|id| !claimed.contains(id)) {
         match client.get_link(&id).await {
-            Ok(remote) if desired.matches_identity(&remote) && remote.create_time >= since - 60 => {
-                found.push(remote)
-            }
+            Ok(remote) if marker.matches(&remote, &desired) => found.push(remote),
             Ok(_) => {}
             Err(err) if err.is_retryable() => return Err(err.into()),
             Err(_) => {}
         }
     }
     Ok(found)
+}
+
+/// Rewrites a marker whose time is unknown with this pass's time, keeping what it says of
+/// the request, and waits the whole grace from now before anything is created.
+async fn restart_marker_clock(pass: &mut Pass<'_>, marker: &CreateMarker) -> Result<Action, Error> {
+    let restarted = CreateMarker {
+        at: Some(unix_now()),
+        ..marker.clone()
+    };
+    let patch = json!({ "metadata": {
+        "resourceVersion": pass.link.resource_version(),
+        "annotations": { CREATE_PENDING_ANNOTATION: restarted.to_annotation() }
+    }});
+    pass.api
+        .patch(
+            &pass.link.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    pass.set(
+        READY,
+        false,
+        reason::CREATING,
+        "checking whether an interrupted create made the link",
+    );
+    Ok(Action::requeue(Duration::from_secs(1)))
 }
 
 /// No link yet: check quota, guard with the marker, A3, persist the id at once.
@@ -897,8 +923,13 @@ async fn create(
         return Ok(Action::requeue(ctx.cadence.quota));
     }
 
-    if let Some(since) = create_pending_since(link) {
-        let found = find_orphans(pass, client, since).await?;
+    if let Some(marker) = create_marker(link) {
+        let Some(since) = marker.at else {
+            // A marker without a readable time: how long ago A3 may have run is unknown,
+            // so the grace starts now (the marker is rewritten with this pass's time).
+            return restart_marker_clock(pass, &marker).await;
+        };
+        let found = find_orphans(pass, client, &marker).await?;
         match found.as_slice() {
             [one] => {
                 let remote = one.clone();
@@ -917,9 +948,10 @@ async fn create(
             }
             [] => {
                 let age = unix_now() - since;
-                // The interrupted A3 may have run until the request timeout; A1 may lag
-                // behind it by the grace.
-                let grace = (WECOM_REQUEST_TIMEOUT + ctx.cadence.create_grace).as_secs() as i64;
+                // The interrupted A3 was sent within the send window of the marker and may
+                // have run until the request timeout; A1 may lag behind it by the grace.
+                let grace = (CREATE_SEND_WINDOW + WECOM_REQUEST_TIMEOUT + ctx.cadence.create_grace)
+                    .as_secs() as i64;
                 if age < grace {
                     pass.set(
                         READY,
@@ -948,11 +980,14 @@ async fn create(
     }
 
     // The marker, with the resourceVersion we read: if someone else wrote the object since,
-    // this is a 409 and nothing is created in this pass.
+    // this is a 409 and nothing is created in this pass. A3 must leave within the send
+    // window of the marker's time, or not at all.
+    let desired = DesiredLink::from_spec(&link.spec);
+    let send_by = tokio::time::Instant::now() + CREATE_SEND_WINDOW;
     let marker = json!({ "metadata": {
         "resourceVersion": link.resource_version(),
         "annotations": {
-            CREATE_PENDING_ANNOTATION: unix_now().to_string(),
+            CREATE_PENDING_ANNOTATION: CreateMarker::for_request(unix_now(), &desired).to_annotation(),
             LINK_ID_ANNOTATION: Value::Null,
         }
     }});
@@ -972,13 +1007,16 @@ async fn create(
         Err(err) => return Err(err.into()),
     }
 
-    let desired = DesiredLink::from_spec(&link.spec);
-    let created = match client.create_link(&desired.create_request()).await {
+    let created = match client
+        .create_link_sent_by(&desired.create_request(), send_by)
+        .await
+    {
         Ok(created) => created,
         Err(err) => {
-            // A definitive WeCom answer means no link was made: drop the marker. A timeout
-            // or a lost connection may have made one: keep it, the next pass looks.
-            if err.errcode().is_some() {
+            // A definitive WeCom answer, or a request never sent, means no link was made:
+            // drop the marker. A timeout or a lost connection may have made one: keep it,
+            // the next pass looks.
+            if err.certainly_not_acted_on() {
                 let clear = json!({ "metadata": { "annotations": { CREATE_PENDING_ANNOTATION: Value::Null } } });
                 let _ = pass
                     .api
@@ -1124,7 +1162,7 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
         }
         return Ok(Action::await_change());
     }
-    if link_id.is_none() && create_pending_since(link).is_none() {
+    if link_id.is_none() && create_marker(link).is_none() {
         return Ok(Action::await_change());
     }
     let Some(app) = ctx.app(&namespace, &link.spec.app_ref.name) else {
@@ -1155,8 +1193,8 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
         Some(id) => vec![id],
         None => {
             let pass = Pass::new(link, ctx);
-            let since = create_pending_since(link).unwrap_or(0);
-            find_orphans(&pass, &client, since)
+            let marker = create_marker(link).unwrap_or_default();
+            find_orphans(&pass, &client, &marker)
                 .await?
                 .into_iter()
                 .map(|l| l.link_id)

@@ -5,4 +5,5 @@ pub mod app_usage;
 pub mod conditions;
 pub mod context;
 pub mod link;
+pub mod marker;
 pub mod plan;

@@ -29,7 +29,7 @@ pub struct DesiredLink {
     pub mark_source: Option<bool>,
 }
 
-fn normalised_range(range: &LinkRange) -> LinkRange {
+pub(crate) fn normalised_range(range: &LinkRange) -> LinkRange {
     let users: BTreeSet<&String> = range.user_list.iter().collect();
     let departments: BTreeSet<u64> = range.department_list.iter().copied().collect();
     LinkRange {

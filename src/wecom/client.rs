@@ -313,6 +313,25 @@ impl WeComClient {
         Ok(answer.link)
     }
 
+    /// A3, sent only while the request budget has room before `deadline`: past it the
+    /// answer is [`WeComError::NotSent`] and nothing reached WeCom. The controller's
+    /// crash-safe create needs to know when an interrupted A3 can have reached WeCom at the
+    /// latest (its create-pending marker's time plus the send window and the timeout).
+    pub async fn create_link_sent_by(
+        &self,
+        request: &CreateLinkRequest,
+        deadline: Instant,
+    ) -> Result<LinkInfo, WeComError> {
+        let span = tracing::debug_span!("wecom_call", api = Api::CreateLink.name());
+        let answer: CreateLinkResponse =
+            with_retries(&self.inner.retry, Api::CreateLink, |attempt| {
+                self.attempt_with_token(Api::CreateLink, Some(request), attempt, Some(deadline))
+            })
+            .instrument(span)
+            .await?;
+        Ok(answer.link)
+    }
+
     /// A4. The range sent replaces the whole range (G1).
     pub async fn update_link(&self, request: &UpdateLinkRequest) -> Result<(), WeComError> {
         let _: ApiStatus = self.call(Api::UpdateLink, Some(request)).await?;
@@ -385,7 +404,7 @@ impl WeComClient {
     {
         let span = tracing::debug_span!("wecom_call", api = api.name());
         with_retries(&self.inner.retry, api, |attempt| {
-            self.attempt_with_token(api, body, attempt)
+            self.attempt_with_token(api, body, attempt, None)
         })
         .instrument(span)
         .await
@@ -398,6 +417,7 @@ impl WeComClient {
         api: Api,
         body: Option<&B>,
         attempt: u32,
+        deadline: Option<Instant>,
     ) -> Result<R, AttemptFailure>
     where
         B: Serialize + Sync,
@@ -405,7 +425,7 @@ impl WeComClient {
     {
         // The token fetch ran its own retries: repeating it here would multiply them.
         let token = self.token().await.map_err(AttemptFailure::final_)?;
-        let failure = match self.send(api, Some(&token), body, attempt).await {
+        let failure = match self.send(api, Some(&token), body, attempt, deadline).await {
             Ok(answer) => return Ok(answer),
             Err(failure) => failure,
         };
@@ -414,14 +434,17 @@ impl WeComClient {
         }
         self.inner.tokens.invalidate_if_current(&token);
         let fresh = self.token().await.map_err(AttemptFailure::final_)?;
-        self.send(api, Some(&fresh), body, attempt)
+        self.send(api, Some(&fresh), body, attempt, deadline)
             .await
             .map_err(|failure| self.attempt_failure(api, failure))
     }
 
     fn attempt_failure(&self, api: Api, failure: SendFailure) -> AttemptFailure {
-        // A create that may have reached WeCom must not be sent again (module docs).
-        let may_retry = !(api == Api::CreateLink && failure.outcome_unknown);
+        // A create that may have reached WeCom must not be sent again (module docs), and a
+        // request whose deadline passed would only miss it again.
+        let never_again = matches!(failure.error, WeComError::NotSent { .. })
+            || (api == Api::CreateLink && failure.outcome_unknown);
+        let may_retry = !never_again;
         AttemptFailure {
             error: failure.error,
             may_retry,
@@ -435,7 +458,7 @@ impl WeComClient {
             .tokens
             .get_or_refresh(|| async {
                 let result = with_retries(&self.inner.retry, Api::GetToken, |attempt| async move {
-                    self.send::<(), TokenResponse>(Api::GetToken, None, None, attempt)
+                    self.send::<(), TokenResponse>(Api::GetToken, None, None, attempt, None)
                         .await
                         .map_err(|f| AttemptFailure::retryable_if_class_says(f.error))
                 })
@@ -460,12 +483,23 @@ impl WeComClient {
         token: Option<&AccessToken>,
         body: Option<&B>,
         attempt: u32,
+        deadline: Option<Instant>,
     ) -> Result<R, SendFailure>
     where
         B: Serialize,
         R: Answer,
     {
-        self.inner.budget.acquire().await;
+        match deadline {
+            None => self.inner.budget.acquire().await,
+            Some(deadline) => {
+                if tokio::time::timeout_at(deadline, self.inner.budget.acquire())
+                    .await
+                    .is_err()
+                {
+                    return Err(SendFailure::answered(WeComError::NotSent { api }));
+                }
+            }
+        }
         let started = Instant::now();
         let result = self.exchange(api, token, body).await;
         let elapsed = started.elapsed();

@@ -211,6 +211,10 @@ pub enum WeComError {
     /// data can have, or a page longer than asked for.
     #[error("WeCom {api} listing stopped: {message}")]
     Pagination { api: Api, message: String },
+    /// The request was never sent: the request budget had no room for it before the
+    /// deadline its caller set (a create must reach WeCom soon after its marker).
+    #[error("WeCom {api} was not sent: the request budget had no room before its deadline")]
+    NotSent { api: Api },
     /// Retries ran out on a retryable error; `last` is the final one.
     #[error("WeCom {api} still failing after {attempts} attempts: {last}")]
     RetriesExhausted {
@@ -231,6 +235,7 @@ impl WeComError {
             | WeComError::TooLarge { api, .. }
             | WeComError::NotJson { api, .. }
             | WeComError::Pagination { api, .. }
+            | WeComError::NotSent { api }
             | WeComError::RetriesExhausted { api, .. } => *api,
         }
     }
@@ -252,6 +257,8 @@ impl WeComError {
             }
             WeComError::Http { .. } => ErrorClass::Terminal,
             WeComError::Transport { .. } | WeComError::Timeout { .. } => ErrorClass::Retryable,
+            // Nothing reached WeCom; a later pass sends it when the budget has room.
+            WeComError::NotSent { .. } => ErrorClass::Retryable,
             // The server at apiBaseUrl misbehaves: asking again at once would get the same
             // answer. Terminal here; the reconcilers come back on their own cadence.
             WeComError::Decode { .. }
@@ -260,6 +267,16 @@ impl WeComError {
             | WeComError::Pagination { .. } => ErrorClass::Terminal,
             // The retry loop gave up; the caller may still back off and try on a later pass.
             WeComError::RetriesExhausted { .. } => ErrorClass::Retryable,
+        }
+    }
+
+    /// True when WeCom certainly did not act on the request: it answered with an errcode,
+    /// or the request was never sent.
+    pub fn certainly_not_acted_on(&self) -> bool {
+        match self {
+            WeComError::NotSent { .. } => true,
+            WeComError::RetriesExhausted { last, .. } => last.certainly_not_acted_on(),
+            other => other.errcode().is_some(),
         }
     }
 
@@ -308,6 +325,7 @@ impl WeComError {
             WeComError::TooLarge { .. } => "too_large".into(),
             WeComError::NotJson { .. } => "not_json".into(),
             WeComError::Pagination { .. } => "pagination".into(),
+            WeComError::NotSent { .. } => "not_sent".into(),
             WeComError::RetriesExhausted { last, .. } => last.metric_label(),
         }
     }
