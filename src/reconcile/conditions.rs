@@ -25,6 +25,8 @@ pub mod reason {
     pub const CREATE_INCOMPLETE: &str = "CreateIncomplete";
     pub const QUOTA_EXHAUSTED: &str = "QuotaExhausted";
     pub const PAUSED: &str = "Paused";
+    /// An observed link (managementPolicy Observe) differs from the spec; never corrected.
+    pub const DRIFTED: &str = "Drifted";
     pub const RETRYABLE_ERROR: &str = "RetryableError";
     pub const APP_NOT_READY: &str = "AppNotReady";
     pub const CREDENTIALS_READY: &str = "CredentialsReady";

@@ -3,5 +3,6 @@
 pub mod app;
 pub mod conditions;
 pub mod context;
+pub mod decide;
 pub mod link;
 pub mod plan;
