@@ -1647,3 +1647,68 @@ async fn created_link_keeps_its_id_and_may_be_pinned() {
     assert!(env.sim_link(&own_id).await.is_none());
     assert!(env.sim_link(&other.link_id).await.is_some());
 }
+
+#[tokio::test]
+async fn second_claimant_of_a_link_is_refused_and_never_writes_or_deletes_it() {
+    let env = env_with_app(quiet_cadence()).await;
+    let shared = link_made_by_hand(&env, "Shared").await;
+    let mut spec = link_spec("app", "Shared", &["wangwu"]);
+    spec.link_id = Some(shared.link_id.clone());
+    spec.deletion_policy = wecom_acq::api::DeletionPolicy::Orphan;
+    env.apply_link("first", spec.clone()).await;
+    env.wait_link_ready("first").await;
+    let writes_before = env.mutating_calls().await;
+
+    // A later object naming the same link, wanting something else of it.
+    let mut rival = spec.clone();
+    rival.skip_verify = false;
+    rival.deletion_policy = wecom_acq::api::DeletionPolicy::Delete;
+    env.apply_link("second", rival.clone()).await;
+    let link = env
+        .wait_link_condition("second", "Ready", "False", "LinkIdConflict")
+        .await;
+    assert_eq!(link_condition(&link, "Synced").unwrap().1, "LinkIdConflict");
+    let event = env.wait_event(KIND, "second", "LinkIdConflict").await;
+    assert!(
+        event
+            .note
+            .unwrap_or_default()
+            .contains(&format!("{}/first", support::NS)),
+        "the Event names the other object"
+    );
+    assert_eq!(env.mutating_calls().await, writes_before, "no WeCom write");
+
+    // Deleting it (deletionPolicy Delete) leaves the link to its owner.
+    env.delete_link("second").await;
+    env.wait_link_gone("second").await;
+    assert!(env.sim_link(&shared.link_id).await.is_some());
+    assert_eq!(env.mutating_calls().await, writes_before, "no WeCom write");
+    assert_eq!(
+        link_condition(&env.get_link("first").await, "Ready")
+            .unwrap()
+            .0,
+        "True"
+    );
+
+    // When the owner goes, the next claimant takes the link over at its next pass.
+    env.apply_link("third", rival).await;
+    env.wait_link_condition("third", "Ready", "False", "LinkIdConflict")
+        .await;
+    env.delete_link("first").await;
+    env.wait_link_gone("first").await;
+    // The cache may still hold "first" for a moment: ask again until it does not.
+    let link = support::wait_until("third takes the link over", || async {
+        env.trigger_link_pass("third").await;
+        let link = env.get_link("third").await;
+        link_condition(&link, "Ready")
+            .is_some_and(|(status, _, _)| status == "True")
+            .then_some(link)
+    })
+    .await;
+    assert_eq!(status_link_id(&link), shared.link_id);
+    assert_eq!(
+        env.sim_link(&shared.link_id).await.unwrap()["skip_verify"],
+        false,
+        "the new owner manages it"
+    );
+}

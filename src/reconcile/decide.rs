@@ -31,6 +31,37 @@ pub fn check_link_id(spec_link_id: Option<&str>, held: Held<'_>) -> Result<(), S
     }
 }
 
+/// One AcquisitionLink's claim on a WeCom link id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// `namespace/name`.
+    pub object: String,
+    /// The id is in the object's status: it already manages the link.
+    pub holds: bool,
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
+}
+
+impl Claim {
+    /// Who keeps a link among its claimants: an object that already holds it (its status
+    /// names it), then the older object, then namespace/name. Every pass of every claimant
+    /// ranks the same claims the same way, so two objects never both think they own a link;
+    /// an object without a creationTimestamp (not yet stored) ranks after those with one.
+    fn rank(&self) -> (bool, bool, Option<k8s_openapi::jiff::Timestamp>, &str) {
+        (
+            !self.holds,
+            self.created.is_none(),
+            self.created,
+            &self.object,
+        )
+    }
+}
+
+/// The object that keeps a link among all that claim it; `None` for no claimant. When it
+/// goes away, the next in rank owns the link from its next pass on.
+pub fn owner_of(claims: &[Claim]) -> Option<&Claim> {
+    claims.iter().min_by(|a, b| a.rank().cmp(&b.rank()))
+}
+
 /// What to do with a link WeCom has, given how it differs from the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnPresent {
@@ -104,6 +135,64 @@ mod tests {
         }
         let message = check_link_id(Some("b"), held(Some("a"), created)).unwrap_err();
         assert!(message.contains("link a this object created"), "{message}");
+    }
+
+    fn claim(object: &str, holds: bool, created: Option<i64>) -> Claim {
+        Claim {
+            object: object.into(),
+            holds,
+            created: created.map(|s| k8s_openapi::jiff::Timestamp::from_second(s).unwrap()),
+        }
+    }
+
+    #[test]
+    fn first_claimant_keeps_the_link() {
+        let rows: &[(&[Claim], Option<&str>)] = &[
+            (&[], None),
+            (&[claim("ns/a", false, Some(5))], Some("ns/a")),
+            // The holder wins even when younger.
+            (
+                &[
+                    claim("ns/old", false, Some(1)),
+                    claim("ns/young", true, Some(9)),
+                ],
+                Some("ns/young"),
+            ),
+            // Nobody holds it yet: the older object.
+            (
+                &[claim("ns/b", false, Some(9)), claim("ns/a", false, Some(1))],
+                Some("ns/a"),
+            ),
+            // Same age: namespace/name decides.
+            (
+                &[claim("ns/b", false, Some(1)), claim("ns/a", false, Some(1))],
+                Some("ns/a"),
+            ),
+            // Not yet stored (no timestamp) ranks last.
+            (
+                &[claim("ns/a", false, None), claim("ns/z", false, Some(7))],
+                Some("ns/z"),
+            ),
+            // Two holders (a split brain of the past): the older one.
+            (
+                &[claim("ns/b", true, Some(2)), claim("ns/a", true, Some(3))],
+                Some("ns/b"),
+            ),
+        ];
+        for (claims, want) in rows {
+            assert_eq!(
+                owner_of(claims).map(|c| c.object.as_str()),
+                *want,
+                "{claims:?}"
+            );
+            let mut reversed = claims.to_vec();
+            reversed.reverse();
+            assert_eq!(
+                owner_of(&reversed).map(|c| c.object.as_str()),
+                *want,
+                "the order of the store does not matter"
+            );
+        }
     }
 
     #[test]

@@ -190,11 +190,7 @@ impl<'a> Pass<'a> {
     }
 
     fn key(&self) -> String {
-        format!(
-            "{}/{}",
-            self.link.namespace().unwrap_or_default(),
-            self.link.name_any()
-        )
+        object_key(self.link)
     }
 
     fn set(&mut self, type_: &str, status: bool, reason: &str, message: impl Into<String>) {
@@ -297,6 +293,41 @@ fn known_link_id(link: &AcquisitionLink) -> Option<String> {
         .filter(|id| !id.is_empty())
         .or_else(|| link.spec.link_id.clone())
         .filter(|id| !id.is_empty())
+}
+
+fn object_key(link: &AcquisitionLink) -> String {
+    format!(
+        "{}/{}",
+        link.namespace().unwrap_or_default(),
+        link.name_any()
+    )
+}
+
+fn claim_of(link: &AcquisitionLink) -> decide::Claim {
+    decide::Claim {
+        object: object_key(link),
+        holds: link.status.as_ref().and_then(|s| s.link_id.as_deref())
+            == known_link_id(link).as_deref(),
+        created: link.metadata.creation_timestamp.as_ref().map(|t| t.0),
+    }
+}
+
+/// The other object that keeps the link this one names, if one does (see
+/// [`decide::owner_of`] for who comes first). Built from the controller's link cache, so it
+/// costs no call.
+fn link_owned_by_another(link: &AcquisitionLink, ctx: &Context) -> Option<(String, String)> {
+    let link_id = known_link_id(link)?;
+    let mut claims: Vec<decide::Claim> = ctx
+        .link_store
+        .state()
+        .iter()
+        .filter(|other| other.metadata.uid != link.metadata.uid)
+        .filter(|other| known_link_id(other).as_deref() == Some(link_id.as_str()))
+        .map(|other| claim_of(other))
+        .collect();
+    claims.push(claim_of(link));
+    let owner = decide::owner_of(&claims)?;
+    (owner.object != object_key(link)).then(|| (link_id, owner.object.clone()))
 }
 
 fn create_pending_since(link: &AcquisitionLink) -> Option<i64> {
@@ -408,6 +439,10 @@ async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
 
+    if let Some((link_id, owner)) = link_owned_by_another(link, ctx) {
+        return link_id_conflict(pass, &link_id, &owner).await;
+    }
+
     // Resolve the app (same namespace only: no cross-namespace secrets).
     let namespace = link.namespace().unwrap_or_default();
     let app_name = &link.spec.app_ref.name;
@@ -477,6 +512,22 @@ async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
         Err(Error::WeCom(err)) => wecom_failure(pass, err).await,
         Err(other) => Err(other),
     }
+}
+
+/// Another object keeps the link: report it, call nothing. The pass comes back at the resync
+/// interval, so the object takes the link over once the other one is gone.
+async fn link_id_conflict(mut pass: Pass<'_>, link_id: &str, owner: &str) -> Result<Action, Error> {
+    let message = format!(
+        "link {link_id} is managed by AcquisitionLink {owner}, which claimed it first; this object makes no WeCom call \
+         and deleting it leaves the link. Point spec.linkId at another link, or delete one of the two objects"
+    );
+    pass.set(READY, false, reason::LINK_ID_CONFLICT, message.clone());
+    pass.set(SYNCED, false, reason::LINK_ID_CONFLICT, message.clone());
+    pass.event_on_change(EventType::Warning, reason::LINK_ID_CONFLICT, message)
+        .await;
+    let ctx = pass.ctx;
+    pass.write_status().await?;
+    Ok(at_rest(ctx))
 }
 
 async fn app_not_ready(mut pass: Pass<'_>, message: String) -> Result<Action, Error> {
@@ -1138,6 +1189,17 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
     ctx.metrics.set_link_ready(&key, None);
     if let Ok(mut facts) = ctx.slow_facts.lock() {
         facts.remove(&key);
+    }
+    if let Some((id, owner)) = link_owned_by_another(link, ctx) {
+        ctx.publish(
+            link,
+            EventType::Normal,
+            "Orphaned",
+            "Delete",
+            format!("left link {id} in WeCom: AcquisitionLink {owner} manages it"),
+        )
+        .await;
+        return Ok(Action::await_change());
     }
     let link_id = known_link_id(link);
     if !decide::delete_on_cleanup(link.spec.management_policy, link.spec.deletion_policy) {
