@@ -179,6 +179,7 @@ impl World {
                 channels: vec!["chan-a".into()],
                 deletion_policy: Default::default(),
                 on_remote_delete,
+                management_policy: Default::default(),
                 link_id: None,
             },
         );

@@ -175,6 +175,11 @@ fn link_crd_declares_exactly_the_tested_rules() {
                 .to_string(),
         ),
         (
+            "spec".to_string(),
+            "!has(self.managementPolicy) || self.managementPolicy != 'Observe' || has(self.linkId)"
+                .to_string(),
+        ),
+        (
             "spec.channels".to_string(),
             format!("self.all(c, bytes(c).size() <= {CHANNEL_MAX_BYTES})"),
         ),
@@ -368,6 +373,24 @@ fn channel_over_64_bytes_is_refused_even_under_64_characters() {
     let ascii = "a".repeat(65);
     let link = link_with(json!({ "channels": [ascii] }));
     assert_refused_by(link_failures(&link, None), "spec.channels");
+}
+
+// ---------------------------------------------------------------------------------------
+// spec.managementPolicy: Observe needs spec.linkId
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn observe_with_link_id_passes() {
+    let link = link_with(json!({ "managementPolicy": "Observe", "linkId": "cawcde1234" }));
+    assert_eq!(link_failures(&link, None), vec![]);
+    let link = link_with(json!({ "managementPolicy": "Manage" }));
+    assert_eq!(link_failures(&link, None), vec![]);
+}
+
+#[test]
+fn observe_without_link_id_is_refused() {
+    let link = link_with(json!({ "managementPolicy": "Observe" }));
+    assert_refused_by(link_failures(&link, None), "spec");
 }
 
 // ---------------------------------------------------------------------------------------

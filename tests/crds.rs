@@ -177,6 +177,7 @@ fn link_crd_has_the_printer_columns_names_and_subresource() {
         columns(&crd),
         [
             col("Link ID", "string", ".status.linkId", 0),
+            col("Mode", "string", ".spec.managementPolicy", 0),
             col("Ready", "string", ready, 0),
             col("Customers", "integer", ".status.customers.total", 0),
             col("Quota", "integer", ".status.quota.balance", 0),

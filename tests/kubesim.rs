@@ -50,6 +50,7 @@ fn link(name: &str, link_name: &str) -> AcquisitionLink {
             channels: vec![],
             deletion_policy: Default::default(),
             on_remote_delete: Default::default(),
+            management_policy: Default::default(),
             link_id: None,
         },
     )

@@ -1582,6 +1582,178 @@ async fn refused_quota_check_is_not_repeated_until_due() {
     assert_eq!(env.sim_call_count("customer_acquisition_quota").await, 2);
 }
 
+/// A link made by hand in the console, for the tests that name it by id.
+async fn link_made_by_hand(env: &Env, name: &str) -> wecom_acq::wecom::types::LinkInfo {
+    env.wecom_client()
+        .create_link(&wecom_acq::wecom::types::CreateLinkRequest {
+            link_name: name.into(),
+            range: wecom_acq::wecom::types::LinkRange {
+                user_list: vec!["wangwu".into()],
+                department_list: vec![],
+            },
+            skip_verify: Some(true),
+            priority_option: None,
+            mark_source: None,
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn observed_link_is_reported_with_its_drift_and_never_written() {
+    let env = env_with_app(quiet_cadence()).await;
+    let existing = link_made_by_hand(&env, "Console link").await;
+    let writes_before = env.mutating_calls().await;
+    let mut spec = link_spec("app", "Other name", &["zhangsan"]);
+    spec.link_id = Some(existing.link_id.clone());
+    spec.management_policy = wecom_acq::api::ManagementPolicy::Observe;
+    // Whatever the policies say, an observed link is never deleted or recreated.
+    spec.deletion_policy = wecom_acq::api::DeletionPolicy::Delete;
+    env.apply_link("watched", spec).await;
+
+    let link = env
+        .wait_link_condition("watched", "Synced", "False", "Drifted")
+        .await;
+    let (_, _, message) = link_condition(&link, "Synced").unwrap();
+    assert!(
+        message.contains("linkName") && message.contains("range"),
+        "{message}"
+    );
+    assert_eq!(link_condition(&link, "Ready").unwrap().0, "True");
+    assert_eq!(status_link_id(&link), existing.link_id);
+    let link = env
+        .wait_for::<AcquisitionLink>("watched", "customers and statistics", |l| {
+            l.status
+                .as_ref()
+                .is_some_and(|s| s.customers.is_some() && s.statistics.is_some())
+        })
+        .await;
+    assert!(link.status.as_ref().unwrap().url.is_some());
+    env.wait_event(KIND, "watched", "Drifted").await;
+    let remote = env.sim_link(&existing.link_id).await.unwrap();
+    assert_eq!(
+        remote["link_name"], "Console link",
+        "drift is not corrected"
+    );
+    assert_eq!(env.mutating_calls().await, writes_before, "no WeCom write");
+
+    env.delete_link("watched").await;
+    env.wait_link_gone("watched").await;
+    assert!(env.sim_link(&existing.link_id).await.is_some());
+    assert_eq!(env.mutating_calls().await, writes_before, "no WeCom write");
+}
+
+#[tokio::test]
+async fn created_link_keeps_its_id_and_may_be_pinned() {
+    let env = env_with_app(quiet_cadence()).await;
+    env.apply_link("own", link_spec("app", "Own", &["zhangsan"]))
+        .await;
+    let own_id = status_link_id(&env.wait_link_ready("own").await);
+    let other = link_made_by_hand(&env, "Someone else's").await;
+    let writes_before = env.mutating_calls().await;
+
+    // Pinning the link's own id is accepted.
+    env.patch_link_spec("own", json!({ "linkId": own_id }))
+        .await;
+    env.wait_for::<AcquisitionLink>("own", "the pinned generation observed", |l| {
+        l.status
+            .as_ref()
+            .is_some_and(|s| s.observed_generation == l.metadata.generation)
+    })
+    .await;
+    let link = env.wait_link_ready("own").await;
+    assert_eq!(status_link_id(&link), own_id);
+
+    // Another id is refused, and neither link is touched.
+    env.patch_link_spec("own", json!({ "linkId": other.link_id }))
+        .await;
+    let link = env
+        .wait_link_condition("own", "Ready", "False", "InvalidSpec")
+        .await;
+    let (_, _, message) = link_condition(&link, "Ready").unwrap();
+    assert!(
+        message.contains(&own_id) && message.contains(&other.link_id),
+        "{message}"
+    );
+    env.wait_event(KIND, "own", "InvalidSpec").await;
+    assert_eq!(env.mutating_calls().await, writes_before, "no WeCom write");
+    assert_eq!(
+        env.sim_link(&other.link_id).await.unwrap()["link_name"],
+        "Someone else's"
+    );
+
+    // Deleting the object deletes the link it created, never the one its spec named.
+    env.delete_link("own").await;
+    env.wait_link_gone("own").await;
+    assert!(env.sim_link(&own_id).await.is_none());
+    assert!(env.sim_link(&other.link_id).await.is_some());
+}
+
+#[tokio::test]
+async fn second_claimant_of_a_link_is_refused_and_never_writes_or_deletes_it() {
+    let env = env_with_app(quiet_cadence()).await;
+    let shared = link_made_by_hand(&env, "Shared").await;
+    let mut spec = link_spec("app", "Shared", &["wangwu"]);
+    spec.link_id = Some(shared.link_id.clone());
+    spec.deletion_policy = wecom_acq::api::DeletionPolicy::Orphan;
+    env.apply_link("first", spec.clone()).await;
+    env.wait_link_ready("first").await;
+    let writes_before = env.mutating_calls().await;
+
+    // A later object naming the same link, wanting something else of it.
+    let mut rival = spec.clone();
+    rival.skip_verify = false;
+    rival.deletion_policy = wecom_acq::api::DeletionPolicy::Delete;
+    env.apply_link("second", rival.clone()).await;
+    let link = env
+        .wait_link_condition("second", "Ready", "False", "LinkIdConflict")
+        .await;
+    assert_eq!(link_condition(&link, "Synced").unwrap().1, "LinkIdConflict");
+    let event = env.wait_event(KIND, "second", "LinkIdConflict").await;
+    assert!(
+        event
+            .note
+            .unwrap_or_default()
+            .contains(&format!("{}/first", support::NS)),
+        "the Event names the other object"
+    );
+    assert_eq!(env.mutating_calls().await, writes_before, "no WeCom write");
+
+    // Deleting it (deletionPolicy Delete) leaves the link to its owner.
+    env.delete_link("second").await;
+    env.wait_link_gone("second").await;
+    assert!(env.sim_link(&shared.link_id).await.is_some());
+    assert_eq!(env.mutating_calls().await, writes_before, "no WeCom write");
+    assert_eq!(
+        link_condition(&env.get_link("first").await, "Ready")
+            .unwrap()
+            .0,
+        "True"
+    );
+
+    // When the owner goes, the next claimant takes the link over at its next pass.
+    env.apply_link("third", rival).await;
+    env.wait_link_condition("third", "Ready", "False", "LinkIdConflict")
+        .await;
+    env.delete_link("first").await;
+    env.wait_link_gone("first").await;
+    // The cache may still hold "first" for a moment: ask again until it does not.
+    let link = support::wait_until("third takes the link over", || async {
+        env.trigger_link_pass("third").await;
+        let link = env.get_link("third").await;
+        link_condition(&link, "Ready")
+            .is_some_and(|(status, _, _)| status == "True")
+            .then_some(link)
+    })
+    .await;
+    assert_eq!(status_link_id(&link), shared.link_id);
+    assert_eq!(
+        env.sim_link(&shared.link_id).await.unwrap()["skip_verify"],
+        false,
+        "the new owner manages it"
+    );
+}
+
 /// The pass that sent A3 crashed; the range was edited before the next pass. What the
 /// marker recorded of the request (name and range) still finds the link it made.
 #[tokio::test]

@@ -33,6 +33,7 @@ pub const USER_ID_MAX_LEN: u32 = 64;
     shortname = "acql",
     category = "wecom",
     printcolumn = r#"{"name":"Link ID","type":"string","jsonPath":".status.linkId"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.managementPolicy"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Customers","type":"integer","jsonPath":".status.customers.total"}"#,
     printcolumn = r#"{"name":"Quota","type":"integer","jsonPath":".status.quota.balance"}"#,
@@ -47,6 +48,13 @@ pub const USER_ID_MAX_LEN: u32 = 64;
     "!has(oldSelf.linkId) || (has(self.linkId) && self.linkId == oldSelf.linkId)"
 ).message(
     "spec.linkId is immutable once set: to manage another WeCom link, create a new AcquisitionLink"
+))]
+// Observe only reads a link: it needs one to read. The controller repeats the check for API
+// servers without CEL (plan::validate).
+#[x_kube(validation = Rule::new(
+    "!has(self.managementPolicy) || self.managementPolicy != 'Observe' || has(self.linkId)"
+).message(
+    "managementPolicy Observe needs spec.linkId: the id of the WeCom link to observe"
 ))]
 pub struct AcquisitionLinkSpec {
     /// The WeComApp (same namespace) whose credentials manage this link.
@@ -95,6 +103,23 @@ pub struct AcquisitionLinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub link_id: Option<String>,
+    /// `Manage` (default) keeps the WeCom link in line with the spec. `Observe` only reads
+    /// the link named by `linkId` (required then): status shows its URLs, customers,
+    /// statistics and quota, a difference from the spec is reported as `Drifted` and never
+    /// corrected, and the link is never created, updated or deleted in WeCom, whatever
+    /// `deletionPolicy` and `onRemoteDelete` say.
+    #[serde(default)]
+    pub management_policy: ManagementPolicy,
+}
+
+/// Whether the controller may write the WeCom link or only read it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ManagementPolicy {
+    /// Create, update and delete the link as the spec says.
+    #[default]
+    Manage,
+    /// Read only: report the link and its drift from the spec, never write it.
+    Observe,
 }
 
 pub(crate) fn default_true() -> bool {

@@ -853,6 +853,7 @@ mod tests {
                 channels: vec![],
                 deletion_policy: Default::default(),
                 on_remote_delete: Default::default(),
+                management_policy: Default::default(),
                 link_id: None,
             },
         );

@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use kube::ResourceExt;
 
 use super::manifest::{Loaded, Manifests, ObjectKey, Origin};
-use crate::api::{AcquisitionLink, ChannelUrl, WeComApp};
+use crate::api::{AcquisitionLink, ChannelUrl, ManagementPolicy, WeComApp};
 use crate::reconcile::context::{DEFAULT_API_BASE_URL, DEFAULT_REQUESTS_PER_MINUTE};
 use crate::reconcile::plan::{self, DesiredLink, FieldChange};
 use crate::wecom::client::{ClientConfig, WeComClient};
@@ -34,6 +34,11 @@ pub enum LinkAction {
     },
     /// The matched link equals the spec.
     NoChange { remote: RemoteLink },
+    /// `managementPolicy: Observe`: never written; `changes` is the drift, only reported.
+    Observe {
+        remote: RemoteLink,
+        changes: Vec<FieldChange>,
+    },
     /// The link cannot be planned; the message says why and what to do.
     Error { message: String },
 }
@@ -70,6 +75,7 @@ pub struct Counts {
     pub create: usize,
     pub update: usize,
     pub unchanged: usize,
+    pub observed: usize,
     pub errors: usize,
 }
 
@@ -81,6 +87,7 @@ impl Plan {
                 LinkAction::Create { .. } => counts.create += 1,
                 LinkAction::Update { .. } => counts.update += 1,
                 LinkAction::NoChange { .. } => counts.unchanged += 1,
+                LinkAction::Observe { .. } => counts.observed += 1,
                 LinkAction::Error { .. } => counts.errors += 1,
             }
         }
@@ -122,7 +129,9 @@ pub async fn plan(manifests: &Manifests, connection: &Connection) -> Plan {
             },
             (Ok((client, remotes, _)), None) => {
                 let chosen = plan_link(link, client, remotes, &manifests.links, &app_key).await;
-                if let LinkAction::Update { remote, .. } | LinkAction::NoChange { remote } = &chosen
+                if let LinkAction::Update { remote, .. }
+                | LinkAction::NoChange { remote }
+                | LinkAction::Observe { remote, .. } = &chosen
                 {
                     claimed
                         .entry(app_key.clone())
@@ -357,7 +366,12 @@ async fn plan_link(
         }
     };
     let changes = plan::diff(&desired, &matched);
-    if changes.is_empty() {
+    if spec.management_policy == ManagementPolicy::Observe {
+        LinkAction::Observe {
+            remote: matched,
+            changes,
+        }
+    } else if changes.is_empty() {
         LinkAction::NoChange { remote: matched }
     } else {
         LinkAction::Update {
@@ -382,7 +396,7 @@ pub struct Applied {
 /// A link as it is after `apply`.
 #[derive(Debug, Clone)]
 pub struct AppliedLink {
-    /// `created`, `updated` or `unchanged`.
+    /// `created`, `updated`, `unchanged` or `observed` (never written).
     pub verb: &'static str,
     pub link_id: String,
     pub url: String,
@@ -401,6 +415,12 @@ pub async fn apply(plan: &Plan) -> Vec<Applied> {
         let outcome = match (&link.action, client) {
             (LinkAction::Error { message }, _) => Err(message.clone()),
             (_, Err(message)) => Err(message),
+            (LinkAction::Observe { remote, .. }, Ok(_)) => Ok(applied(
+                "observed",
+                remote.link_id.clone(),
+                remote.url.clone(),
+                &link.channels,
+            )),
             (LinkAction::NoChange { remote }, Ok(_)) => Ok(applied(
                 "unchanged",
                 remote.link_id.clone(),

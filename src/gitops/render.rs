@@ -136,6 +136,16 @@ fn block(out: &mut String, link: &LinkPlan) {
         LinkAction::NoChange { remote } => {
             let _ = writeln!(out, "    {}: no change (link {})", link.key, remote.link_id);
         }
+        LinkAction::Observe { remote, changes } => {
+            let _ = writeln!(
+                out,
+                "  = {}: observed, never written (link {}, managementPolicy: Observe)",
+                link.key, remote.link_id
+            );
+            for change in changes {
+                let _ = writeln!(out, "      drift, not corrected: {change}");
+            }
+        }
         LinkAction::Error { message } => {
             let _ = writeln!(out, "  ! {}  ({})", link.key, link.origin);
             let _ = writeln!(out, "      error: {message}");
@@ -177,9 +187,14 @@ pub fn plan(plan: &Plan) -> String {
     if counts.errors == 0 && counts.create == 0 && counts.update == 0 {
         let _ = writeln!(out, "No changes: WeCom matches the files.\n");
     }
+    let observed = if counts.observed > 0 {
+        format!(", {} observed (never written)", counts.observed)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "Plan: {} to create, {} to update, {} unchanged.",
+        "Plan: {} to create, {} to update, {} unchanged{observed}.",
         counts.create, counts.update, counts.unchanged
     );
     if counts.errors > 0 {

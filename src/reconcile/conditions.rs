@@ -25,6 +25,10 @@ pub mod reason {
     pub const CREATE_INCOMPLETE: &str = "CreateIncomplete";
     pub const QUOTA_EXHAUSTED: &str = "QuotaExhausted";
     pub const PAUSED: &str = "Paused";
+    /// An observed link (managementPolicy Observe) differs from the spec; never corrected.
+    pub const DRIFTED: &str = "Drifted";
+    /// Another AcquisitionLink claimed the same WeCom link first.
+    pub const LINK_ID_CONFLICT: &str = "LinkIdConflict";
     pub const RETRYABLE_ERROR: &str = "RetryableError";
     pub const APP_NOT_READY: &str = "AppNotReady";
     pub const CREDENTIALS_READY: &str = "CredentialsReady";

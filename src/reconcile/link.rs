@@ -24,15 +24,15 @@ use serde_json::{Value, json};
 use super::{
     conditions::{self, READY, SYNCED, reason},
     context::{AppError, Context, SlowFacts, WECOM_REQUEST_TIMEOUT},
+    decide::{self, OnPresent},
     marker::{CREATE_SEND_WINDOW, CreateMarker},
     plan::{self, DesiredLink},
 };
 use crate::{
     api::{
         AcquisitionLink, AcquisitionLinkStatus, CREATE_PENDING_ANNOTATION, CustomerCount,
-        DeletionPolicy, LINK_FINALIZER, LINK_ID_ANNOTATION, LinkOrigin, LinkStatistics,
-        PAUSED_ANNOTATION, QuotaSummary, RECONCILE_REQUESTED_ANNOTATION, RemoteDeletePolicy,
-        WeComApp,
+        LINK_FINALIZER, LINK_ID_ANNOTATION, LinkOrigin, LinkStatistics, ManagementPolicy,
+        PAUSED_ANNOTATION, QuotaSummary, RECONCILE_REQUESTED_ANNOTATION, WeComApp,
     },
     wecom::{
         Api as WeComApi, ErrorClass, WeComError, client::WeComClient, error::codes,
@@ -198,11 +198,7 @@ impl<'a> Pass<'a> {
     }
 
     fn key(&self) -> String {
-        format!(
-            "{}/{}",
-            self.link.namespace().unwrap_or_default(),
-            self.link.name_any()
-        )
+        object_key(self.link)
     }
 
     fn set(&mut self, type_: &str, status: bool, reason: &str, message: impl Into<String>) {
@@ -294,14 +290,52 @@ fn is_paused(link: &AcquisitionLink) -> bool {
 }
 
 /// The link id this object manages: status first, then the annotation (status lost), then
-/// the spec (adoption).
+/// the spec (adoption). A spec.linkId naming another link is refused before this is used,
+/// and never wins: deleting such an object must not delete the other link.
 fn known_link_id(link: &AcquisitionLink) -> Option<String> {
-    link.spec
-        .link_id
-        .clone()
-        .or_else(|| link.status.as_ref().and_then(|s| s.link_id.clone()))
+    link.status
+        .as_ref()
+        .and_then(|s| s.link_id.clone())
+        .filter(|id| !id.is_empty())
         .or_else(|| link.annotations().get(LINK_ID_ANNOTATION).cloned())
         .filter(|id| !id.is_empty())
+        .or_else(|| link.spec.link_id.clone())
+        .filter(|id| !id.is_empty())
+}
+
+fn object_key(link: &AcquisitionLink) -> String {
+    format!(
+        "{}/{}",
+        link.namespace().unwrap_or_default(),
+        link.name_any()
+    )
+}
+
+fn claim_of(link: &AcquisitionLink) -> decide::Claim {
+    decide::Claim {
+        object: object_key(link),
+        holds: link.status.as_ref().and_then(|s| s.link_id.as_deref())
+            == known_link_id(link).as_deref(),
+        created: link.metadata.creation_timestamp.as_ref().map(|t| t.0),
+    }
+}
+
+/// The other object that keeps the link this one names, if one does (see
+/// [`decide::owner_of`] for who comes first). Built from the controller's link cache, so it
+/// costs no call.
+fn link_owned_by_another(link: &AcquisitionLink, ctx: &Context) -> Option<(String, String)> {
+    let link_id = known_link_id(link)?;
+    let mut claims: Vec<decide::Claim> = ctx
+        .link_store
+        .state()
+        .iter()
+        .filter(|other| other.metadata.uid != link.metadata.uid)
+        .filter(|other| known_link_id(other).as_deref() == Some(link_id.as_str()))
+        .map(|other| claim_of(other))
+        .collect();
+    claims.push(claim_of(link));
+    let owner = decide::owner_of(&claims)?;
+    (owner.object != object_key(link)).then(|| (link_id, owner.object.clone()))
 }
 
 fn create_marker(link: &AcquisitionLink) -> Option<CreateMarker> {
@@ -387,21 +421,23 @@ async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
     let forced = pass.new.last_handled_reconcile_at.is_some()
         && pass.new.last_handled_reconcile_at != pass.old.last_handled_reconcile_at;
 
-    // Validate: the CEL rules already refuse most of this at admission.
-    // spec.linkId is immutable once set: a CEL transition rule refuses the change on
-    // v1.25+ API servers; on older ones the controller refuses it here instead of quietly
-    // starting to manage another WeCom link.
-    let changed_link_id = match (
-        link.spec.link_id.as_deref(),
-        pass.old.origin,
-        pass.old.link_id.as_deref(),
-    ) {
-        (Some(wanted), Some(LinkOrigin::Adopted), Some(held)) if wanted != held => Some(format!(
-            "spec.linkId is immutable once set: this object manages link {held}, not {wanted}; \
-             put it back, or create a new AcquisitionLink for the other link"
-        )),
-        _ => None,
+    // Validate: the CEL rules already refuse most of this at admission; the link-id rules
+    // also cover what CEL cannot see (a linkId added to a link created here) and API
+    // servers without CEL.
+    let held = decide::Held {
+        link_id: pass
+            .old
+            .link_id
+            .as_deref()
+            .or_else(|| {
+                link.annotations()
+                    .get(LINK_ID_ANNOTATION)
+                    .map(String::as_str)
+            })
+            .filter(|id| !id.is_empty()),
+        origin: pass.old.origin,
     };
+    let changed_link_id = decide::check_link_id(link.spec.link_id.as_deref(), held).err();
     if let Some(message) = changed_link_id.or_else(|| plan::validate(&link.spec).err()) {
         pass.set(READY, false, reason::INVALID_SPEC, message.clone());
         pass.set(SYNCED, false, reason::INVALID_SPEC, message.clone());
@@ -409,6 +445,10 @@ async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
             .await;
         pass.write_status().await?;
         return Ok(Action::await_change());
+    }
+
+    if let Some((link_id, owner)) = link_owned_by_another(link, ctx) {
+        return link_id_conflict(pass, &link_id, &owner).await;
     }
 
     // Resolve the app (same namespace only: no cross-namespace secrets).
@@ -482,6 +522,22 @@ async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
+/// Another object keeps the link: report it, call nothing. The pass comes back at the resync
+/// interval, so the object takes the link over once the other one is gone.
+async fn link_id_conflict(mut pass: Pass<'_>, link_id: &str, owner: &str) -> Result<Action, Error> {
+    let message = format!(
+        "link {link_id} is managed by AcquisitionLink {owner}, which claimed it first; this object makes no WeCom call \
+         and deleting it leaves the link. Point spec.linkId at another link, or delete one of the two objects"
+    );
+    pass.set(READY, false, reason::LINK_ID_CONFLICT, message.clone());
+    pass.set(SYNCED, false, reason::LINK_ID_CONFLICT, message.clone());
+    pass.event_on_change(EventType::Warning, reason::LINK_ID_CONFLICT, message)
+        .await;
+    let ctx = pass.ctx;
+    pass.write_status().await?;
+    Ok(at_rest(ctx))
+}
+
 async fn app_not_ready(mut pass: Pass<'_>, message: String) -> Result<Action, Error> {
     if pass.new.link_id.is_none() {
         pass.set(READY, false, reason::APP_NOT_READY, message.clone());
@@ -544,11 +600,16 @@ async fn sync_existing(
     if pass.new.origin.is_none() {
         if link.spec.link_id.is_some() {
             pass.new.origin = Some(LinkOrigin::Adopted);
+            let (reason, verb) = if link.spec.management_policy == ManagementPolicy::Observe {
+                ("Observing", "observing (never writing)")
+            } else {
+                ("Adopted", "adopted")
+            };
             pass.event(
                 EventType::Normal,
-                "Adopted",
+                reason,
                 format!(
-                    "adopted existing link {} ({}) named by spec.linkId",
+                    "{verb} existing link {} ({}) named by spec.linkId",
                     remote.link_id, remote.url
                 ),
             )
@@ -557,42 +618,46 @@ async fn sync_existing(
             pass.new.origin = Some(LinkOrigin::Created);
         }
     }
-    if !changes.is_empty() {
-        let listed = changes
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        if is_paused(link) {
+    let listed = changes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let observed = link.spec.management_policy == ManagementPolicy::Observe;
+    match decide::on_present(
+        link.spec.management_policy,
+        is_paused(link),
+        !changes.is_empty(),
+    ) {
+        OnPresent::InSync => {}
+        OnPresent::ReportDrift => return report_drift(pass, client, &remote, &listed).await,
+        OnPresent::Paused => {
             pass.set(
                 READY,
                 false,
                 reason::PAUSED,
                 format!("link differs from the spec ({listed}) and is paused"),
             );
-            pass.set(
-                SYNCED,
-                false,
-                reason::PAUSED,
-                format!("annotation {PAUSED_ANNOTATION} is \"true\": no writes to WeCom"),
-            );
+            pass.set(SYNCED, false, reason::PAUSED, paused_message());
             return Ok(at_rest(pass.ctx));
         }
-        client
-            .update_link(&desired.update_request(&remote.link_id))
-            .await?;
-        let spec_changed = pass.old.observed_generation != pass.generation;
-        let (reason, verb) = if spec_changed {
-            ("Updated", "updated to the new spec")
-        } else {
-            ("DriftCorrected", "drifted in WeCom and was corrected")
-        };
-        pass.event(
-            EventType::Normal,
-            reason,
-            format!("link {} {verb}: {listed}", remote.link_id),
-        )
-        .await;
+        OnPresent::Correct => {
+            client
+                .update_link(&desired.update_request(&remote.link_id))
+                .await?;
+            let spec_changed = pass.old.observed_generation != pass.generation;
+            let (reason, verb) = if spec_changed {
+                ("Updated", "updated to the new spec")
+            } else {
+                ("DriftCorrected", "drifted in WeCom and was corrected")
+            };
+            pass.event(
+                EventType::Normal,
+                reason,
+                format!("link {} {verb}: {listed}", remote.link_id),
+            )
+            .await;
+        }
     }
     pass.set(
         READY,
@@ -600,16 +665,40 @@ async fn sync_existing(
         reason::AVAILABLE,
         format!("link {} matches the spec", remote.link_id),
     );
-    if is_paused(link) {
-        pass.set(
-            SYNCED,
-            false,
-            reason::PAUSED,
-            format!("annotation {PAUSED_ANNOTATION} is \"true\": no writes to WeCom"),
-        );
+    if is_paused(link) && !observed {
+        pass.set(SYNCED, false, reason::PAUSED, paused_message());
     } else {
         pass.set(SYNCED, true, reason::IN_SYNC, "the last pass succeeded");
     }
+    refresh_slow_facts(pass, client, &remote.link_id).await;
+    Ok(at_rest(pass.ctx))
+}
+
+fn paused_message() -> String {
+    format!("annotation {PAUSED_ANNOTATION} is \"true\": no writes to WeCom")
+}
+
+/// An observed link differs from the spec: say how, change nothing in WeCom. It is still
+/// Ready (it exists and its facts are reported).
+async fn report_drift(
+    pass: &mut Pass<'_>,
+    client: &WeComClient,
+    remote: &RemoteLink,
+    listed: &str,
+) -> Result<Action, Error> {
+    let message = format!(
+        "observed link {} differs from the spec ({listed}); managementPolicy is Observe, so it is reported, not corrected",
+        remote.link_id
+    );
+    pass.set(
+        READY,
+        true,
+        reason::AVAILABLE,
+        format!("link {} is observed", remote.link_id),
+    );
+    pass.set(SYNCED, false, reason::DRIFTED, message.clone());
+    pass.event_on_change(EventType::Normal, reason::DRIFTED, message)
+        .await;
     refresh_slow_facts(pass, client, &remote.link_id).await;
     Ok(at_rest(pass.ctx))
 }
@@ -787,8 +876,11 @@ async fn remote_deleted(
     }
     let adopted = link.spec.link_id.is_some() || pass.old.origin == Some(LinkOrigin::Adopted);
     let old_url = pass.old.url.clone().unwrap_or_default();
-    if adopted || link.spec.on_remote_delete == RemoteDeletePolicy::Orphan {
-        let why = if adopted {
+    let policy = link.spec.management_policy;
+    if !decide::recreate_when_gone(policy, adopted, link.spec.on_remote_delete) {
+        let why = if policy == ManagementPolicy::Observe {
+            "managementPolicy is Observe, so it is not recreated"
+        } else if adopted {
             "the link was adopted (spec.linkId), so it is not recreated"
         } else {
             "onRemoteDelete is Orphan"
@@ -896,12 +988,7 @@ async fn create(
             reason::PAUSED,
             "no link exists yet and the object is paused",
         );
-        pass.set(
-            SYNCED,
-            false,
-            reason::PAUSED,
-            format!("annotation {PAUSED_ANNOTATION} is \"true\": no writes to WeCom"),
-        );
+        pass.set(SYNCED, false, reason::PAUSED, paused_message());
         return Ok(at_rest(ctx));
     }
     // The QuotaExhausted condition is the one signal: the app reconciler sets it from A8
@@ -1148,15 +1235,30 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
     if let Ok(mut facts) = ctx.slow_facts.lock() {
         facts.remove(&key);
     }
+    if let Some((id, owner)) = link_owned_by_another(link, ctx) {
+        ctx.publish(
+            link,
+            EventType::Normal,
+            "Orphaned",
+            "Delete",
+            format!("left link {id} in WeCom: AcquisitionLink {owner} manages it"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
     let link_id = known_link_id(link);
-    if link.spec.deletion_policy == DeletionPolicy::Orphan {
+    if !decide::delete_on_cleanup(link.spec.management_policy, link.spec.deletion_policy) {
         if let Some(id) = &link_id {
+            let why = match link.spec.management_policy {
+                ManagementPolicy::Observe => "managementPolicy: Observe",
+                ManagementPolicy::Manage => "deletionPolicy: Orphan",
+            };
             ctx.publish(
                 link,
                 EventType::Normal,
                 "Orphaned",
                 "Delete",
-                format!("left link {id} in WeCom (deletionPolicy: Orphan)"),
+                format!("left link {id} in WeCom ({why})"),
             )
             .await;
         }

@@ -4,6 +4,7 @@ pub mod app;
 pub mod app_usage;
 pub mod conditions;
 pub mod context;
+pub mod decide;
 pub mod link;
 pub mod marker;
 pub mod plan;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::api::{AcquisitionLinkSpec, ChannelUrl};
+use crate::api::{AcquisitionLinkSpec, ChannelUrl, ManagementPolicy};
 use crate::wecom::types::{
     CreateLinkRequest, LinkRange, PriorityOption, RemoteLink, UpdateLinkRequest,
 };
@@ -202,6 +202,14 @@ pub fn validate(spec: &AcquisitionLinkSpec) -> Result<(), String> {
             "spec.linkName must be 1 to {MAX_LINK_NAME_CHARS} characters, it has {name_chars}"
         ));
     }
+    if spec.management_policy == ManagementPolicy::Observe
+        && spec.link_id.as_deref().is_none_or(str::is_empty)
+    {
+        return Err(
+            "spec.managementPolicy Observe needs spec.linkId: set it to the id of the WeCom link to observe"
+                .into(),
+        );
+    }
     if spec.app_ref.name.is_empty() {
         return Err("spec.appRef.name must name a WeComApp in the same namespace".into());
     }
@@ -355,6 +363,7 @@ mod tests {
             channels: vec![],
             deletion_policy: Default::default(),
             on_remote_delete: Default::default(),
+            management_policy: Default::default(),
             link_id: None,
         }
     }
@@ -460,6 +469,17 @@ mod tests {
         assert!(validate(&s).unwrap_err().contains("64 bytes"));
         s.channels = vec!["a".into(), "a".into()];
         assert!(validate(&s).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn observe_needs_a_link_id() {
+        let mut s = spec();
+        s.management_policy = ManagementPolicy::Observe;
+        assert!(validate(&s).unwrap_err().contains("spec.linkId"));
+        s.link_id = Some(String::new());
+        assert!(validate(&s).is_err(), "an empty id names no link");
+        s.link_id = Some("cawcd1".into());
+        assert!(validate(&s).is_ok());
     }
 
     #[test]

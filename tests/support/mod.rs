@@ -144,6 +144,7 @@ pub fn link_spec(app: &str, link_name: &str, users: &[&str]) -> AcquisitionLinkS
         channels: vec![],
         deletion_policy: Default::default(),
         on_remote_delete: Default::default(),
+        management_policy: Default::default(),
         link_id: None,
     }
 }

@@ -12,7 +12,7 @@
 --   Degraded     Ready=False with a reason the controller does not get past by retrying:
 --                it waits for a change of the spec, the WeComApp, its Secret, WeCom or
 --                the quota (InvalidSpec, PermissionDenied, WeComError, RemoteDeleted,
---                LinkNotFound, CreateIncomplete, QuotaExhausted, AppNotReady; for a WeComApp
+--                LinkNotFound, LinkIdConflict, CreateIncomplete, QuotaExhausted, AppNotReady; for a WeComApp
 --                SecretNotFound, CredentialsInvalid, PermissionDenied, or QuotaExhausted=True)
 
 local PAUSED_ANNOTATION = "acquisition.wecom.dev/paused"
@@ -30,6 +30,7 @@ local DEGRADED_REASONS = {
   CreateIncomplete = true,
   QuotaExhausted = true,
   AppNotReady = true,
+  LinkIdConflict = true,
   SecretNotFound = true,
   CredentialsInvalid = true,
 }
