@@ -656,6 +656,15 @@ async fn customers_and_statistics_reach_the_status() {
         Some(json!({ "count": 1 })),
     )
     .await;
+    // Channels outside spec.channels (free text on a public URL) count as one `other`.
+    for junk in 0..20 {
+        env.sim_request(
+            reqwest::Method::POST,
+            &format!("{path}/customers"),
+            Some(json!({ "count": 1, "state": format!("junk-{junk}") })),
+        )
+        .await;
+    }
     env.sim_request(
         reqwest::Method::POST,
         &format!("{path}/clicks"),
@@ -669,26 +678,53 @@ async fn customers_and_statistics_reach_the_status() {
             "customers and statistics",
             |l: &AcquisitionLink| {
                 l.status.as_ref().is_some_and(|s| {
-                    s.customers.as_ref().is_some_and(|c| c.total == 4)
+                    s.customers.as_ref().is_some_and(|c| c.total == 24)
                         && s.statistics
                             .as_ref()
-                            .is_some_and(|st| st.new_customers == 4)
+                            .is_some_and(|st| st.new_customers == 24)
                 })
             },
         )
         .await;
     let status = link.status.unwrap();
     let customers = status.customers.unwrap();
-    assert_eq!(customers.by_channel.get("ad-1"), Some(&3));
-    assert_eq!(customers.by_channel.get(""), Some(&1));
+    assert_eq!(
+        customers.by_channel,
+        [("".into(), 1), ("ad-1".into(), 3), ("other".into(), 20)].into()
+    );
     assert!(customers.counted_at.is_some());
     let statistics = status.statistics.unwrap();
     assert_eq!(
-        statistics.click_customers, 9,
-        "4 who added and 5 who only looked"
+        statistics.click_customers, 29,
+        "24 who added and 5 who only looked"
     );
     assert_eq!(statistics.window_days, 30);
     assert!(statistics.from < statistics.to);
+
+    let scrape = env.controller().metrics.render();
+    let series = |name: &str, channel: Option<&str>, value: u64| {
+        let channel = channel
+            .map(|c| format!(",channel=\"{c}\""))
+            .unwrap_or_default();
+        format!(
+            "wecom_acq_{name}{{namespace=\"{}\",name=\"counted\",link_id=\"{link_id}\"{channel}}} {value}",
+            NS
+        )
+    };
+    for line in [
+        series("link_customers", Some("ad-1"), 3),
+        series("link_customers", Some(""), 1),
+        series("link_customers", Some("other"), 20),
+        series("link_clicks", None, 29),
+        series("link_new_customers", None, 24),
+    ] {
+        assert!(scrape.contains(&line), "{line} missing from {scrape}");
+    }
+    assert!(!scrape.contains("junk-"), "{scrape}");
+    env.delete_link("counted").await;
+    env.wait_link_gone("counted").await;
+    let scrape = env.controller().metrics.render();
+    assert!(!scrape.contains("name=\"counted\""), "{scrape}");
 }
 
 #[tokio::test]
