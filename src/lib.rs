@@ -12,6 +12,7 @@ pub mod http_server;
 pub mod kubesim;
 pub mod leader;
 pub mod metrics;
+pub mod qr;
 pub mod reconcile;
 pub mod sim;
 pub mod telemetry;

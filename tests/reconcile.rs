@@ -1576,3 +1576,37 @@ async fn refused_quota_check_is_not_repeated_until_due() {
     env.refresh_app_quota("app").await;
     assert_eq!(env.sim_call_count("customer_acquisition_quota").await, 2);
 }
+
+#[tokio::test]
+async fn qr_reads_the_channel_url_of_a_link_in_the_cluster() {
+    let env = env_with_app(quiet_cadence()).await;
+    let mut spec = link_spec("app", "Poster", &["zhangsan"]);
+    spec.channels = vec!["poster-1".into()];
+    env.apply_link("poster", spec).await;
+    let link = env.wait_link_ready("poster").await;
+    let status = link.status.unwrap();
+    let channel_url = &status.channel_urls[0].url;
+    assert!(
+        channel_url.ends_with("customer_channel=poster-1"),
+        "{channel_url}"
+    );
+    let url = wecom_acq::qr::cluster_url(env.client.clone(), NS, "poster", Some("poster-1"))
+        .await
+        .unwrap();
+    assert_eq!(&url, channel_url);
+    let url = wecom_acq::qr::cluster_url(env.client.clone(), NS, "poster", None)
+        .await
+        .unwrap();
+    assert_eq!(Some(url), status.url);
+    let err = wecom_acq::qr::cluster_url(env.client.clone(), NS, "poster", Some("nope"))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("\"nope\""), "{err:#}");
+    let err = wecom_acq::qr::cluster_url(env.client.clone(), NS, "missing", None)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("reading AcquisitionLink default/missing"),
+        "{err:#}"
+    );
+}
