@@ -113,7 +113,7 @@ pub struct Metrics {
     pub callbacks: Family<CallbackLabels, Counter>,
     pub conversions: Family<ConversionLabels, Counter>,
     pub callback_events: Family<CallbackEventLabels, Counter>,
-    pub quota_total: Family<AppLabels, Gauge>,
+    pub quota_used: Family<AppLabels, Gauge>,
     pub quota_next_expiry: Family<AppLabels, Gauge>,
     pub link_customers: Family<LinkChannelLabels, Gauge>,
     pub link_clicks: Family<LinkLabels, Gauge>,
@@ -151,7 +151,7 @@ impl Default for Metrics {
         let callbacks = Family::<CallbackLabels, Counter>::default();
         let conversions = Family::<ConversionLabels, Counter>::default();
         let callback_events = Family::<CallbackEventLabels, Counter>::default();
-        let quota_total = Family::<AppLabels, Gauge>::default();
+        let quota_used = Family::<AppLabels, Gauge>::default();
         let quota_next_expiry = Family::<AppLabels, Gauge>::default();
         let link_customers = Family::<LinkChannelLabels, Gauge>::default();
         let link_clicks = Family::<LinkLabels, Gauge>::default();
@@ -202,9 +202,9 @@ impl Default for Metrics {
             callback_events.clone(),
         );
         registry.register(
-            "quota_total",
+            "quota_used",
             "Cumulative acquisition quota used per app (A8 total)",
-            quota_total.clone(),
+            quota_used.clone(),
         );
         registry.register(
             "quota_next_expiry_timestamp_seconds",
@@ -228,7 +228,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
-            quota_total,
+            quota_used,
             quota_next_expiry,
             link_customers,
             link_clicks,
@@ -312,7 +312,7 @@ impl Metrics {
         self.quota_balance
             .get_or_create(&labels)
             .set(gauge_value(quota.balance));
-        self.quota_total
+        self.quota_used
             .get_or_create(&labels)
             .set(gauge_value(quota.total));
         match nearest_expiry(quota) {
@@ -498,7 +498,7 @@ mod tests {
         let text = m.render();
         for line in [
             r#"wecom_acq_quota_balance{namespace="ns",app="app"} 7"#,
-            r#"wecom_acq_quota_total{namespace="ns",app="app"} 50"#,
+            r#"wecom_acq_quota_used{namespace="ns",app="app"} 50"#,
             r#"wecom_acq_quota_next_expiry_timestamp_seconds{namespace="ns",app="app"} 1800000000"#,
         ] {
             assert!(text.contains(line), "{line} missing from {text}");

@@ -721,6 +721,11 @@ async fn customers_and_statistics_reach_the_status() {
         assert!(scrape.contains(&line), "{line} missing from {scrape}");
     }
     assert!(!scrape.contains("junk-"), "{scrape}");
+    every_dashboard_metric_is_exported(&scrape);
+    // `.ci/run` checks this scrape with `promtool check metrics`.
+    if let Some(path) = std::env::var_os("WECOM_ACQ_SCRAPE_OUT") {
+        std::fs::write(path, &scrape).unwrap();
+    }
     env.delete_link("counted").await;
     env.wait_link_gone("counted").await;
     let scrape = env.controller().metrics.render();
@@ -1608,5 +1613,48 @@ async fn qr_reads_the_channel_url_of_a_link_in_the_cluster() {
     assert!(
         format!("{err:#}").contains("reading AcquisitionLink default/missing"),
         "{err:#}"
+    );
+}
+
+/// Every `wecom_acq_*` metric the chart's Grafana dashboard queries has a sample in `scrape`.
+fn every_dashboard_metric_is_exported(scrape: &str) {
+    let dashboard =
+        include_str!("../charts/wecom-acquisition-controller/dashboards/wecom-acquisition.json");
+    let dashboard: serde_json::Value = serde_json::from_str(dashboard).unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    let exprs = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap())
+        .map(|target| target["expr"].as_str().unwrap().to_string())
+        .chain(
+            dashboard["templating"]["list"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v["query"].as_str().map(str::to_string)),
+        );
+    for expr in exprs {
+        for (start, _) in expr.match_indices("wecom_acq_") {
+            let name: String = expr[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            queried.insert(name);
+        }
+    }
+    assert!(queried.len() >= 9, "{queried:?}");
+    let missing: Vec<&String> = queried
+        .iter()
+        .filter(|name| {
+            !scrape
+                .lines()
+                .any(|line| line.starts_with(&format!("{name}{{")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, not in the scrape:\n{scrape}"
     );
 }
