@@ -51,6 +51,7 @@ use wecom_acq::callback::{
     InboundEvent, StaticDirectory, serve_endpoint, serve_http1,
 };
 use wecom_acq::metrics::Metrics;
+use wecom_acq::metrics::bounded_channel;
 use wecom_acq::wecom::crypto::{
     CallbackCrypto, extract_encrypt, extract_encrypt_borrowed, post_body,
 };
@@ -466,11 +467,13 @@ async fn consume(consumer: Consumer, mut rx: mpsc::Receiver<InboundEvent>, metri
                         }
                         for inbound in batch.drain(..) {
                             meter.event(&metrics, &inbound);
-                            meter.conversion(&metrics, &inbound);
                             let event = &inbound.event;
+                            // The bench's links name no channels: every state counts as `other`.
+                            let channel = bounded_channel(&[], event.state.as_deref().unwrap_or_default());
+                            meter.conversion(&metrics, &inbound, channel);
                             let link_id = event.link_id.as_deref().unwrap_or_default();
                             if let Some(link) = index.lookup(&inbound.namespace, &inbound.app, link_id) {
-                                tally.add_arrival(link, link_id, event);
+                                tally.add_arrival(link, link_id, event, channel);
                             }
                         }
                     }

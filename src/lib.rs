@@ -13,6 +13,7 @@ pub mod isolation;
 pub mod kubesim;
 pub mod leader;
 pub mod metrics;
+pub mod qr;
 pub mod reconcile;
 pub mod sim;
 pub mod telemetry;

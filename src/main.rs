@@ -51,6 +51,9 @@ enum Command {
     /// Try it in seconds with nothing installed: simulator, Kubernetes API emulator and
     /// the controller in one process, the examples applied, traffic simulated.
     Demo(wecom_acq::demo::DemoArgs),
+    /// A link's URL as a QR code (PNG, SVG or terminal): `qr URL`, or `qr -n NS NAME
+    /// [--channel C]` for an AcquisitionLink in the cluster.
+    Qr(wecom_acq::qr::QrArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -86,6 +89,7 @@ fn main() -> std::process::ExitCode {
         Command::Plan(args) => wecom_acq::gitops::plan_command(args),
         Command::Apply(args) => wecom_acq::gitops::apply_command(args),
         Command::Demo(args) => run_async(wecom_acq::demo::run(args)),
+        Command::Qr(args) => run_async(wecom_acq::qr::run(args)),
     }
 }
 

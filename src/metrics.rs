@@ -14,7 +14,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::wecom::{Api, client::CallObserver};
+use crate::{
+    api::{CustomerCount, LinkStatistics},
+    wecom::{Api, client::CallObserver, types::QuotaResponse},
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
@@ -73,6 +76,36 @@ pub struct ConversionLabels {
     pub change_type: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkLabels {
+    pub namespace: String,
+    pub name: String,
+    pub link_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkChannelLabels {
+    pub namespace: String,
+    pub name: String,
+    pub link_id: String,
+    pub channel: String,
+}
+
+/// The channel a customer or event is counted under in metrics and
+/// `status.customers.byChannel`: one of the link's `spec.channels`, the link's own URL
+/// (`""`, no channel), or `other`. Channel values are free text anyone can append to a
+/// public URL; bucketing the rest keeps both Prometheus series and status bounded.
+pub fn bounded_channel<'a>(channels: &'a [String], state: &'a str) -> &'a str {
+    if state.is_empty() || channels.iter().any(|c| c == state) {
+        state
+    } else {
+        OTHER_CHANNEL
+    }
+}
+
+/// The bucket of every channel not named in `spec.channels`.
+pub const OTHER_CHANNEL: &str = "other";
+
 /// Every metric of the process, registered once.
 pub struct Metrics {
     registry: Registry,
@@ -87,7 +120,22 @@ pub struct Metrics {
     pub callback_events: Family<CallbackEventLabels, Counter>,
     /// Panics caught at a task boundary (`crate::isolation::task`).
     pub panics: Family<TaskLabels, Counter>,
+    pub quota_used: Family<AppLabels, Gauge>,
+    pub quota_next_expiry: Family<AppLabels, Gauge>,
+    pub link_customers: Family<LinkChannelLabels, Gauge>,
+    pub link_clicks: Family<LinkLabels, Gauge>,
+    pub link_new_customers: Family<LinkLabels, Gauge>,
     link_ready: Mutex<HashMap<String, String>>,
+    /// The business series set per link (`namespace/name`), removed with the link.
+    link_series: Mutex<HashMap<String, LinkSeries>>,
+}
+
+/// What one link has exported, so that a changed link id or channel set, or a deleted
+/// link, leaves no stale series behind.
+#[derive(Default)]
+struct LinkSeries {
+    customers: Vec<LinkChannelLabels>,
+    statistics: Option<LinkLabels>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -111,6 +159,11 @@ impl Default for Metrics {
         let conversions = Family::<ConversionLabels, Counter>::default();
         let callback_events = Family::<CallbackEventLabels, Counter>::default();
         let panics = Family::<TaskLabels, Counter>::default();
+        let quota_used = Family::<AppLabels, Gauge>::default();
+        let quota_next_expiry = Family::<AppLabels, Gauge>::default();
+        let link_customers = Family::<LinkChannelLabels, Gauge>::default();
+        let link_clicks = Family::<LinkLabels, Gauge>::default();
+        let link_new_customers = Family::<LinkLabels, Gauge>::default();
         registry.register(
             "reconciles",
             "Reconcile passes by kind and result",
@@ -161,8 +214,39 @@ impl Default for Metrics {
             "Panics caught at a task boundary (a bug), by task; the rest of the controller goes on",
             panics.clone(),
         );
+        registry.register(
+            "quota_used",
+            "Cumulative acquisition quota used per app (A8 total)",
+            quota_used.clone(),
+        );
+        registry.register(
+            "quota_next_expiry_timestamp_seconds",
+            "Expiry (Unix seconds) of the app's nearest quota batch with a balance left",
+            quota_next_expiry.clone(),
+        );
+        registry.register(
+            "link_customers",
+            "Customers of a link per channel (A6 count plus callbacks; channels outside spec.channels as \"other\")",
+            link_customers.clone(),
+        );
+        registry.register(
+            "link_clicks",
+            "Customers who clicked the link over the statistics window (A7)",
+            link_clicks.clone(),
+        );
+        registry.register(
+            "link_new_customers",
+            "New customers through the link over the statistics window (A7)",
+            link_new_customers.clone(),
+        );
         Metrics {
             registry,
+            quota_used,
+            quota_next_expiry,
+            link_customers,
+            link_clicks,
+            link_new_customers,
+            link_series: Mutex::new(HashMap::new()),
             reconciles,
             reconcile_duration,
             wecom_calls,
@@ -239,14 +323,116 @@ impl Metrics {
             .inc();
     }
 
-    pub fn set_quota_balance(&self, namespace: &str, app: &str, balance: u64) {
+    /// The app's quota gauges from an A8 reading: balance, total and the nearest expiry
+    /// of a batch that still has a balance (the series is dropped when none has).
+    pub fn set_quota(&self, namespace: &str, app: &str, quota: &QuotaResponse) {
+        let labels = AppLabels {
+            namespace: namespace.into(),
+            app: app.into(),
+        };
         self.quota_balance
-            .get_or_create(&AppLabels {
-                namespace: namespace.into(),
-                app: app.into(),
-            })
-            .set(i64::try_from(balance).unwrap_or(i64::MAX));
+            .get_or_create(&labels)
+            .set(gauge_value(quota.balance));
+        self.quota_used
+            .get_or_create(&labels)
+            .set(gauge_value(quota.total));
+        match nearest_expiry(quota) {
+            Some(at) => {
+                self.quota_next_expiry.get_or_create(&labels).set(at);
+            }
+            None => {
+                self.quota_next_expiry.remove(&labels);
+            }
+        }
     }
+
+    /// The link's business gauges from its status: customers per (bounded) channel and
+    /// the A7 window figures. `None` leaves that part as it is.
+    pub fn set_link_facts(
+        &self,
+        namespace: &str,
+        name: &str,
+        link_id: &str,
+        customers: Option<&CustomerCount>,
+        statistics: Option<&LinkStatistics>,
+    ) {
+        let Ok(mut all) = self.link_series.lock() else {
+            return;
+        };
+        let series = all.entry(format!("{namespace}/{name}")).or_default();
+        let link = LinkLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+            link_id: link_id.into(),
+        };
+        if let Some(count) = customers {
+            let labels: Vec<LinkChannelLabels> = count
+                .by_channel
+                .keys()
+                .map(|channel| LinkChannelLabels {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    link_id: link_id.into(),
+                    channel: channel.clone(),
+                })
+                .collect();
+            for gone in series.customers.iter().filter(|l| !labels.contains(l)) {
+                self.link_customers.remove(gone);
+            }
+            for (labels, n) in labels.iter().zip(count.by_channel.values()) {
+                self.link_customers
+                    .get_or_create(labels)
+                    .set(gauge_value(*n));
+            }
+            series.customers = labels;
+        }
+        if let Some(stats) = statistics {
+            if let Some(old) = series.statistics.take().filter(|old| *old != link) {
+                self.link_clicks.remove(&old);
+                self.link_new_customers.remove(&old);
+            }
+            self.link_clicks
+                .get_or_create(&link)
+                .set(gauge_value(stats.click_customers));
+            self.link_new_customers
+                .get_or_create(&link)
+                .set(gauge_value(stats.new_customers));
+            series.statistics = Some(link);
+        }
+    }
+
+    /// Drops every business series of a deleted link.
+    pub fn forget_link(&self, namespace: &str, name: &str) {
+        let Some(series) = self
+            .link_series
+            .lock()
+            .ok()
+            .and_then(|mut all| all.remove(&format!("{namespace}/{name}")))
+        else {
+            return;
+        };
+        for labels in &series.customers {
+            self.link_customers.remove(labels);
+        }
+        if let Some(labels) = &series.statistics {
+            self.link_clicks.remove(labels);
+            self.link_new_customers.remove(labels);
+        }
+    }
+}
+
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Expiry (Unix seconds) of the nearest batch that still has quota.
+fn nearest_expiry(quota: &QuotaResponse) -> Option<i64> {
+    quota
+        .quota_list
+        .iter()
+        .filter(|batch| batch.balance > 0)
+        .map(|batch| batch.expire_date)
+        .min()
 }
 
 impl CallObserver for Metrics {
@@ -272,6 +458,73 @@ impl CallObserver for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounded_channel_keeps_named_channels_and_the_plain_url() {
+        let channels = vec!["poster".to_string(), "chat".to_string()];
+        assert_eq!(bounded_channel(&channels, "poster"), "poster");
+        assert_eq!(bounded_channel(&channels, ""), "");
+        assert_eq!(bounded_channel(&channels, "Poster"), OTHER_CHANNEL);
+        assert_eq!(bounded_channel(&[], "poster"), OTHER_CHANNEL);
+    }
+
+    #[test]
+    fn business_gauges_follow_the_link_and_the_quota() {
+        let m = Metrics::default();
+        let count = CustomerCount {
+            total: 3,
+            by_channel: [("".to_string(), 1), ("poster".to_string(), 2)].into(),
+            ..Default::default()
+        };
+        let stats = LinkStatistics {
+            window_days: 30,
+            click_customers: 9,
+            new_customers: 4,
+            from: String::new(),
+            to: String::new(),
+        };
+        m.set_link_facts("ns", "a", "L1", Some(&count), Some(&stats));
+        let text = m.render();
+        for line in [
+            r#"wecom_acq_link_customers{namespace="ns",name="a",link_id="L1",channel="poster"} 2"#,
+            r#"wecom_acq_link_customers{namespace="ns",name="a",link_id="L1",channel=""} 1"#,
+            r#"wecom_acq_link_clicks{namespace="ns",name="a",link_id="L1"} 9"#,
+            r#"wecom_acq_link_new_customers{namespace="ns",name="a",link_id="L1"} 4"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+        // A recreated link (new id) leaves no series of the old one.
+        m.set_link_facts("ns", "a", "L2", Some(&count), Some(&stats));
+        let text = m.render();
+        assert!(!text.contains(r#"link_id="L1""#), "{text}");
+        m.forget_link("ns", "a");
+        let text = m.render();
+        assert!(!text.contains("link_id="), "{text}");
+
+        let quota = QuotaResponse {
+            total: 50,
+            balance: 7,
+            quota_list: vec![
+                crate::wecom::types::QuotaBatch {
+                    expire_date: 1_700_000_000,
+                    balance: 0,
+                },
+                crate::wecom::types::QuotaBatch {
+                    expire_date: 1_800_000_000,
+                    balance: 7,
+                },
+            ],
+        };
+        m.set_quota("ns", "app", &quota);
+        let text = m.render();
+        for line in [
+            r#"wecom_acq_quota_balance{namespace="ns",app="app"} 7"#,
+            r#"wecom_acq_quota_used{namespace="ns",app="app"} 50"#,
+            r#"wecom_acq_quota_next_expiry_timestamp_seconds{namespace="ns",app="app"} 1800000000"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+    }
 
     #[test]
     fn renders_calls_and_ready_gauge() {

@@ -656,6 +656,15 @@ async fn customers_and_statistics_reach_the_status() {
         Some(json!({ "count": 1 })),
     )
     .await;
+    // Channels outside spec.channels (free text on a public URL) count as one `other`.
+    for junk in 0..20 {
+        env.sim_request(
+            reqwest::Method::POST,
+            &format!("{path}/customers"),
+            Some(json!({ "count": 1, "state": format!("junk-{junk}") })),
+        )
+        .await;
+    }
     env.sim_request(
         reqwest::Method::POST,
         &format!("{path}/clicks"),
@@ -669,26 +678,58 @@ async fn customers_and_statistics_reach_the_status() {
             "customers and statistics",
             |l: &AcquisitionLink| {
                 l.status.as_ref().is_some_and(|s| {
-                    s.customers.as_ref().is_some_and(|c| c.total == 4)
+                    s.customers.as_ref().is_some_and(|c| c.total == 24)
                         && s.statistics
                             .as_ref()
-                            .is_some_and(|st| st.new_customers == 4)
+                            .is_some_and(|st| st.new_customers == 24)
                 })
             },
         )
         .await;
     let status = link.status.unwrap();
     let customers = status.customers.unwrap();
-    assert_eq!(customers.by_channel.get("ad-1"), Some(&3));
-    assert_eq!(customers.by_channel.get(""), Some(&1));
+    assert_eq!(
+        customers.by_channel,
+        [("".into(), 1), ("ad-1".into(), 3), ("other".into(), 20)].into()
+    );
     assert!(customers.counted_at.is_some());
     let statistics = status.statistics.unwrap();
     assert_eq!(
-        statistics.click_customers, 9,
-        "4 who added and 5 who only looked"
+        statistics.click_customers, 29,
+        "24 who added and 5 who only looked"
     );
     assert_eq!(statistics.window_days, 30);
     assert!(statistics.from < statistics.to);
+
+    let scrape = env.controller().metrics.render();
+    let series = |name: &str, channel: Option<&str>, value: u64| {
+        let channel = channel
+            .map(|c| format!(",channel=\"{c}\""))
+            .unwrap_or_default();
+        format!(
+            "wecom_acq_{name}{{namespace=\"{}\",name=\"counted\",link_id=\"{link_id}\"{channel}}} {value}",
+            NS
+        )
+    };
+    for line in [
+        series("link_customers", Some("ad-1"), 3),
+        series("link_customers", Some(""), 1),
+        series("link_customers", Some("other"), 20),
+        series("link_clicks", None, 29),
+        series("link_new_customers", None, 24),
+    ] {
+        assert!(scrape.contains(&line), "{line} missing from {scrape}");
+    }
+    assert!(!scrape.contains("junk-"), "{scrape}");
+    every_dashboard_metric_is_exported(&scrape);
+    // `.ci/run` checks this scrape with `promtool check metrics`.
+    if let Some(path) = std::env::var_os("WECOM_ACQ_SCRAPE_OUT") {
+        std::fs::write(path, &scrape).unwrap();
+    }
+    env.delete_link("counted").await;
+    env.wait_link_gone("counted").await;
+    let scrape = env.controller().metrics.render();
+    assert!(!scrape.contains("name=\"counted\""), "{scrape}");
 }
 
 #[tokio::test]
@@ -1827,5 +1868,82 @@ async fn a_malformed_marker_waits_the_grace_instead_of_creating_at_once() {
         env.sim_call_count("create_link").await,
         0,
         "nothing created at once"
+    );
+}
+
+#[tokio::test]
+async fn qr_reads_the_channel_url_of_a_link_in_the_cluster() {
+    let env = env_with_app(quiet_cadence()).await;
+    let mut spec = link_spec("app", "Poster", &["zhangsan"]);
+    spec.channels = vec!["poster-1".into()];
+    env.apply_link("poster", spec).await;
+    let link = env.wait_link_ready("poster").await;
+    let status = link.status.unwrap();
+    let channel_url = &status.channel_urls[0].url;
+    assert!(
+        channel_url.ends_with("customer_channel=poster-1"),
+        "{channel_url}"
+    );
+    let url = wecom_acq::qr::cluster_url(env.client.clone(), NS, "poster", Some("poster-1"))
+        .await
+        .unwrap();
+    assert_eq!(&url, channel_url);
+    let url = wecom_acq::qr::cluster_url(env.client.clone(), NS, "poster", None)
+        .await
+        .unwrap();
+    assert_eq!(Some(url), status.url);
+    let err = wecom_acq::qr::cluster_url(env.client.clone(), NS, "poster", Some("nope"))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("\"nope\""), "{err:#}");
+    let err = wecom_acq::qr::cluster_url(env.client.clone(), NS, "missing", None)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("reading AcquisitionLink default/missing"),
+        "{err:#}"
+    );
+}
+
+/// Every `wecom_acq_*` metric the chart's Grafana dashboard queries has a sample in `scrape`.
+fn every_dashboard_metric_is_exported(scrape: &str) {
+    let dashboard =
+        include_str!("../charts/wecom-acquisition-controller/dashboards/wecom-acquisition.json");
+    let dashboard: serde_json::Value = serde_json::from_str(dashboard).unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    let exprs = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap())
+        .map(|target| target["expr"].as_str().unwrap().to_string())
+        .chain(
+            dashboard["templating"]["list"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v["query"].as_str().map(str::to_string)),
+        );
+    for expr in exprs {
+        for (start, _) in expr.match_indices("wecom_acq_") {
+            let name: String = expr[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            queried.insert(name);
+        }
+    }
+    assert!(queried.len() >= 9, "{queried:?}");
+    let missing: Vec<&String> = queried
+        .iter()
+        .filter(|name| {
+            !scrape
+                .lines()
+                .any(|line| line.starts_with(&format!("{name}{{")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, not in the scrape:\n{scrape}"
     );
 }

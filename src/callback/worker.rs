@@ -38,7 +38,7 @@ use crate::{
     api::{AcquisitionLink, CustomerCount, LINK_ID_ANNOTATION, WeComApp, WeComAppStatus},
     controller::Triggers,
     isolation,
-    metrics::{CallbackEventLabels, ConversionLabels, Metrics},
+    metrics::{CallbackEventLabels, ConversionLabels, Metrics, bounded_channel},
     reconcile::{
         app::{LOW_BALANCE, publish_transitions},
         conditions::{self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, reason},
@@ -175,23 +175,9 @@ impl Worker {
         }
     }
 
-    fn find_link<'a>(
-        &'a mut self,
-        inbound: &'a InboundEvent,
-    ) -> Option<(&'a ObjectRef<AcquisitionLink>, &'a str)> {
-        let link_id = inbound.event.link_id.as_deref()?;
-        let found = self.index.find(
-            &self.context.link_store,
-            &inbound.namespace,
-            &inbound.app,
-            link_id,
-        )?;
-        Some((found, link_id))
-    }
-
     fn link_gone(&mut self, inbound: &InboundEvent) {
         let change = inbound.event.change_type.as_str();
-        match self.find_link(inbound).map(|(link, id)| (link.clone(), id)) {
+        match self.index.find_for(&self.context.link_store, inbound) {
             Some((link, link_id)) => {
                 tracing::info!(
                     namespace = %inbound.namespace,
@@ -213,21 +199,20 @@ impl Worker {
     }
 
     fn conversion(&mut self, inbound: &InboundEvent) {
-        self.meter.conversion(&self.context.metrics, inbound);
         let event = &inbound.event;
+        let link = self.index.find_for(&self.context.link_store, inbound);
+        let object = link
+            .as_ref()
+            .and_then(|(link, _)| self.context.link_store.get(link));
+        let channels = object.as_ref().map_or(&[][..], |o| &o.spec.channels[..]);
+        let channel = bounded_channel(channels, event.state.as_deref().unwrap_or_default());
+        self.meter
+            .conversion(&self.context.metrics, inbound, channel);
         if event.change_type != ChangeType::AddExternalContact {
             return;
         }
-        let Some(link_id) = event.link_id.as_deref() else {
-            return;
-        };
-        if let Some(link) = self.index.find(
-            &self.context.link_store,
-            &inbound.namespace,
-            &inbound.app,
-            link_id,
-        ) {
-            self.tally.add_arrival(link, link_id, event);
+        if let Some((link, link_id)) = &link {
+            self.tally.add_arrival(link, link_id, event, channel);
         }
     }
 
@@ -359,6 +344,17 @@ impl LinkIndex {
         self.lookup(namespace, app, link_id)
     }
 
+    /// The AcquisitionLink an event names (by its link id), and that id.
+    pub fn find_for<'a>(
+        &mut self,
+        store: &Store<AcquisitionLink>,
+        inbound: &'a InboundEvent,
+    ) -> Option<(ObjectRef<AcquisitionLink>, &'a str)> {
+        let link_id = inbound.event.link_id.as_deref()?;
+        let found = self.find(store, &inbound.namespace, &inbound.app, link_id)?;
+        Some((found.clone(), link_id))
+    }
+
     /// The AcquisitionLink holding `link_id`, from the index as last built.
     pub fn lookup(
         &self,
@@ -403,13 +399,14 @@ impl EventMeter {
     }
 
     /// Counts a conversion event in `wecom_acq_conversions_total`.
-    pub fn conversion(&mut self, metrics: &Metrics, inbound: &InboundEvent) {
+    /// `channel` is the event's channel as [`bounded_channel`] names it.
+    pub fn conversion(&mut self, metrics: &Metrics, inbound: &InboundEvent, channel: &str) {
         let event = &inbound.event;
         let labels = [
             inbound.namespace.as_str(),
             inbound.app.as_str(),
             event.link_id.as_deref().unwrap_or_default(),
-            event.state.as_deref().unwrap_or_default(),
+            channel,
             event.change_type.as_str(),
         ];
         let key = self.hasher.hash_one(labels);
@@ -461,24 +458,20 @@ pub struct CustomerTally {
 }
 
 impl CustomerTally {
-    /// An `add_external_contact` through `link` (holding `link_id`).
+    /// An `add_external_contact` through `link` (holding `link_id`), counted under
+    /// `channel` (as [`bounded_channel`] names it).
     pub fn add_arrival(
         &mut self,
         link: &ObjectRef<AcquisitionLink>,
         link_id: &str,
         event: &CallbackEvent,
+        channel: &str,
     ) {
         let customer = customer_key(
             event.external_user_id.as_deref().unwrap_or_default(),
             event.user_id.as_deref().unwrap_or_default(),
         );
-        self.add(
-            link,
-            link_id,
-            customer,
-            event.state.as_deref().unwrap_or_default(),
-            event.created_at,
-        );
+        self.add(link, link_id, customer, channel, event.created_at);
     }
 
     pub fn add(
@@ -598,7 +591,11 @@ async fn write_customer_bump(
             .patch_status(&link.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => return,
+            Ok(_) => {
+                let metrics = &context.metrics;
+                metrics.set_link_facts(&namespace, &link.name, &bump.link_id, Some(&next), None);
+                return;
+            }
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 current = api.get_status(&link.name).await.ok().map(Arc::new);
             }
@@ -980,7 +977,8 @@ mod tests {
         ];
         for event in &events {
             meter.event(&metrics, event);
-            meter.conversion(&metrics, event);
+            let channel = event.event.state.as_deref().unwrap_or_default();
+            meter.conversion(&metrics, event, channel);
         }
         let conversion = |ns: &str, channel: &str, change: &str, n: u32| {
             format!(
@@ -1007,6 +1005,51 @@ mod tests {
             series(&metrics, "wecom_acq_callback_events_total"),
             expected
         );
+    }
+
+    /// Channel values are free text on a public URL: 1,000 distinct junk channels end as
+    /// one `other` entry in status and one `other` series per metric.
+    #[test]
+    fn junk_channels_are_counted_as_one_other_entry_in_status_and_metrics() {
+        let metrics = Metrics::new();
+        let mut meter = EventMeter::default();
+        let mut tally = CustomerTally::default();
+        let object = ObjectRef::new("a").within("ns");
+        let channels = vec!["poster".to_string()];
+        let mut states: Vec<String> = (0..1000).map(|i| format!("junk-{i}")).collect();
+        states.push("poster".into());
+        for (i, state) in states.iter().enumerate() {
+            let event = inbound("ns", ChangeType::AddExternalContact, "L1", state);
+            let channel = bounded_channel(&channels, state);
+            meter.conversion(&metrics, &event, channel);
+            tally.add(&object, "L1", i as u64, channel, 1_700_000_000);
+        }
+        let (_, bump) = tally.take().pop().unwrap();
+        let next = bumped(&CustomerCount::default(), &bump, &HashSet::new()).unwrap();
+        assert_eq!(next.total, 1001);
+        assert_eq!(
+            next.by_channel,
+            BTreeMap::from([("other".into(), 1000), ("poster".into(), 1)])
+        );
+        metrics.set_link_facts("ns", "a", "L1", Some(&next), None);
+        let conversion = |channel: &str, n: u32| {
+            format!(
+                "wecom_acq_conversions_total{{namespace=\"ns\",app=\"app\",link_id=\"L1\",channel=\"{channel}\",change_type=\"add_external_contact\"}} {n}"
+            )
+        };
+        assert_eq!(
+            series(&metrics, "wecom_acq_conversions_total"),
+            vec![conversion("other", 1000), conversion("poster", 1)]
+        );
+        assert_eq!(
+            series(&metrics, "wecom_acq_link_customers"),
+            vec![
+                "wecom_acq_link_customers{namespace=\"ns\",name=\"a\",link_id=\"L1\",channel=\"other\"} 1000".to_string(),
+                "wecom_acq_link_customers{namespace=\"ns\",name=\"a\",link_id=\"L1\",channel=\"poster\"} 1".to_string(),
+            ]
+        );
+        metrics.forget_link("ns", "a");
+        assert!(series(&metrics, "wecom_acq_link_customers").is_empty());
     }
 
     #[test]

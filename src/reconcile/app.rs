@@ -271,8 +271,7 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                 );
                 new.quota = Some(quota_status(&quota, &now));
                 set_quota_conditions(&mut new, &quota, generation, &now);
-                ctx.metrics
-                    .set_quota_balance(&namespace, &name, quota.balance);
+                ctx.metrics.set_quota(&namespace, &name, &quota);
             }
             Err(err) => {
                 // A refusal (48002, a bad corpId...) will not change by asking again soon:

@@ -751,7 +751,7 @@ async fn refresh_slow_facts(pass: &mut Pass<'_>, client: &WeComClient, link_id: 
     if due(facts.customers_at, ctx.cadence.customers)
         || (pass.new.customers.is_none() && !facts.customers_failing)
     {
-        match count_customers(client, link_id).await {
+        match count_customers(client, link_id, &pass.link.spec.channels).await {
             Ok((mut count, counted)) => {
                 facts.counted = std::sync::Arc::new(counted);
                 // A6 rarely says when customers were added: keep what callbacks reported.
@@ -814,6 +814,14 @@ async fn refresh_slow_facts(pass: &mut Pass<'_>, client: &WeComClient, link_id: 
             }
         }
     }
+    let (namespace, name) = key.split_once('/').unwrap_or_default();
+    ctx.metrics.set_link_facts(
+        namespace,
+        name,
+        link_id,
+        pass.new.customers.as_ref(),
+        pass.new.statistics.as_ref(),
+    );
     if let Ok(mut map) = ctx.slow_facts.lock() {
         map.insert(key, facts);
     }
@@ -824,6 +832,7 @@ async fn refresh_slow_facts(pass: &mut Pass<'_>, client: &WeComClient, link_id: 
 async fn count_customers(
     client: &WeComClient,
     link_id: &str,
+    channels: &[String],
 ) -> Result<(CustomerCount, std::collections::HashSet<u64>), WeComError> {
     let mut count = CustomerCount::default();
     let mut seen = std::collections::HashSet::new();
@@ -834,7 +843,8 @@ async fn count_customers(
             &customer.external_userid,
             &customer.userid,
         ));
-        *count.by_channel.entry(customer.state).or_default() += 1;
+        let channel = crate::metrics::bounded_channel(channels, &customer.state);
+        *count.by_channel.entry(channel.to_string()).or_default() += 1;
         if let Some(added) = customer.add_time {
             count.note_added_at(added);
         }
@@ -1232,6 +1242,7 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
     let namespace = link.namespace().unwrap_or_default();
     let key = format!("{namespace}/{}", link.name_any());
     ctx.metrics.set_link_ready(&key, None);
+    ctx.metrics.forget_link(&namespace, &link.name_any());
     if let Ok(mut facts) = ctx.slow_facts.lock() {
         facts.remove(&key);
     }
