@@ -275,6 +275,7 @@ pub fn start_with(
         slow_facts: Default::default(),
         quota_checks: Default::default(),
         pass_failures: Default::default(),
+        app_failures: Default::default(),
         app_deletions: Default::default(),
         liveness: options.liveness.clone(),
     });

@@ -629,7 +629,8 @@ async fn link_progressing_while_deletion_is_retried() {
 
 // ---- AcquisitionLink: Degraded ---------------------------------------------------------
 
-/// A3 refused with `errcode`; the controller waits for a spec change.
+/// A3 refused with `errcode`; the controller waits for a spec change (or, for an error
+/// about the app such as 48002, asks again with a back-off).
 async fn refused_create(errcode: i64, reason: &str, fixture: &str) {
     let mut env = env_with_app().await;
     env.sim_fault(json!({ "api": "create_link", "errcode": errcode, "times": 1000 }))
@@ -648,7 +649,7 @@ async fn link_degraded_by_invalid_parameter_40058() {
 
 #[tokio::test]
 async fn link_degraded_by_no_permission_48002() {
-    refused_create(48002, "PermissionDenied", "link-degraded-permission-denied").await;
+    refused_create(48002, "AppNotReady", "link-degraded-permission-denied").await;
 }
 
 /// An errcode the controller does not know (47001): terminal, reported as WeComError.

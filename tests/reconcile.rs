@@ -508,11 +508,6 @@ async fn invalid_parameter_40058_stops_after_one_call() {
 }
 
 #[tokio::test]
-async fn no_permission_48002_stops_after_one_call() {
-    terminal_create_error_stops_after_one_call(48002, "PermissionDenied").await;
-}
-
-#[tokio::test]
 async fn exhausted_quota_blocks_creation_until_it_returns() {
     let env = Env::start(quiet_cadence()).await;
     env.sim_set_quota(0).await;
@@ -1945,5 +1940,95 @@ fn every_dashboard_metric_is_exported(scrape: &str) {
     assert!(
         missing.is_empty(),
         "the dashboard queries {missing:?}, not in the scrape:\n{scrape}"
+    );
+}
+
+/// A permission missing in WeCom (48002) is the app's problem: the app says so, every link
+/// of it says `AppNotReady`, the app asks again with a growing back-off (the links not at
+/// all), and granting the permission heals app and links with nobody touching Kubernetes.
+#[tokio::test]
+async fn permission_missing_in_wecom_heals_by_itself_with_backoff() {
+    let resync = Duration::from_millis(250);
+    let cadence = wecom_acq::reconcile::context::Cadence {
+        resync,
+        quota: resync,
+        customers: Duration::from_secs(3600),
+        statistics: Duration::from_secs(3600),
+        ..fast_cadence()
+    };
+    let env = env_with_app(cadence).await;
+    for name in ["north", "south"] {
+        env.apply_link(name, link_spec("app", name, &["zhangsan"]))
+            .await;
+        env.wait_link_ready(name).await;
+    }
+    let before: Vec<_> =
+        futures::future::join_all(["north", "south"].map(|name| env.get_link(name)))
+            .await
+            .into_iter()
+            .map(|l| l.metadata.generation)
+            .collect();
+
+    for api in ["customer_acquisition_quota", "get", "create_link"] {
+        env.sim_fault(json!({ "api": api, "errcode": 48002 })).await;
+    }
+    let app = env
+        .wait_app_condition("app", "Ready", "False", "PermissionDenied")
+        .await;
+    let message = support::app_condition(&app, "Ready").unwrap().2;
+    assert!(message.contains("48002"), "{message}");
+    for name in ["north", "south"] {
+        let link = env
+            .wait_link_condition(name, "Ready", "False", "AppNotReady")
+            .await;
+        let message = link_condition(&link, "Ready").unwrap().2;
+        assert!(message.contains("48002"), "{name}: {message}");
+    }
+
+    // The outage: the app's checks come further and further apart, the links call nothing.
+    let link_calls = env.sim_call_count("get").await + env.sim_call_count("create_link").await;
+    let mut seen = env.sim_call_count("customer_acquisition_quota").await;
+    let mut checks = vec![std::time::Instant::now()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while checks.len() <= 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "four more quota checks within 30 s: {checks:?}"
+        );
+        let now = env.sim_call_count("customer_acquisition_quota").await;
+        if now > seen {
+            seen = now;
+            checks.push(std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await; // the polling interval
+    }
+    let gaps: Vec<Duration> = checks.windows(2).map(|w| w[1] - w[0]).collect();
+    // The first gap started mid-wait; each later one at least doubles from the resync
+    // interval (load only makes them longer).
+    for (i, gap) in gaps.iter().enumerate().skip(1) {
+        let least = resync * (1 << i) * 9 / 10;
+        assert!(*gap >= least, "gap {i} {gap:?} < {least:?}: {gaps:?}");
+    }
+    assert_eq!(
+        env.sim_call_count("get").await + env.sim_call_count("create_link").await,
+        link_calls,
+        "links do not call WeCom while their app is refused"
+    );
+
+    // The permission is granted in WeCom: all heal, no edit in Kubernetes.
+    env.sim_request(reqwest::Method::DELETE, "/_sim/faults", None)
+        .await;
+    env.wait_app_condition("app", "Ready", "True", "CredentialsReady")
+        .await;
+    for (name, generation) in ["north", "south"].into_iter().zip(before) {
+        let link = env
+            .wait_link_condition(name, "Ready", "True", "Available")
+            .await;
+        assert_eq!(link.metadata.generation, generation, "no spec edit");
+    }
+    assert_eq!(
+        env.sim_call_count("create_link").await,
+        2,
+        "no link recreated"
     );
 }

@@ -23,13 +23,61 @@ use super::{
 };
 use crate::{
     api::{APP_IN_USE_FINALIZER, AppQuota, QuotaBatchStatus, WeComApp, WeComAppStatus},
-    wecom::{ErrorClass, types::QuotaResponse},
+    wecom::{Api as WeComApi, ErrorClass, WeComError, error::codes, types::QuotaResponse},
 };
 
 /// Balance under which `QuotaLow` is set (WeCom's balance_low threshold).
 pub const LOW_BALANCE: u64 = 20;
 /// A batch expiring within this many days sets `QuotaExpiringSoon` (WeCom warns from 14).
 pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// The longest wait between two checks of an app that fails for an app-level reason.
+pub const APP_RECHECK_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The Ready reason of a WeCom error about the app rather than one link: the permission
+/// (48002), the trusted IPs (60020), refused credentials or tokens, or a server at
+/// apiBaseUrl answering what WeCom never sends. `None` for passing and link-level errors.
+/// Such errors heal when fixed in WeCom: they are re-checked with
+/// [`app_recheck_delay`], never left waiting for a spec change.
+pub fn app_level_reason(err: &WeComError) -> Option<&'static str> {
+    match err.class() {
+        ErrorClass::Retryable => return None,
+        ErrorClass::TokenInvalid => return Some(reason::CREDENTIALS_INVALID),
+        ErrorClass::Terminal => {}
+    }
+    if err.is_bad_answer() {
+        return Some(reason::BAD_ANSWER);
+    }
+    match err.errcode() {
+        Some(codes::NO_PERMISSION) => Some(reason::PERMISSION_DENIED),
+        Some(codes::IP_NOT_TRUSTED) => Some(reason::IP_NOT_ALLOWED),
+        Some(codes::INVALID_CREDENTIAL | codes::INVALID_CORPID) => {
+            Some(reason::CREDENTIALS_INVALID)
+        }
+        _ if err.api() == WeComApi::GetToken => Some(reason::CREDENTIALS_INVALID),
+        _ => None,
+    }
+}
+
+/// True for the Ready reasons [`app_level_reason`] gives.
+pub fn is_app_level_reason(ready_reason: &str) -> bool {
+    matches!(
+        ready_reason,
+        reason::PERMISSION_DENIED
+            | reason::IP_NOT_ALLOWED
+            | reason::CREDENTIALS_INVALID
+            | reason::BAD_ANSWER
+    )
+}
+
+/// How long after its `failures`-th consecutive app-level failure an app (or a link that
+/// met one) asks WeCom again: the resync interval, doubling, at most [`APP_RECHECK_MAX`].
+pub fn app_recheck_delay(resync: std::time::Duration, failures: u32) -> std::time::Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    resync
+        .saturating_mul(1u32 << doublings)
+        .min(APP_RECHECK_MAX)
+}
 
 fn rfc3339(unix: i64) -> String {
     k8s_openapi::jiff::Timestamp::from_second(unix)
@@ -227,12 +275,25 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
     let generation = app.metadata.generation;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
 
+    // While the app fails for an app-level reason, its checks back off instead of
+    // following the quota cadence.
+    let failures = ctx
+        .app_failures
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key).copied())
+        .unwrap_or(0);
+    let every = if failures > 0 {
+        app_recheck_delay(ctx.cadence.resync, failures)
+    } else {
+        ctx.cadence.quota
+    };
     let due = ctx
         .quota_checks
         .lock()
         .ok()
         .and_then(|m| m.get(&key).copied())
-        .is_none_or(|at| at.elapsed() >= ctx.cadence.quota)
+        .is_none_or(|at| at.elapsed() >= every)
         || old.observed_generation != generation;
     let mut requeue = ctx.cadence.quota;
     match ctx.apps.client_for(app).await {
@@ -260,6 +321,9 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                 if let Ok(mut checks) = ctx.quota_checks.lock() {
                     checks.insert(key.clone(), Instant::now());
                 }
+                if let Ok(mut failing) = ctx.app_failures.lock() {
+                    failing.remove(&key);
+                }
                 conditions::set(
                     &mut new.conditions,
                     READY,
@@ -274,24 +338,33 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                 ctx.metrics.set_quota(&namespace, &name, &quota);
             }
             Err(err) => {
-                // A refusal (48002, a bad corpId...) will not change by asking again soon:
-                // count it as this period's check. A refused secret is looked at again
-                // every minute, since fixing the Secret changes nothing the controller
-                // watches (the client answers from memory until the secret changes).
-                // Retryable errors ask again after a back-off.
+                // A refusal (48002, 60020, a bad answer...) will not change by asking again
+                // soon: count it as this period's check, and while it lasts ask again after
+                // a back-off from the resync interval (fixed in WeCom, the app heals by
+                // itself). A refused secret is looked at again every minute, since fixing
+                // the Secret changes nothing the controller watches (the client answers
+                // from memory until the secret changes). Retryable errors ask again after
+                // a short back-off.
+                let app_reason = app_level_reason(&err);
                 if err.is_retryable() {
                     requeue = super::plan::retry_delay(2, 1.0);
-                } else if err.errcode() == Some(crate::wecom::error::codes::INVALID_CREDENTIAL) {
+                } else if err.errcode() == Some(codes::INVALID_CREDENTIAL) {
                     requeue = std::time::Duration::from_secs(60);
                 } else if let Ok(mut checks) = ctx.quota_checks.lock() {
                     checks.insert(key.clone(), Instant::now());
                 }
+                if app_reason.is_some() {
+                    let failures = failures.saturating_add(1);
+                    if let Ok(mut failing) = ctx.app_failures.lock() {
+                        failing.insert(key.clone(), failures);
+                    }
+                    if err.errcode() != Some(codes::INVALID_CREDENTIAL) {
+                        requeue = app_recheck_delay(ctx.cadence.resync, failures);
+                    }
+                }
                 let reason = match err.class() {
                     ErrorClass::Retryable => reason::RETRYABLE_ERROR,
-                    _ if err.errcode() == Some(crate::wecom::error::codes::NO_PERMISSION) => {
-                        reason::PERMISSION_DENIED
-                    }
-                    _ => reason::CREDENTIALS_INVALID,
+                    _ => app_reason.unwrap_or(reason::WECOM_ERROR),
                 };
                 let message = err.summary();
                 // A passing WeCom hiccup (busy, frequency limit, timeout) says nothing
@@ -407,6 +480,66 @@ mod tests {
 
     fn at(secs: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn app_level_errors_get_their_own_reason() {
+        let api_error = |api, errcode| WeComError::Api {
+            api,
+            errcode,
+            errmsg: "hint: [x]".into(),
+        };
+        let reason_of = |api, errcode| app_level_reason(&api_error(api, errcode));
+        assert_eq!(
+            reason_of(WeComApi::Quota, 48002),
+            Some(reason::PERMISSION_DENIED)
+        );
+        assert_eq!(
+            reason_of(WeComApi::GetLink, 60020),
+            Some(reason::IP_NOT_ALLOWED)
+        );
+        assert_eq!(
+            reason_of(WeComApi::GetToken, 40001),
+            Some(reason::CREDENTIALS_INVALID)
+        );
+        assert_eq!(
+            reason_of(WeComApi::GetToken, 40013),
+            Some(reason::CREDENTIALS_INVALID)
+        );
+        assert_eq!(
+            reason_of(WeComApi::Quota, 42001),
+            Some(reason::CREDENTIALS_INVALID)
+        );
+        let not_json = WeComError::NotJson {
+            api: WeComApi::Quota,
+            status: 200,
+            content_type: "content type \"text/html\"".into(),
+        };
+        assert_eq!(app_level_reason(&not_json), Some(reason::BAD_ANSWER));
+        // Link-level and passing errors are not the app's.
+        assert_eq!(reason_of(WeComApi::CreateLink, 40058), None);
+        assert_eq!(reason_of(WeComApi::GetLink, 301002), None);
+        assert_eq!(reason_of(WeComApi::Quota, 45009), None);
+        assert_eq!(reason_of(WeComApi::Quota, 99999), None);
+        for reason in [
+            reason::PERMISSION_DENIED,
+            reason::IP_NOT_ALLOWED,
+            reason::CREDENTIALS_INVALID,
+            reason::BAD_ANSWER,
+        ] {
+            assert!(is_app_level_reason(reason));
+        }
+        assert!(!is_app_level_reason(reason::INVALID_SPEC));
+    }
+
+    #[test]
+    fn app_rechecks_double_from_the_resync_interval_up_to_an_hour() {
+        let resync = std::time::Duration::from_secs(300);
+        let delays: Vec<u64> = (1..=6)
+            .map(|n| app_recheck_delay(resync, n).as_secs())
+            .collect();
+        assert_eq!(delays, vec![300, 600, 1200, 2400, 3600, 3600]);
+        assert_eq!(app_recheck_delay(resync, u32::MAX), APP_RECHECK_MAX);
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub mod reason {
     pub const APP_NOT_READY: &str = "AppNotReady";
     pub const CREDENTIALS_READY: &str = "CredentialsReady";
     pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
+    /// WeCom refuses calls from the controller's IP (60020): the app's trusted IPs.
+    pub const IP_NOT_ALLOWED: &str = "IpNotAllowed";
+    /// The server at apiBaseUrl answered what WeCom never sends (malformed, oversized or
+    /// non-JSON answers, listings that do not end).
+    pub const BAD_ANSWER: &str = "BadAnswer";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     /// The app's apiBaseUrl names a host not in `--allowed-api-hosts`.
     pub const API_HOST_NOT_ALLOWED: &str = "ApiHostNotAllowed";

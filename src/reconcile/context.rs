@@ -312,6 +312,9 @@ pub struct Context {
     /// Consecutive failed passes per link that could not be recorded in status (the
     /// Kubernetes API itself failing), so the back-off still grows during an outage.
     pub pass_failures: Mutex<HashMap<String, u32>>,
+    /// Consecutive app-level failures per app (see [`super::app::app_level_reason`]): the
+    /// app's checks back off from the resync interval while they last.
+    pub app_failures: Mutex<HashMap<String, u32>>,
     /// Deleted apps waiting for their links, with how many links the last look found.
     pub app_deletions: Mutex<HashMap<String, usize>>,
     /// Which long-running parts stopped on their own (`/healthz` reads it).

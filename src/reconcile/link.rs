@@ -462,13 +462,30 @@ async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
                 name: app_name.clone(),
             }
             .to_string();
-            return app_not_ready(pass, message).await;
+            return app_not_ready(pass, AppTrouble::Unreachable, message, APP_WAIT).await;
         }
     };
     let client = match ctx.apps.client_for(&app).await {
         Ok(client) => client,
-        Err(err) => return app_not_ready(pass, err.to_string()).await,
+        Err(err) => {
+            return app_not_ready(pass, AppTrouble::Unreachable, err.to_string(), APP_WAIT).await;
+        }
     };
+    // The app's WeCom calls are refused (permission, trusted IPs, credentials, a bad
+    // server): the link's would be too. It waits without calling WeCom; the app turning
+    // Ready triggers it.
+    if let Some(ready) = app
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, READY))
+        .filter(|c| c.status == "False" && super::app::is_app_level_reason(&c.reason))
+    {
+        let message = format!(
+            "WeComApp {app_name} is not ready ({}): {}",
+            ready.reason, ready.message
+        );
+        return app_not_ready(pass, AppTrouble::Refused, message, ctx.cadence.resync).await;
+    }
     pass.new.quota = app
         .status
         .as_ref()
@@ -501,21 +518,26 @@ async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
             pass.write_status().await?;
             Ok(action)
         }
-        // The app's credentials were refused: an app problem, reported on the WeComApp. The
-        // link waits for the app (which triggers a pass when it turns Ready) instead of
-        // taking a terminal outcome that only a change of the link would clear.
-        Err(Error::WeCom(err)) if err.api() == WeComApi::GetToken && !err.is_retryable() => {
-            let message = match err.errcode() {
-                Some(code) => format!(
-                    "WeComApp {app_name} cannot get an access token: errcode {code} ({}); fix the app's secretRef or corpId",
-                    crate::wecom::error::describe(code)
-                ),
-                None => format!(
-                    "WeComApp {app_name} cannot get an access token: {}",
-                    crate::wecom::redact::scrub(&err.to_string())
-                ),
+        // An error about the app, not this link (permission, trusted IPs, credentials, a
+        // bad server): no terminal outcome that only a change of the link would clear. The
+        // link asks again with a back-off from the resync interval, so fixing it in WeCom
+        // heals the link by itself.
+        Err(Error::WeCom(err)) if super::app::app_level_reason(&err).is_some() => {
+            let message = if err.api() == WeComApi::GetToken {
+                format!(
+                    "WeComApp {app_name} cannot get an access token: {}; fix the app's secretRef or corpId",
+                    err.summary()
+                )
+            } else {
+                format!(
+                    "WeComApp {app_name} is refused by WeCom: {}; fixed in WeCom, the link recovers by itself",
+                    err.summary()
+                )
             };
-            app_not_ready(pass, message).await
+            let failures = pass.old.failures.unwrap_or(0).saturating_add(1);
+            pass.new.failures = Some(failures);
+            let delay = super::app::app_recheck_delay(ctx.cadence.resync, failures);
+            app_not_ready(pass, AppTrouble::Refused, message, delay).await
         }
         Err(Error::WeCom(err)) => wecom_failure(pass, err).await,
         Err(other) => Err(other),
@@ -538,15 +560,37 @@ async fn link_id_conflict(mut pass: Pass<'_>, link_id: &str, owner: &str) -> Res
     Ok(at_rest(ctx))
 }
 
-async fn app_not_ready(mut pass: Pass<'_>, message: String) -> Result<Action, Error> {
-    if pass.new.link_id.is_none() {
+/// How often a link whose app is missing or has no usable Secret looks again.
+const APP_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a link waits for its app.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AppTrouble {
+    /// The app or its Secret is missing: nothing is known against the link, which keeps
+    /// working in WeCom, so an existing link stays Ready; Synced says it is not managed.
+    Unreachable,
+    /// WeCom refuses the app's calls (permission, trusted IPs, credentials, a bad server):
+    /// the link is not Ready either.
+    Refused,
+}
+
+/// The link cannot be served because of its app: `Synced=False` (and `Ready=False` when
+/// refused, or no link exists yet), reason `AppNotReady`, saying why; the next pass after
+/// `requeue` (or when the app turns Ready).
+async fn app_not_ready(
+    mut pass: Pass<'_>,
+    trouble: AppTrouble,
+    message: String,
+    requeue: Duration,
+) -> Result<Action, Error> {
+    if trouble == AppTrouble::Refused || pass.new.link_id.is_none() {
         pass.set(READY, false, reason::APP_NOT_READY, message.clone());
     }
     pass.set(SYNCED, false, reason::APP_NOT_READY, message.clone());
     pass.event_on_change(EventType::Warning, reason::APP_NOT_READY, message)
         .await;
     pass.write_status().await?;
-    Ok(Action::requeue(Duration::from_secs(60)))
+    Ok(Action::requeue(requeue))
 }
 
 /// Classifies a WeCom failure into the status and the next attempt.
