@@ -156,3 +156,23 @@ fn health_script_is_valid_lua_5_1() {
     assert_eq!(version, "Lua 5.1");
     lua.load(health_script()).into_function().unwrap();
 }
+
+/// The app-level reasons the controller retries on its own back-off still need someone to
+/// act in WeCom or at apiBaseUrl: a WeComApp with any of them is Degraded.
+#[test]
+fn app_refused_by_wecom_for_any_app_level_reason_is_degraded() {
+    for reason in [
+        "PermissionDenied",
+        "IpNotAllowed",
+        "CredentialsInvalid",
+        "BadAnswer",
+    ] {
+        let mut app = fixture("app-degraded-permission-denied");
+        for condition in app["status"]["conditions"].as_array_mut().unwrap() {
+            if condition["type"] == "Ready" {
+                condition["reason"] = reason.into();
+            }
+        }
+        assert_eq!(health_of(&app).status, "Degraded", "{reason}");
+    }
+}

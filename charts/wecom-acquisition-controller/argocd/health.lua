@@ -13,14 +13,16 @@
 --                it waits for a change of the spec, the WeComApp, its Secret, WeCom or
 --                the quota (InvalidSpec, PermissionDenied, WeComError, RemoteDeleted,
 --                LinkNotFound, LinkIdConflict, CreateIncomplete, QuotaExhausted, AppNotReady; for a WeComApp
---                SecretNotFound, CredentialsInvalid, PermissionDenied, or QuotaExhausted=True)
+--                SecretNotFound, CredentialsInvalid, PermissionDenied, IpNotAllowed, BadAnswer,
+--                or QuotaExhausted=True)
 
 local PAUSED_ANNOTATION = "acquisition.wecom.dev/paused"
 
 -- The controller writes RemoteDeleted only when it will not recreate the link
 -- (onRemoteDelete: Orphan, or an adopted link), and LinkNotFound when spec.linkId names a
 -- link the app's corp does not have. AppNotReady on Ready means no link exists
--- yet and the WeComApp is missing or refused: nothing in the link fixes that.
+-- yet and the WeComApp is missing, or (link or not) WeCom refuses the app: nothing in
+-- the link fixes that.
 local DEGRADED_REASONS = {
   InvalidSpec = true,
   PermissionDenied = true,
@@ -33,6 +35,8 @@ local DEGRADED_REASONS = {
   LinkIdConflict = true,
   SecretNotFound = true,
   CredentialsInvalid = true,
+  IpNotAllowed = true,
+  BadAnswer = true,
 }
 
 local function find_condition(status, condition_type)
