@@ -294,6 +294,18 @@ pub async fn run(env: &Env, trials: usize, seed: u64, extra_flags: &[&str]) -> S
         }
         check(env, &model, trial, &mut report).await;
         report.trials += 1;
+        if report.trials % 50 == 0 {
+            // Progress for long runs (the benchmark): what was found so far.
+            eprintln!(
+                "soak {}: {} trials, {} duplicates, {} leaks, {} without link, {} not converged",
+                env.ns,
+                report.trials,
+                report.duplicates,
+                report.leaks,
+                report.without_link,
+                report.not_converged
+            );
+        }
     }
     drop(controller);
     report
