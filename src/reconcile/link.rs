@@ -215,6 +215,16 @@ impl<'a> Pass<'a> {
         );
     }
 
+    /// Ready=False while a pass waits to see whether an interrupted create made the link.
+    fn checking_interrupted_create(&mut self) {
+        self.set(
+            READY,
+            false,
+            reason::CREATING,
+            "checking whether an interrupted create made the link",
+        );
+    }
+
     /// The previous pass ended with this Synced reason for the same generation.
     fn previous_synced_reason(&self) -> Option<&str> {
         conditions::find(&self.old.conditions, SYNCED)
@@ -1017,12 +1027,7 @@ async fn restart_marker_clock(pass: &mut Pass<'_>, marker: &CreateMarker) -> Res
             &Patch::Merge(&patch),
         )
         .await?;
-    pass.set(
-        READY,
-        false,
-        reason::CREATING,
-        "checking whether an interrupted create made the link",
-    );
+    pass.checking_interrupted_create();
     Ok(Action::requeue(Duration::from_secs(1)))
 }
 
@@ -1094,12 +1099,7 @@ async fn create(
                 let grace = (CREATE_SEND_WINDOW + WECOM_REQUEST_TIMEOUT + ctx.cadence.create_grace)
                     .as_secs() as i64;
                 if age < grace {
-                    pass.set(
-                        READY,
-                        false,
-                        reason::CREATING,
-                        "checking whether an interrupted create made the link",
-                    );
+                    pass.checking_interrupted_create();
                     return Ok(Action::requeue(Duration::from_secs(
                         (grace - age).max(1) as u64
                     )));
