@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -34,6 +34,18 @@ pub struct KindLabels {
 pub struct CallLabels {
     pub api: String,
     pub errcode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CorpApiLabels {
+    pub corp_id: String,
+    pub api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeferLabels {
+    pub api: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,6 +137,13 @@ pub struct Metrics {
     pub link_customers: Family<LinkChannelLabels, Gauge>,
     pub link_clicks: Family<LinkLabels, Gauge>,
     pub link_new_customers: Family<LinkLabels, Gauge>,
+    /// Seconds a corp's API was closed by WeCom's rate limit (45009, 45033).
+    pub wecom_blocked_seconds: Family<CorpApiLabels, Counter<f64, AtomicU64>>,
+    /// Requests the scheduler did not send now (budget or breaker).
+    pub wecom_deferred: Family<DeferLabels, Counter>,
+    /// The A2 polling interval each app's links actually get (the resync interval,
+    /// stretched when the budget cannot cover it).
+    pub effective_resync: Family<AppLabels, Gauge<f64, AtomicU64>>,
     link_ready: Mutex<HashMap<String, String>>,
     /// The business series set per link (`namespace/name`), removed with the link.
     link_series: Mutex<HashMap<String, LinkSeries>>,
@@ -164,6 +183,24 @@ impl Default for Metrics {
         let link_customers = Family::<LinkChannelLabels, Gauge>::default();
         let link_clicks = Family::<LinkLabels, Gauge>::default();
         let link_new_customers = Family::<LinkLabels, Gauge>::default();
+        let wecom_blocked_seconds = Family::<CorpApiLabels, Counter<f64, AtomicU64>>::default();
+        let wecom_deferred = Family::<DeferLabels, Counter>::default();
+        let effective_resync = Family::<AppLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "wecom_blocked_seconds",
+            "Seconds a corp's WeCom API was closed after WeCom's rate limit (45009, 45033)",
+            wecom_blocked_seconds.clone(),
+        );
+        registry.register(
+            "wecom_deferred",
+            "WeCom requests the corp's scheduler put off (reason budget or blocked), by API",
+            wecom_deferred.clone(),
+        );
+        registry.register(
+            "effective_resync_seconds",
+            "The interval at which each app's links are polled (A2); longer than the resync interval when the request budget cannot cover it",
+            effective_resync.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconcile passes by kind and result",
@@ -247,6 +284,9 @@ impl Default for Metrics {
             link_clicks,
             link_new_customers,
             link_series: Mutex::new(HashMap::new()),
+            wecom_blocked_seconds,
+            wecom_deferred,
+            effective_resync,
             reconciles,
             reconcile_duration,
             wecom_calls,
@@ -445,6 +485,16 @@ impl CallObserver for Metrics {
             .inc();
     }
 
+    fn on_deferred(&self, api: Api, blocked: bool) {
+        let reason = if blocked { "blocked" } else { "budget" };
+        self.wecom_deferred
+            .get_or_create(&DeferLabels {
+                api: api.name().into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
     fn on_token_refresh(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.token_refreshes
@@ -452,6 +502,17 @@ impl CallObserver for Metrics {
                 result: result.into(),
             })
             .inc();
+    }
+}
+
+impl crate::wecom::scheduler::BlockObserver for Metrics {
+    fn on_blocked(&self, corp_id: &str, api: Api, _errcode: i64, for_: Duration) {
+        self.wecom_blocked_seconds
+            .get_or_create(&CorpApiLabels {
+                corp_id: corp_id.into(),
+                api: api.name().into(),
+            })
+            .inc_by(for_.as_secs_f64());
     }
 }
 

@@ -790,28 +790,34 @@ async fn the_observer_sees_every_request_and_refresh() {
 }
 
 #[tokio::test]
-async fn the_budget_counts_gettoken_and_is_shared_by_clones() {
+async fn the_app_cap_counts_gettoken_and_is_shared_by_clones() {
+    use wecom_acq::wecom::scheduler::{Priority, with_priority};
     let stub = Stub::new(SECRET);
     let base = stub.serve().await;
-    // 60/min: a burst of 6, then one request a second.
+    // 7 requests a minute, over all APIs of the app.
     let client = WeComClient::new(ClientConfig {
-        requests_per_minute: 60,
+        requests_per_minute: 7,
         ..config(&base)
     })
     .unwrap();
     let other = client.clone();
-    let started = Instant::now();
     for _ in 0..3 {
         client.quota().await.unwrap();
         other.quota().await.unwrap();
     }
-    // gettoken + 6 calls = 7 requests: the 7th waited for a token of the bucket.
+    // gettoken + 6 calls = 7 requests: the minute is used up. A poll is not sent, and
+    // says when the budget has room again.
     assert_eq!(stub.total_calls(), 7);
+    let err = with_priority(Priority::Poll, other.quota())
+        .await
+        .unwrap_err();
+    let retry_after = err.retry_after().expect("deferred");
     assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "{:?}",
-        started.elapsed()
+        retry_after > Duration::from_secs(55) && retry_after <= Duration::from_secs(61),
+        "{err}: {retry_after:?}"
     );
+    assert!(err.certainly_not_acted_on());
+    assert_eq!(stub.total_calls(), 7, "nothing was sent");
 }
 
 // ----- redaction -----

@@ -296,6 +296,8 @@ fn client_for(
         retry: RetryPolicy::default(),
         request_timeout: Duration::from_secs(10),
         observer: None,
+        scheduler: None,
+        app_key: app.key.to_string(),
     })
     .map_err(|e| format!("{} ({}): {e}", app.key, app.origin))?;
     Ok((client, base_url))

@@ -24,6 +24,7 @@ use crate::{
         AllowedApiHosts,
         client::{ClientConfig, Secret, WeComClient},
         retry::RetryPolicy,
+        scheduler::{BlockObserver, CorpLimits, CorpScheduler},
     },
 };
 
@@ -118,11 +119,18 @@ struct CachedClient {
 }
 
 /// One WeCom client per WeComApp, rebuilt only when its configuration or secret changes, so
-/// that the token cache and the request budget are shared by every link of the app.
+/// that the token cache is shared by every link of the app; and one traffic scheduler per
+/// corp, shared by the clients of every app of the corp.
 pub struct AppClients {
     kube: kube::Client,
     metrics: Arc<Metrics>,
     clients: Mutex<HashMap<(String, String), CachedClient>>,
+    /// Per corpId. Never dropped: a scheduler holds a few counters, and forgetting one
+    /// would forget what the corp has sent this hour.
+    schedulers: Mutex<HashMap<String, Arc<CorpScheduler>>>,
+    limits: CorpLimits,
+    /// Told (with the corpId) when WeCom's rate limit closes one of the corp's APIs.
+    block_notices: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
     /// How long a secret read stays trusted before it is read again.
     secret_ttl: Duration,
     /// The hosts an app's apiBaseUrl may name; checked before anything else, so no client
@@ -136,9 +144,58 @@ impl AppClients {
             kube,
             metrics,
             clients: Mutex::new(HashMap::new()),
+            schedulers: Mutex::new(HashMap::new()),
+            limits: CorpLimits::default(),
+            block_notices: Mutex::new(None),
             secret_ttl: Duration::from_secs(60),
             allowed_hosts,
         }
+    }
+
+    /// Limits per corp and API other than WeCom's published ones (tests, benchmarks against
+    /// a simulator with lower limits). Only for schedulers not made yet.
+    pub fn with_corp_limits(mut self, limits: CorpLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Where the corpId goes when WeCom's rate limit closes one of the corp's APIs.
+    pub fn notify_blocks(&self, to: tokio::sync::mpsc::UnboundedSender<String>) {
+        if let Ok(mut notices) = self.block_notices.lock() {
+            *notices = Some(to);
+        }
+    }
+
+    /// The scheduler of `corp_id`, made on first use.
+    pub fn scheduler(&self, corp_id: &str) -> Arc<CorpScheduler> {
+        let mut schedulers = self
+            .schedulers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        schedulers
+            .entry(corp_id.to_string())
+            .or_insert_with(|| {
+                let notices = self
+                    .block_notices
+                    .lock()
+                    .ok()
+                    .and_then(|n| n.clone());
+                let observer = BlockFanout {
+                    metrics: self.metrics.clone(),
+                    notices,
+                };
+                Arc::new(CorpScheduler::new(
+                    corp_id,
+                    self.limits,
+                    Some(Arc::new(observer)),
+                ))
+            })
+            .clone()
+    }
+
+    /// The scheduler of `corp_id` if one was made.
+    pub fn existing_scheduler(&self, corp_id: &str) -> Option<Arc<CorpScheduler>> {
+        self.schedulers.lock().ok()?.get(corp_id).cloned()
     }
 
     /// The base URL of `app`'s WeCom API, if its host is allowed.
@@ -253,6 +310,8 @@ impl AppClients {
             retry: RetryPolicy::default(),
             request_timeout: WECOM_REQUEST_TIMEOUT,
             observer: Some(self.metrics.clone()),
+            scheduler: Some(self.scheduler(&app.spec.corp_id)),
+            app_key: format!("{namespace}/{name}"),
         })
         .map_err(|e| AppError::Invalid {
             namespace: namespace.clone(),
@@ -292,6 +351,22 @@ impl AppClients {
             apps.get(&ObjectRef::new(name).within(namespace)).is_some()
         });
         before - clients.len()
+    }
+}
+
+/// Counts blocks in the metrics and passes the corpId on (the WeComApps of the corp get a
+/// pass that reports `Throttled`).
+struct BlockFanout {
+    metrics: Arc<Metrics>,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+}
+
+impl BlockObserver for BlockFanout {
+    fn on_blocked(&self, corp_id: &str, api: crate::wecom::Api, errcode: i64, for_: Duration) {
+        self.metrics.on_blocked(corp_id, api, errcode, for_);
+        if let Some(notices) = &self.notices {
+            let _ = notices.send(corp_id.to_string());
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! The typed WeCom client of one app: gettoken and the customer-acquisition APIs A1-A8,
 //! with the app's token cache, request budget and retry policy shared by every clone.
 //!
-//! Every request waits for the app's [`RequestBudget`], carries the cached token
-//! ([`TokenCache`]), and is classified on `errcode` only. Retryable errors back off per
+//! Every request passes its corp's [`CorpScheduler`] (the corp's per-API limits and the
+//! app's own cap, in the priority class of the calling task), carries the cached token
+//! ([`TokenCache`]), and is classified on `errcode` only. A request the scheduler defers
+//! is not sent and comes back as [`WeComError::Deferred`]. Retryable errors back off per
 //! [`RetryPolicy`]; 40014/42001 drop the token, refresh it and repeat the call once.
 //!
 //! Create (A3) is the one call that is not idempotent: repeating it may make a second
@@ -26,7 +28,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::answer::{self, Answer, PageGuard, PageLimits};
-use super::budget::RequestBudget;
+use super::scheduler::{self, AppSlot, CorpLimits, CorpScheduler, Priority};
 use super::error::{Api, ErrorClass, WeComError};
 use super::redact;
 use super::retry::{AttemptFailure, RetryPolicy, with_retries};
@@ -100,6 +102,9 @@ pub trait CallObserver: Send + Sync {
     fn on_call(&self, api: Api, outcome: &str, elapsed: Duration);
     /// After each gettoken attempt.
     fn on_token_refresh(&self, ok: bool);
+    /// A request the corp's scheduler did not send now (`blocked`: WeCom's rate-limit
+    /// breaker is open).
+    fn on_deferred(&self, _api: Api, _blocked: bool) {}
 }
 
 /// Everything one app's client needs.
@@ -109,8 +114,13 @@ pub struct ClientConfig {
     pub base_url: String,
     pub corp_id: String,
     pub secret: Secret,
-    /// The app's request budget, gettoken and retries included.
+    /// The app's own cap over all its requests, gettoken and retries included.
     pub requests_per_minute: u32,
+    /// The scheduler of the app's corp, shared with the corp's other apps; `None` gives
+    /// the client a scheduler of its own with WeCom's published limits.
+    pub scheduler: Option<Arc<CorpScheduler>>,
+    /// Who the app is within its corp's scheduler (its cap is counted under this key).
+    pub app_key: String,
     pub retry: RetryPolicy,
     /// The limit of one HTTP request, connection and body included.
     pub request_timeout: Duration,
@@ -129,6 +139,8 @@ impl ClientConfig {
             retry: RetryPolicy::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             observer: None,
+            scheduler: None,
+            app_key: String::new(),
         }
     }
 }
@@ -143,6 +155,8 @@ impl fmt::Debug for ClientConfig {
             .field("retry", &self.retry)
             .field("request_timeout", &self.request_timeout)
             .field("observer", &self.observer.as_ref().map(|_| "<observer>"))
+            .field("scheduler", &self.scheduler)
+            .field("app_key", &self.app_key)
             .finish()
     }
 }
@@ -180,7 +194,8 @@ struct Inner {
     secret: Secret,
     retry: RetryPolicy,
     observer: Option<Arc<dyn CallObserver>>,
-    budget: RequestBudget,
+    scheduler: Arc<CorpScheduler>,
+    app: AppSlot,
     tokens: TokenCache,
 }
 
@@ -249,6 +264,14 @@ impl WeComClient {
             Some(port) => format!("{}:{port}", base.host_str().unwrap_or_default()),
             None => base.host_str().unwrap_or_default().to_string(),
         };
+        let scheduler = config.scheduler.unwrap_or_else(|| {
+            Arc::new(CorpScheduler::new(
+                config.corp_id.clone(),
+                CorpLimits::default(),
+                None,
+            ))
+        });
+        let app = scheduler.app(&config.app_key, config.requests_per_minute);
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
@@ -258,7 +281,8 @@ impl WeComClient {
                 secret: config.secret,
                 retry: config.retry,
                 observer: config.observer,
-                budget: RequestBudget::new(config.requests_per_minute),
+                scheduler,
+                app,
                 tokens: TokenCache::default(),
             }),
         })
@@ -266,6 +290,20 @@ impl WeComClient {
 
     pub fn corp_id(&self) -> &str {
         &self.inner.corp_id
+    }
+
+    /// The scheduler of the app's corp.
+    pub fn scheduler(&self) -> &Arc<CorpScheduler> {
+        &self.inner.scheduler
+    }
+
+    /// Whether a request to `api` in the current task's class would leave now or soon
+    /// (see [`CorpScheduler::would_admit`]); else the deferral.
+    pub fn would_admit(&self, api: Api) -> Result<(), WeComError> {
+        self.inner
+            .scheduler
+            .would_admit(self.inner.app, api, scheduler::current_priority())
+            .map_err(|deferral| WeComError::deferred(api, deferral))
     }
 
     /// A1: one page of the app's link ids. WeCom accepts `limit` up to 100.
@@ -442,7 +480,10 @@ impl WeComClient {
     fn attempt_failure(&self, api: Api, failure: SendFailure) -> AttemptFailure {
         // A create that may have reached WeCom must not be sent again (module docs), and a
         // request whose deadline passed would only miss it again.
-        let never_again = matches!(failure.error, WeComError::NotSent { .. })
+        let never_again = matches!(
+            failure.error,
+            WeComError::NotSent { .. } | WeComError::Deferred { .. }
+        )
             || (api == Api::CreateLink && failure.outcome_unknown);
         let may_retry = !never_again;
         AttemptFailure {
@@ -489,16 +530,24 @@ impl WeComClient {
         B: Serialize,
         R: Answer,
     {
-        match deadline {
-            None => self.inner.budget.acquire().await,
-            Some(deadline) => {
-                if tokio::time::timeout_at(deadline, self.inner.budget.acquire())
-                    .await
-                    .is_err()
-                {
-                    return Err(SendFailure::answered(WeComError::NotSent { api }));
-                }
+        // Everything else needs a token: gettoken never waits behind other work.
+        let class = match api {
+            Api::GetToken => Priority::Now,
+            _ => scheduler::current_priority(),
+        };
+        let admitted = self.inner.scheduler.acquire(self.inner.app, api, class);
+        let admitted = match deadline {
+            None => admitted.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, admitted).await {
+                Ok(admitted) => admitted,
+                Err(_) => return Err(SendFailure::answered(WeComError::NotSent { api })),
+            },
+        };
+        if let Err(deferral) = admitted {
+            if let Some(observer) = &self.inner.observer {
+                observer.on_deferred(api, deferral.blocked);
             }
+            return Err(SendFailure::answered(WeComError::deferred(api, deferral)));
         }
         let started = Instant::now();
         let result = self.exchange(api, token, body).await;
@@ -516,6 +565,11 @@ impl WeComClient {
         );
         if let Some(observer) = &self.inner.observer {
             observer.on_call(api, &outcome, elapsed);
+        }
+        if let Err(failure) = &result
+            && let Some(errcode) = failure.error.errcode()
+        {
+            self.inner.scheduler.on_answer(api, errcode);
         }
         result
     }

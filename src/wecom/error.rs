@@ -215,6 +215,15 @@ pub enum WeComError {
     /// deadline its caller set (a create must reach WeCom soon after its marker).
     #[error("WeCom {api} was not sent: the request budget had no room before its deadline")]
     NotSent { api: Api },
+    /// The request was not sent: the corp's scheduler has no room for it in its class now
+    /// (or WeCom's rate-limit breaker for the API is open, `blocked`); come back after
+    /// `retry_after_ms`.
+    #[error("{}", deferred_message(*api, *retry_after_ms, *blocked))]
+    Deferred {
+        api: Api,
+        retry_after_ms: u64,
+        blocked: bool,
+    },
     /// Retries ran out on a retryable error; `last` is the final one.
     #[error("WeCom {api} still failing after {attempts} attempts: {last}")]
     RetriesExhausted {
@@ -224,7 +233,38 @@ pub enum WeComError {
     },
 }
 
+fn deferred_message(api: Api, retry_after_ms: u64, blocked: bool) -> String {
+    let secs = retry_after_ms.div_ceil(1000);
+    if blocked {
+        format!(
+            "WeCom {api} was not sent: WeCom's rate limit for this API was reached, so no call goes out for {secs} s"
+        )
+    } else {
+        format!("WeCom {api} was not sent yet: the corp's request budget has room in {secs} s")
+    }
+}
+
 impl WeComError {
+    /// A request the corp's scheduler did not send now.
+    pub fn deferred(api: Api, deferral: super::scheduler::Deferral) -> Self {
+        WeComError::Deferred {
+            api,
+            retry_after_ms: u64::try_from(deferral.retry_after.as_millis()).unwrap_or(u64::MAX),
+            blocked: deferral.blocked,
+        }
+    }
+
+    /// When a deferred request may be sent (`None` for every other error).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            WeComError::Deferred { retry_after_ms, .. } => {
+                Some(std::time::Duration::from_millis(*retry_after_ms))
+            }
+            WeComError::RetriesExhausted { last, .. } => last.retry_after(),
+            _ => None,
+        }
+    }
+
     pub fn api(&self) -> Api {
         match self {
             WeComError::Api { api, .. }
@@ -236,6 +276,7 @@ impl WeComError {
             | WeComError::NotJson { api, .. }
             | WeComError::Pagination { api, .. }
             | WeComError::NotSent { api }
+            | WeComError::Deferred { api, .. }
             | WeComError::RetriesExhausted { api, .. } => *api,
         }
     }
@@ -258,7 +299,7 @@ impl WeComError {
             WeComError::Http { .. } => ErrorClass::Terminal,
             WeComError::Transport { .. } | WeComError::Timeout { .. } => ErrorClass::Retryable,
             // Nothing reached WeCom; a later pass sends it when the budget has room.
-            WeComError::NotSent { .. } => ErrorClass::Retryable,
+            WeComError::NotSent { .. } | WeComError::Deferred { .. } => ErrorClass::Retryable,
             // The server at apiBaseUrl misbehaves: asking again at once would get the same
             // answer. Terminal here; the reconcilers come back on their own cadence.
             WeComError::Decode { .. }
@@ -274,7 +315,7 @@ impl WeComError {
     /// or the request was never sent.
     pub fn certainly_not_acted_on(&self) -> bool {
         match self {
-            WeComError::NotSent { .. } => true,
+            WeComError::NotSent { .. } | WeComError::Deferred { .. } => true,
             WeComError::RetriesExhausted { last, .. } => last.certainly_not_acted_on(),
             other => other.errcode().is_some(),
         }
@@ -326,6 +367,8 @@ impl WeComError {
             WeComError::NotJson { .. } => "not_json".into(),
             WeComError::Pagination { .. } => "pagination".into(),
             WeComError::NotSent { .. } => "not_sent".into(),
+            WeComError::Deferred { blocked: true, .. } => "blocked".into(),
+            WeComError::Deferred { .. } => "deferred".into(),
             WeComError::RetriesExhausted { last, .. } => last.metric_label(),
         }
     }

@@ -2,7 +2,6 @@
 
 pub mod allowed_hosts;
 pub mod answer;
-pub mod budget;
 pub mod client;
 pub mod crypto;
 pub mod crypto_cli;
@@ -10,6 +9,7 @@ pub mod error;
 pub mod event;
 pub mod redact;
 pub mod retry;
+pub mod scheduler;
 pub mod token;
 pub mod types;
 
