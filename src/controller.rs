@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use futures::{StreamExt, future::BoxFuture};
+use futures::{StreamExt, TryStreamExt, future::BoxFuture};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
@@ -30,6 +30,7 @@ use crate::{
         app, conditions,
         context::{AppClients, Cadence, Context},
         link, plan,
+        traffic::{PassSlots, SeenGenerations},
     },
     wecom::AllowedApiHosts,
 };
@@ -90,7 +91,14 @@ pub struct RunArgs {
     /// `host:port`. Any other app gets Ready=False, reason ApiHostNotAllowed, and no request.
     #[arg(long, env = "ALLOWED_API_HOSTS", default_value = crate::wecom::allowed_hosts::OFFICIAL_API_HOST)]
     pub allowed_api_hosts: AllowedApiHosts,
+    /// Most AcquisitionLink passes running at once; each WeComApp gets a fair share. Passes
+    /// waiting for WeCom's budget give their slot back and come back later.
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = DEFAULT_CONCURRENCY)]
+    pub max_concurrent_reconciles: usize,
 }
+
+/// Link passes running at once unless told otherwise.
+pub const DEFAULT_CONCURRENCY: usize = 64;
 
 impl RunArgs {
     /// The callback port's settings from the flags.
@@ -209,7 +217,37 @@ pub struct StartOptions {
     pub pass_hook: Option<PassHook>,
     /// The hosts a WeComApp's `apiBaseUrl` may name (`--allowed-api-hosts`).
     pub allowed_api_hosts: AllowedApiHosts,
+    /// Most link passes at once (`--max-concurrent-reconciles`); 0 for the default.
+    pub concurrency: usize,
+    /// Limits per corp and API other than WeCom's (a simulator with lower limits).
+    pub corp_limits: Option<crate::wecom::scheduler::CorpLimits>,
 }
+
+impl StartOptions {
+    fn concurrency(&self) -> usize {
+        match self.concurrency {
+            0 => DEFAULT_CONCURRENCY,
+            n => n.min(usize::from(u16::MAX)),
+        }
+    }
+}
+
+/// What the controller keeps of an object it caches: everything it reads, without the
+/// server's bookkeeping of who wrote which field and the client-side-apply copy of the
+/// last applied configuration (ArgoCD's and kubectl's), which together are most of an
+/// object's size.
+fn trim_for_cache<K: kube::Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// [`start`] with a liveness shared with the health endpoint, and an optional pass hook.
 pub fn start_with(
@@ -229,13 +267,26 @@ pub fn start_with(
     };
     let (link_reader, link_writer) = reflector::store();
     let (app_reader, app_writer) = reflector::store();
+    let seen_generations = Arc::new(SeenGenerations::default());
     let link_stream = watcher(links_api, watcher::Config::default())
         .default_backoff()
+        .modify(trim_for_cache)
         .reflect(link_writer)
         .applied_objects()
+        .inspect_ok({
+            let seen = seen_generations.clone();
+            move |link: &AcquisitionLink| {
+                if let (Some(uid), Some(generation)) =
+                    (link.metadata.uid.as_deref(), link.metadata.generation)
+                {
+                    seen.note(uid, generation);
+                }
+            }
+        })
         .predicate_filter(link_predicate, Default::default());
     let app_stream = watcher(apps_api, watcher::Config::default())
         .default_backoff()
+        .modify(trim_for_cache)
         .reflect(app_writer)
         .applied_objects();
     // One shared app stream feeds the app controller (all changes) and the link
@@ -266,7 +317,8 @@ pub fn start_with(
             client.clone(),
             metrics.clone(),
             options.allowed_api_hosts.clone(),
-        ),
+        )
+        .with_corp_limits(options.corp_limits.unwrap_or_default()),
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
         cadence,
@@ -278,6 +330,14 @@ pub fn start_with(
         app_failures: Default::default(),
         app_deletions: Default::default(),
         liveness: options.liveness.clone(),
+        polls: Default::default(),
+        urgent: Default::default(),
+        seen_generations: seen_generations.clone(),
+        slots: Arc::new(PassSlots::new(options.concurrency())),
+        sweeps: Default::default(),
+        poll_intervals: Default::default(),
+        started_ms: crate::wecom::unix_now_ms(),
+        link_trigger: link_trigger_tx.clone(),
     });
     let guard = PassGuard {
         hook: options.pass_hook.clone(),
@@ -287,8 +347,25 @@ pub fn start_with(
     let shutdown: BoxFuture<'static, ()> = Box::pin(shutdown);
     let shutdown = futures::future::FutureExt::shared(shutdown);
 
+    // WeCom's rate limit closed an API of a corp: its WeComApps report Throttled.
+    let (block_tx, mut block_rx) = mpsc::unbounded_channel::<String>();
+    context.apps.notify_blocks(block_tx);
+    let block_relay = {
+        let apps = app_reader.clone();
+        let app_triggers = app_trigger_tx.clone();
+        tokio::spawn(async move {
+            while let Some(corp_id) = block_rx.recv().await {
+                for app in apps.state().iter().filter(|a| a.spec.corp_id == corp_id) {
+                    let _ = app_triggers.try_send(ObjectRef::from_obj(&**app));
+                }
+            }
+        })
+    };
     let mapper_store = link_reader.clone();
+    let link_config = kube::runtime::controller::Config::default()
+        .concurrency(u16::try_from(options.concurrency()).unwrap_or(u16::MAX));
     let link_controller = Controller::for_stream(link_stream, link_reader.clone())
+        .with_config(link_config)
         .watches_stream(
             tokio_stream_from(app_rx_links)
                 .map(Ok::<_, watcher::Error>)
@@ -377,6 +454,7 @@ pub fn start_with(
             _ = readiness => {}
         }
         pump.abort();
+        block_relay.abort();
     });
     Running {
         context,
@@ -766,6 +844,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             liveness,
             pass_hook: None,
             allowed_api_hosts: args.allowed_api_hosts.clone(),
+            concurrency: args.max_concurrent_reconciles,
+            corp_limits: None,
         },
         stopped,
     );

@@ -43,6 +43,7 @@ async fn a_panicking_pass_is_reported_on_its_object_and_the_others_go_on() {
                 ("WeComApp", "broken"),
             ])),
             allowed_api_hosts: wecom_acq::wecom::AllowedApiHosts::loopback(),
+            ..Default::default()
         },
     )
     .await;

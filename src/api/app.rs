@@ -87,6 +87,22 @@ pub struct WeComAppStatus {
     /// The generation the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// How often the app's links are polled, within its request budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polling: Option<AppPolling>,
+}
+
+/// The polling the app's request budget allows.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppPolling {
+    /// Each link is polled (A2) this often, in seconds: the controller's resync interval,
+    /// or longer when that many links at that interval would not fit the budget.
+    pub interval_seconds: u64,
+    /// The links the interval was computed for.
+    pub links: u64,
+    /// True when the interval is longer than the resync interval asked for.
+    pub stretched: bool,
 }
 
 /// The customer-acquisition quota of the corp.

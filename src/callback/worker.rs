@@ -186,6 +186,10 @@ impl Worker {
                     change,
                     "WeCom reports the link gone; reconciling it now"
                 );
+                // Someone is waiting for this pass: it goes before polling and slow facts.
+                self.context
+                    .urgent
+                    .mark(&format!("{}/{}", inbound.namespace, link.name));
                 trigger(&self.triggers.links, link);
             }
             None => tracing::debug!(

@@ -17,14 +17,24 @@ use serde_json::json;
 
 use super::{
     app_usage::{links_using, waiting_message},
-    conditions::{self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, READY, reason},
+    conditions::{
+        self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, READY, THROTTLED, reason,
+    },
     context::Context,
     link::{Error, finalizer_outcome},
+    pacing,
 };
 use crate::{
-    api::{APP_IN_USE_FINALIZER, AppQuota, QuotaBatchStatus, WeComApp, WeComAppStatus},
-    wecom::{Api as WeComApi, ErrorClass, WeComError, error::codes, types::QuotaResponse},
+    api::{APP_IN_USE_FINALIZER, AppPolling, AppQuota, QuotaBatchStatus, WeComApp, WeComAppStatus},
+    wecom::{
+        Api as WeComApi, ErrorClass, WeComError,
+        client::WeComClient,
+        error::codes,
+        scheduler::{Priority, with_priority},
+        types::QuotaResponse,
+    },
 };
+use kube::runtime::reflector::ObjectRef;
 
 /// Balance under which `QuotaLow` is set (WeCom's balance_low threshold).
 pub const LOW_BALANCE: u64 = 20;
@@ -315,8 +325,54 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
             );
             requeue = std::time::Duration::from_secs(60);
         }
-        Ok(_) if !due => {}
-        Ok(client) => match client.quota().await {
+        Ok(client) => {
+            traffic(app, ctx, &client, &mut new, &mut requeue, &now).await;
+            if due {
+                // A spec change is a person's; the periodic reading is a slow fact.
+                let class = if old.observed_generation != generation {
+                    Priority::Now
+                } else {
+                    Priority::SlowFact
+                };
+                check_quota(app, ctx, &client, class, &old, &mut new, &mut requeue, failures, &now)
+                    .await;
+            }
+        }
+    }
+    new.observed_generation = generation;
+    publish_transitions(ctx, app, &old, &new).await;
+    if new != old {
+        let patch = json!({ "status": new });
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// A8 and what it says of the credentials and the quota.
+#[allow(clippy::too_many_arguments)]
+async fn check_quota(
+    app: &WeComApp,
+    ctx: &Context,
+    client: &WeComClient,
+    class: Priority,
+    old: &WeComAppStatus,
+    new: &mut WeComAppStatus,
+    requeue: &mut std::time::Duration,
+    failures: u32,
+    now: &Time,
+) {
+    let namespace = app.namespace().unwrap_or_default();
+    let name = app.name_any();
+    let key = format!("{namespace}/{name}");
+    let generation = app.metadata.generation;
+    let now = now.clone();
+    let answer = with_priority(class, client.quota()).await;
+    match answer {
+            // Not sent (the budget, or WeCom's rate limit): asked again when it says.
+            Err(err) if err.retry_after().is_some() => {
+                *requeue = err.retry_after().unwrap_or_default().min(*requeue);
+            }
             Ok(quota) => {
                 if let Ok(mut checks) = ctx.quota_checks.lock() {
                     checks.insert(key.clone(), Instant::now());
@@ -334,7 +390,7 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                     &now,
                 );
                 new.quota = Some(quota_status(&quota, &now));
-                set_quota_conditions(&mut new, &quota, generation, &now);
+                set_quota_conditions(new, &quota, generation, &now);
                 ctx.metrics.set_quota(&namespace, &name, &quota);
             }
             Err(err) => {
@@ -347,9 +403,9 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                 // a short back-off.
                 let app_reason = app_level_reason(&err);
                 if err.is_retryable() {
-                    requeue = super::plan::retry_delay(2, 1.0);
+                    *requeue = super::plan::retry_delay(2, 1.0);
                 } else if err.errcode() == Some(codes::INVALID_CREDENTIAL) {
-                    requeue = std::time::Duration::from_secs(60);
+                    *requeue = std::time::Duration::from_secs(60);
                 } else if let Ok(mut checks) = ctx.quota_checks.lock() {
                     checks.insert(key.clone(), Instant::now());
                 }
@@ -359,7 +415,7 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                         failing.insert(key.clone(), failures);
                     }
                     if err.errcode() != Some(codes::INVALID_CREDENTIAL) {
-                        requeue = app_recheck_delay(ctx.cadence.resync, failures);
+                        *requeue = app_recheck_delay(ctx.cadence.resync, failures);
                     }
                 }
                 let reason = match err.class() {
@@ -387,16 +443,140 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                     );
                 }
             }
-        },
     }
-    new.observed_generation = generation;
-    publish_transitions(ctx, app, &old, &new).await;
-    if new != old {
-        let patch = json!({ "status": new });
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
+}
+
+/// How much of the app's cap the A1 sweeps that look for deleted links may use.
+const SWEEP_SHARE: f64 = 0.05;
+/// The shortest time between two sweeps of one app.
+const SWEEP_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The app's traffic: its WeCom rate-limit state (`Throttled`), the poll interval its
+/// budget allows for its links (status, metric, and what the link passes use), and the A1
+/// sweep that finds links deleted in WeCom without one A2 per link.
+async fn traffic(
+    app: &WeComApp,
+    ctx: &Context,
+    client: &WeComClient,
+    new: &mut WeComAppStatus,
+    requeue: &mut std::time::Duration,
+    now: &Time,
+) {
+    let namespace = app.namespace().unwrap_or_default();
+    let name = app.name_any();
+    let key = format!("{namespace}/{name}");
+    let generation = app.metadata.generation;
+    let scheduler = client.scheduler();
+
+    // Throttled: set while any API of the corp is closed, cleared once all are open.
+    let blocked = scheduler.blocked();
+    if let Some(longest) = blocked.iter().map(|(_, d)| *d).max() {
+        let apis: Vec<&str> = blocked.iter().map(|(api, _)| api.name()).collect();
+        let lifts = k8s_openapi::jiff::Timestamp::now()
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(longest.as_secs() as i64))
+            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default();
+        conditions::set(
+            &mut new.conditions,
+            THROTTLED,
+            true,
+            reason::RATE_LIMITED,
+            format!(
+                "WeCom's rate limit closed {} for corp {}; no call to it before {lifts} (other work goes on)",
+                apis.join(", "),
+                app.spec.corp_id
+            ),
+            generation,
+            now,
+        );
+        *requeue = (*requeue).min(longest + std::time::Duration::from_secs(1));
+    } else if conditions::find(&new.conditions, THROTTLED).is_some() {
+        conditions::set(
+            &mut new.conditions,
+            THROTTLED,
+            false,
+            reason::WITHIN_LIMITS,
+            "every WeCom API of the corp is open",
+            generation,
+            now,
+        );
     }
-    Ok(Action::requeue(requeue))
+
+    // The poll interval for this many links within the budget.
+    let links: Vec<_> = ctx
+        .link_store
+        .state()
+        .into_iter()
+        .filter(|l| l.namespace().as_deref() == Some(namespace.as_str()) && l.spec.app_ref.name == name)
+        .collect();
+    let rpm = app
+        .spec
+        .requests_per_minute
+        .unwrap_or(super::context::DEFAULT_REQUESTS_PER_MINUTE);
+    let slow = pacing::slow_calls_per_link_hour(ctx.cadence.customers, ctx.cadence.statistics);
+    let interval = pacing::effective_resync(
+        ctx.cadence.resync,
+        links.len(),
+        rpm,
+        scheduler.limits().per_minute,
+        slow,
+    );
+    ctx.poll_intervals.set(&key, interval);
+    ctx.metrics
+        .effective_resync
+        .get_or_create(&crate::metrics::AppLabels {
+            namespace: namespace.clone(),
+            app: name.clone(),
+        })
+        .set(interval.as_secs_f64());
+    new.polling = Some(AppPolling {
+        interval_seconds: interval.as_secs(),
+        links: links.len() as u64,
+        stretched: interval > ctx.cadence.resync,
+    });
+
+    // The sweep: one A1 listing (100 ids a page) against every link of the app that holds
+    // an id; a link whose id is missing gets a pass at once. At most SWEEP_SHARE of the
+    // app's cap, and never more often than a minute or less often than the resync interval.
+    let pages = links.len().div_ceil(crate::wecom::client::LIST_LINK_PAGE_LIMIT as usize) as f64;
+    let sweep_every = std::time::Duration::from_secs_f64(
+        pages * 60.0 / (f64::from(rpm) * SWEEP_SHARE).max(1e-9),
+    )
+    .max(SWEEP_MIN_INTERVAL)
+    .min(ctx.cadence.resync.max(SWEEP_MIN_INTERVAL));
+    let last = ctx.sweeps.last(&key);
+    let sweep_due = last.as_ref().is_none_or(|l| l.taken_at.elapsed() >= sweep_every);
+    if !links.is_empty() && sweep_due {
+        // A link created while the listing runs may be missing from it: its pass then
+        // finds it with its own A2, at the cost of that one call.
+        let listing = with_priority(
+            Priority::Poll,
+            ctx.sweeps
+                .listing(&key, client, tokio::time::Instant::now()),
+        )
+        .await;
+        match listing {
+            Ok(listing) => {
+                for link in &links {
+                    let Some(id) = link.status.as_ref().and_then(|s| s.link_id.as_deref()) else {
+                        continue;
+                    };
+                    if link.metadata.deletion_timestamp.is_none() && !listing.ids.contains(id) {
+                        let link_key = format!("{namespace}/{}", link.name_any());
+                        tracing::info!(link = %link_key, link_id = %id, "WeCom no longer lists the link; reconciling it now");
+                        ctx.urgent.mark(&link_key);
+                        let _ = ctx.link_trigger.try_send(ObjectRef::from_obj(&**link));
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::debug!(app = %key, error = %err.summary(), "A1 sweep not done; the links' own polls go on")
+            }
+        }
+        *requeue = (*requeue).min(sweep_every);
+    } else if let Some(last) = last {
+        *requeue = (*requeue).min(sweep_every.saturating_sub(last.taken_at.elapsed()).max(std::time::Duration::from_secs(1)));
+    }
 }
 
 /// Events for quota transitions (QuotaLow, QuotaExhausted, QuotaRestored, QuotaExpiringSoon).

@@ -9,9 +9,15 @@ pub const SYNCED: &str = "Synced";
 pub const QUOTA_LOW: &str = "QuotaLow";
 pub const QUOTA_EXHAUSTED: &str = "QuotaExhausted";
 pub const QUOTA_EXPIRING_SOON: &str = "QuotaExpiringSoon";
+/// WeCom's rate limit closed one of the corp's APIs (45009, 45033).
+pub const THROTTLED: &str = "Throttled";
 
 /// Reasons, shared with the ArgoCD health script and the docs.
 pub mod reason {
+    /// Throttled=True: WeCom answered 45009 or 45033.
+    pub const RATE_LIMITED: &str = "RateLimited";
+    /// Throttled=False: every API of the corp is open again.
+    pub const WITHIN_LIMITS: &str = "WithinLimits";
     pub const AVAILABLE: &str = "Available";
     pub const IN_SYNC: &str = "InSync";
     pub const CREATING: &str = "Creating";

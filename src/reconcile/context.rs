@@ -394,13 +394,31 @@ pub struct Context {
     pub app_deletions: Mutex<HashMap<String, usize>>,
     /// Which long-running parts stopped on their own (`/healthz` reads it).
     pub liveness: crate::isolation::Liveness,
+    /// When each link is next due for a poll.
+    pub polls: super::traffic::PollTimes,
+    /// Links whose next pass a callback asked for.
+    pub urgent: super::traffic::Urgent,
+    /// The newest generation the watch delivered per link UID.
+    pub seen_generations: Arc<super::traffic::SeenGenerations>,
+    /// Each app's share of the reconcile slots.
+    pub slots: Arc<super::traffic::PassSlots>,
+    /// One shared A1 listing per app.
+    pub sweeps: super::traffic::Sweeps,
+    /// Each app's effective poll interval.
+    pub poll_intervals: super::traffic::PollIntervals,
+    /// When this process started its controllers (Unix milliseconds).
+    pub started_ms: u64,
+    /// Starts a link pass (the app pass asks for one when its sweep finds the link gone).
+    pub link_trigger: tokio::sync::mpsc::Sender<ObjectRef<AcquisitionLink>>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct SlowFacts {
     pub link_id: String,
-    pub customers_at: Option<Instant>,
-    pub statistics_at: Option<Instant>,
+    /// When customers (A6) are next due, Unix milliseconds.
+    pub customers_due: Option<u64>,
+    /// When statistics (A7) are next due, Unix milliseconds.
+    pub statistics_due: Option<u64>,
     /// The last A6 failed (its Warning Event is out; the next success clears it).
     pub customers_failing: bool,
     /// The last A7 failed.
@@ -437,6 +455,14 @@ impl Context {
         if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(%err, reason, "could not publish event");
         }
+    }
+
+    /// The interval at which the links of app `namespace/name` are polled.
+    pub fn poll_interval(&self, app_key: &str) -> Duration {
+        self.poll_intervals
+            .get(app_key)
+            .unwrap_or(self.cadence.resync)
+            .max(self.cadence.resync)
     }
 
     /// Forces the next quota check of an app (a quota callback arrived).

@@ -26,6 +26,7 @@ use super::{
     context::{AppError, Context, SlowFacts, WECOM_REQUEST_TIMEOUT},
     decide::{self, OnPresent},
     marker::{CREATE_SEND_WINDOW, CreateMarker},
+    pacing::{self, LastPoll, PassCause},
     plan::{self, DesiredLink},
 };
 use crate::{
@@ -35,8 +36,12 @@ use crate::{
         PAUSED_ANNOTATION, QuotaSummary, RECONCILE_REQUESTED_ANNOTATION, WeComApp,
     },
     wecom::{
-        Api as WeComApi, ErrorClass, WeComError, client::WeComClient, error::codes,
+        Api as WeComApi, ErrorClass, WeComError,
+        client::WeComClient,
+        error::codes,
+        scheduler::{self, Priority, with_priority},
         types::RemoteLink,
+        unix_now_ms,
     },
 };
 
@@ -77,13 +82,110 @@ fn jitter() -> f64 {
     0.5 + rand::random::<f64>() * 0.5
 }
 
-/// Requeue at rest: the resync interval, spread by up to 10% so links do not pulse together.
-fn at_rest(ctx: &Context) -> Action {
-    Action::requeue(
-        ctx.cadence
-            .resync
-            .mul_f64(0.9 + rand::random::<f64>() * 0.1),
+/// The key of the link's app among the apps (`namespace/name`).
+fn app_key(link: &AcquisitionLink) -> String {
+    format!(
+        "{}/{}",
+        link.namespace().unwrap_or_default(),
+        link.spec.app_ref.name
     )
+}
+
+fn link_hash(link: &AcquisitionLink) -> u64 {
+    pacing::uid_hash(
+        link.metadata
+            .uid
+            .as_deref()
+            .unwrap_or(&object_key(link)),
+    )
+}
+
+/// When the link's next poll is due (Unix ms): what this process planned, else its next
+/// phase point (after a restart every link waits for its own phase: no burst).
+fn poll_due(ctx: &Context, link: &AcquisitionLink, now_ms: u64) -> u64 {
+    match ctx.polls.get(&object_key(link)) {
+        Some(due) => due,
+        None => plan_next_poll(ctx, link, now_ms),
+    }
+}
+
+/// Plans the link's next poll at its next phase point.
+fn plan_next_poll(ctx: &Context, link: &AcquisitionLink, now_ms: u64) -> u64 {
+    let interval = ctx.poll_interval(&app_key(link));
+    let due = pacing::next_poll_ms(LastPoll::Unknown { now: now_ms }, link_hash(link), interval);
+    ctx.polls.set(&object_key(link), due);
+    due
+}
+
+/// Notes what the pass learnt of the link's existence, for its next poll.
+fn polled(ctx: &Context, link: &AcquisitionLink, last: LastPoll) {
+    let interval = ctx.poll_interval(&app_key(link));
+    ctx.polls.set(
+        &object_key(link),
+        pacing::next_poll_ms(last, link_hash(link), interval),
+    );
+}
+
+/// Requeue at rest: at the link's next phase point of the poll interval.
+fn at_rest(ctx: &Context, link: &AcquisitionLink) -> Action {
+    let now = unix_now_ms();
+    let mut due = poll_due(ctx, link, now);
+    if due <= now {
+        // This pass did not poll (a terminal outcome, a conflict): the next phase point.
+        due = plan_next_poll(ctx, link, now);
+    }
+    Action::requeue(Duration::from_millis(due - now))
+}
+
+/// What started this pass, for the class of its WeCom requests.
+fn pass_cause(link: &AcquisitionLink, ctx: &Context) -> PassCause {
+    let status = link.status.as_ref();
+    let observed = status.and_then(|s| s.observed_generation);
+    let requested = link.annotations().get(RECONCILE_REQUESTED_ANNOTATION);
+    PassCause {
+        spec_changed: observed.is_some() && observed != link.metadata.generation,
+        requested: requested.is_some()
+            && requested != status.and_then(|s| s.last_handled_reconcile_at.as_ref()),
+        deleting: link.metadata.deletion_timestamp.is_some(),
+        callback: ctx.urgent.take(&object_key(link)),
+        pause_changed: observed.is_some() && is_paused(link) != shows_paused(link),
+        creating: known_link_id(link).is_none() || create_marker(link).is_some(),
+    }
+}
+
+/// Status says the link is paused (Synced=False, reason Paused).
+fn shows_paused(link: &AcquisitionLink) -> bool {
+    link.status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, SYNCED))
+        .is_some_and(|c| c.reason == reason::PAUSED)
+}
+
+/// The object to act on: the cached one, or, when the watch has already shown a newer
+/// generation than the cache holds (the store lags during a relist), the object read from
+/// the API server. `None` when it is gone.
+async fn newest(
+    link: Arc<AcquisitionLink>,
+    api: &Api<AcquisitionLink>,
+    ctx: &Context,
+) -> Result<Option<Arc<AcquisitionLink>>, Error> {
+    let (Some(uid), Some(generation)) = (link.metadata.uid.as_deref(), link.metadata.generation)
+    else {
+        return Ok(Some(link));
+    };
+    if !ctx.seen_generations.newer_than(uid, generation) {
+        return Ok(Some(link));
+    }
+    tracing::debug!(link = %object_key(&link), generation, "cache is older than the watch; reading the link");
+    match api.get_opt(&link.name_any()).await? {
+        Some(fresh) if fresh.metadata.uid == link.metadata.uid => Ok(Some(Arc::new(fresh))),
+        _ => Ok(None),
+    }
+}
+
+/// How soon a pass that found its app over its share of the reconcile slots comes back.
+fn slot_wait() -> Duration {
+    Duration::from_millis(200 + rand::random::<u64>() % 800)
 }
 
 /// Entry point for the controller.
@@ -92,12 +194,23 @@ pub async fn reconcile(link: Arc<AcquisitionLink>, ctx: Arc<Context>) -> Result<
     let namespace = link.namespace().unwrap_or_default();
     let api: Api<AcquisitionLink> = Api::namespaced(ctx.kube.clone(), &namespace);
     let name = link.name_any();
-    let result = finalizer(&api, LINK_FINALIZER, link, |event| async {
-        match event {
-            Finalizer::Apply(link) => apply(&link, &ctx).await,
-            Finalizer::Cleanup(link) => cleanup(&link, &ctx).await,
-        }
-    })
+    let apps = ctx.app_store.state().len();
+    let Some(_slot) = ctx.slots.enter(&app_key(&link), apps) else {
+        return Ok(Action::requeue(slot_wait()));
+    };
+    let Some(link) = newest(link, &api, &ctx).await? else {
+        return Ok(Action::await_change());
+    };
+    let class = pacing::pass_priority(pass_cause(&link, &ctx));
+    let result = with_priority(
+        class,
+        finalizer(&api, LINK_FINALIZER, link, |event| async {
+            match event {
+                Finalizer::Apply(link) => apply(&link, &ctx).await,
+                Finalizer::Cleanup(link) => cleanup(&link, &ctx).await,
+            }
+        }),
+    )
     .await;
     let result = finalizer_outcome(result);
     let key = format!("{namespace}/{name}");
@@ -144,6 +257,13 @@ pub(super) fn finalizer_outcome(
 /// The count of consecutive failures comes from status and, when the Kubernetes API is the
 /// thing failing (status cannot be written), from memory, so an outage still backs off.
 pub fn error_policy(link: Arc<AcquisitionLink>, error: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::WeCom(err) = error
+        && let Some(after) = err.retry_after()
+    {
+        // Not sent: the corp's budget or WeCom's rate limit says when.
+        tracing::debug!(link = %link.name_any(), %err, "WeCom request deferred");
+        return Action::requeue(after);
+    }
     tracing::warn!(link = %link.name_any(), namespace = ?link.namespace(), %error, "reconcile failed");
     let key = format!(
         "{}/{}",
@@ -223,6 +343,24 @@ impl<'a> Pass<'a> {
             reason::CREATING,
             "checking whether an interrupted create made the link",
         );
+    }
+
+    /// The previous pass left the link in sync (or knowingly drifted or paused) for this
+    /// generation, without failures or an interrupted create: nothing is pending.
+    fn at_rest(&self) -> bool {
+        let settled = |type_: &str, also: &[&str]| {
+            conditions::find(&self.old.conditions, type_).is_some_and(|c| {
+                c.observed_generation == self.generation
+                    && (c.status == "True" || also.contains(&c.reason.as_str()))
+            })
+        };
+        self.old.observed_generation == self.generation
+            && is_paused(self.link) == shows_paused(self.link)
+            && self.old.failures.is_none()
+            && self.old.link_id.is_some()
+            && create_marker(self.link).is_none()
+            && settled(READY, &[])
+            && settled(SYNCED, &[reason::DRIFTED, reason::PAUSED])
     }
 
     /// The previous pass ended with this Synced reason for the same generation.
@@ -405,14 +543,27 @@ enum Observed {
     Gone,
 }
 
+/// A pass at rest may poll this much before its due time (requeues are not exact).
+const POLL_EARLY_MS: u64 = 500;
+
 /// A2 by id. An error on A2 for a known id is only a hint: the link is gone only when A1
-/// no longer lists it (WECOM-NOTES: the code for a deleted link is undocumented).
-async fn observe(client: &WeComClient, link_id: &str) -> Result<Observed, WeComError> {
+/// no longer lists it (WECOM-NOTES: the code for a deleted link is undocumented). The A1
+/// listing is the app's shared one (see [`super::traffic::Sweeps`]), taken after this A2
+/// was sent: links whose A2 failed meanwhile share it, and it cannot predate a deletion
+/// the A2 saw.
+async fn observe(
+    ctx: &Context,
+    link: &AcquisitionLink,
+    client: &WeComClient,
+    link_id: &str,
+) -> Result<Observed, WeComError> {
+    let asked = tokio::time::Instant::now();
     match client.get_link(link_id).await {
         Ok(remote) => Ok(Observed::Exists(remote)),
         Err(err) if err.class() == ErrorClass::Retryable => Err(err),
         Err(err) => {
-            if list_contains(client, link_id).await? {
+            let listing = ctx.sweeps.listing(&app_key(link), client, asked).await?;
+            if listing.ids.contains(link_id) {
                 Err(err)
             } else {
                 Ok(Observed::Gone)
@@ -421,10 +572,6 @@ async fn observe(client: &WeComClient, link_id: &str) -> Result<Observed, WeComE
     }
 }
 
-async fn list_contains(client: &WeComClient, link_id: &str) -> Result<bool, WeComError> {
-    let ids: Vec<String> = client.list_links().try_collect().await?;
-    Ok(ids.iter().any(|id| id == link_id))
-}
 
 async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
     let mut pass = Pass::new(link, ctx);
@@ -511,12 +658,26 @@ async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
         && is_terminal_reason(previous)
     {
         pass.write_status().await?;
-        return Ok(at_rest(ctx));
+        return Ok(at_rest(ctx, link));
+    }
+
+    // At rest, a pass asks WeCom only when the link's poll is due: passes that come
+    // earlier (a restart's first pass, an app change) wait for the link's phase.
+    if scheduler::current_priority() == Priority::Poll && pass.at_rest() {
+        let now = unix_now_ms();
+        let due = poll_due(ctx, link, now);
+        if due > now + POLL_EARLY_MS {
+            pass.write_status().await?;
+            return Ok(Action::requeue(Duration::from_millis(due - now)));
+        }
     }
 
     let result = match known_link_id(link) {
-        Some(link_id) => match observe(&client, &link_id).await {
-            Ok(Observed::Exists(remote)) => sync_existing(&mut pass, &client, remote).await,
+        Some(link_id) => match observe(ctx, link, &client, &link_id).await {
+            Ok(Observed::Exists(remote)) => {
+                polled(ctx, link, LastPoll::At(unix_now_ms()));
+                sync_existing(&mut pass, &client, remote).await
+            }
             Ok(Observed::Gone) => remote_deleted(&mut pass, &client, &app, &link_id).await,
             Err(err) => Err(Error::WeCom(err)),
         },
@@ -527,6 +688,13 @@ async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
             pass.new.failures = None;
             pass.write_status().await?;
             Ok(action)
+        }
+        // Not sent (the corp's budget has no room for this class now, or WeCom's rate
+        // limit closed the API): nothing was learnt or done; come back when it says.
+        Err(Error::WeCom(err)) if err.retry_after().is_some() => {
+            let after = err.retry_after().unwrap_or_default();
+            tracing::debug!(link = %pass.key(), %err, "WeCom request deferred");
+            Ok(Action::requeue(after))
         }
         // An error about the app, not this link (permission, trusted IPs, credentials, a
         // bad server): no terminal outcome that only a change of the link would clear. The
@@ -565,9 +733,9 @@ async fn link_id_conflict(mut pass: Pass<'_>, link_id: &str, owner: &str) -> Res
     pass.set(SYNCED, false, reason::LINK_ID_CONFLICT, message.clone());
     pass.event_on_change(EventType::Warning, reason::LINK_ID_CONFLICT, message)
         .await;
-    let ctx = pass.ctx;
+    let (ctx, link) = (pass.ctx, pass.link);
     pass.write_status().await?;
-    Ok(at_rest(ctx))
+    Ok(at_rest(ctx, link))
 }
 
 /// How often a link whose app is missing or has no usable Secret looks again.
@@ -634,9 +802,9 @@ async fn wecom_failure(mut pass: Pass<'_>, err: WeComError) -> Result<Action, Er
                 crate::wecom::redact::scrub(&err.to_string()),
             )
             .await;
-            let ctx = pass.ctx;
+            let (ctx, link) = (pass.ctx, pass.link);
             pass.write_status().await?;
-            Ok(at_rest(ctx))
+            Ok(at_rest(ctx, link))
         }
     }
 }
@@ -693,7 +861,7 @@ async fn sync_existing(
                 format!("link differs from the spec ({listed}) and is paused"),
             );
             pass.set(SYNCED, false, reason::PAUSED, paused_message());
-            return Ok(at_rest(pass.ctx));
+            return Ok(at_rest(pass.ctx, pass.link));
         }
         OnPresent::Correct => {
             client
@@ -725,7 +893,7 @@ async fn sync_existing(
         pass.set(SYNCED, true, reason::IN_SYNC, "the last pass succeeded");
     }
     refresh_slow_facts(pass, client, &remote.link_id).await;
-    Ok(at_rest(pass.ctx))
+    Ok(at_rest(pass.ctx, pass.link))
 }
 
 fn paused_message() -> String {
@@ -754,7 +922,7 @@ async fn report_drift(
     pass.event_on_change(EventType::Normal, reason::DRIFTED, message)
         .await;
     refresh_slow_facts(pass, client, &remote.link_id).await;
-    Ok(at_rest(pass.ctx))
+    Ok(at_rest(pass.ctx, pass.link))
 }
 
 /// Puts the id and URLs in status and makes sure the id annotation is there.
@@ -800,12 +968,28 @@ async fn refresh_slow_facts(pass: &mut Pass<'_>, client: &WeComClient, link_id: 
             link_id: link_id.to_string(),
             ..Default::default()
         });
-    let due =
-        |at: Option<std::time::Instant>, every: Duration| at.is_none_or(|t| t.elapsed() >= every);
-    if due(facts.customers_at, ctx.cadence.customers)
-        || (pass.new.customers.is_none() && !facts.customers_failing)
-    {
-        match count_customers(client, link_id, &pass.link.spec.channels).await {
+    let now = unix_now_ms();
+    let hash = link_hash(pass.link);
+    // Unknown due times (a restart): a fact never read is due now; one in status waits for
+    // the link's phase, so a restart sends no burst of A6 and A7.
+    let first_due = |known: bool, every: Duration| {
+        if known {
+            pacing::next_poll_ms(LastPoll::Unknown { now }, hash, every)
+        } else {
+            now
+        }
+    };
+    let next_due = |every: Duration| pacing::next_poll_ms(LastPoll::At(now), hash, every);
+    let customers_due = *facts
+        .customers_due
+        .get_or_insert_with(|| first_due(pass.new.customers.is_some(), ctx.cadence.customers));
+    if customers_due <= now + POLL_EARLY_MS {
+        let counted = with_priority(
+            Priority::SlowFact,
+            count_customers(client, link_id, &pass.link.spec.channels),
+        )
+        .await;
+        match counted {
             Ok((mut count, counted)) => {
                 facts.counted = std::sync::Arc::new(counted);
                 // A6 rarely says when customers were added: keep what callbacks reported.
@@ -826,12 +1010,15 @@ async fn refresh_slow_facts(pass: &mut Pass<'_>, client: &WeComClient, link_id: 
                     count.counted_at = Some(pass.now.0.to_string());
                     pass.new.customers = Some(count);
                 }
-                facts.customers_at = Some(std::time::Instant::now());
+                facts.customers_due = Some(next_due(ctx.cadence.customers));
                 facts.customers_failing = false;
+            }
+            Err(err) if err.retry_after().is_some() => {
+                facts.customers_due = Some(now + retry_after_ms(&err));
             }
             Err(err) => {
                 if !err.is_retryable() {
-                    facts.customers_at = Some(std::time::Instant::now());
+                    facts.customers_due = Some(next_due(ctx.cadence.customers));
                 }
                 if !std::mem::replace(&mut facts.customers_failing, true) {
                     slow_fact_failed(pass, "CustomerCountFailed", "customers", &err).await;
@@ -839,14 +1026,17 @@ async fn refresh_slow_facts(pass: &mut Pass<'_>, client: &WeComClient, link_id: 
             }
         }
     }
-    if due(facts.statistics_at, ctx.cadence.statistics)
-        || (pass.new.statistics.is_none() && !facts.statistics_failing)
-    {
+    let statistics_due = *facts
+        .statistics_due
+        .get_or_insert_with(|| first_due(pass.new.statistics.is_some(), ctx.cadence.statistics));
+    if statistics_due <= now + POLL_EARLY_MS {
         let window = plan::stats_window(unix_now(), ctx.cadence.statistics_days);
-        match client
-            .statistic(link_id, window.start_time, window.end_time)
-            .await
-        {
+        let read = with_priority(
+            Priority::SlowFact,
+            client.statistic(link_id, window.start_time, window.end_time),
+        )
+        .await;
+        match read {
             Ok(stats) => {
                 pass.new.statistics = Some(LinkStatistics {
                     window_days: window.days,
@@ -855,12 +1045,15 @@ async fn refresh_slow_facts(pass: &mut Pass<'_>, client: &WeComClient, link_id: 
                     from: window.from,
                     to: window.to,
                 });
-                facts.statistics_at = Some(std::time::Instant::now());
+                facts.statistics_due = Some(next_due(ctx.cadence.statistics));
                 facts.statistics_failing = false;
+            }
+            Err(err) if err.retry_after().is_some() => {
+                facts.statistics_due = Some(now + retry_after_ms(&err));
             }
             Err(err) => {
                 if !err.is_retryable() {
-                    facts.statistics_at = Some(std::time::Instant::now());
+                    facts.statistics_due = Some(next_due(ctx.cadence.statistics));
                 }
                 if !std::mem::replace(&mut facts.statistics_failing, true) {
                     slow_fact_failed(pass, "StatisticsFailed", "statistics", &err).await;
@@ -879,6 +1072,11 @@ async fn refresh_slow_facts(pass: &mut Pass<'_>, client: &WeComClient, link_id: 
     if let Ok(mut map) = ctx.slow_facts.lock() {
         map.insert(key, facts);
     }
+}
+
+fn retry_after_ms(err: &WeComError) -> u64 {
+    err.retry_after()
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// All customers of a link (A6, every page), counted per customer_channel, and who they
@@ -936,7 +1134,7 @@ async fn remote_deleted(
         pass.set(SYNCED, false, reason::LINK_NOT_FOUND, message.clone());
         pass.event_on_change(EventType::Warning, reason::LINK_NOT_FOUND, message)
             .await;
-        return Ok(at_rest(pass.ctx));
+        return Ok(at_rest(pass.ctx, pass.link));
     }
     let adopted = link.spec.link_id.is_some() || pass.old.origin == Some(LinkOrigin::Adopted);
     let old_url = pass.old.url.clone().unwrap_or_default();
@@ -956,7 +1154,7 @@ async fn remote_deleted(
         pass.set(SYNCED, false, reason::REMOTE_DELETED, message.clone());
         pass.event_on_change(EventType::Warning, reason::REMOTE_DELETED, message)
             .await;
-        return Ok(at_rest(pass.ctx));
+        return Ok(at_rest(pass.ctx, pass.link));
     }
     // Status still naming the dead link means this pass is the first to see it gone. When the
     // recreate has to wait (paused, quota exhausted), the id stays in the annotation and
@@ -1048,7 +1246,7 @@ async fn create(
             "no link exists yet and the object is paused",
         );
         pass.set(SYNCED, false, reason::PAUSED, paused_message());
-        return Ok(at_rest(ctx));
+        return Ok(at_rest(ctx, link));
     }
     // The QuotaExhausted condition is the one signal: the app reconciler sets it from A8
     // (balance 0) and the callback worker from balance_exhausted / balance_increased, so a
@@ -1115,10 +1313,14 @@ async fn create(
                 pass.set(SYNCED, false, reason::CREATE_INCOMPLETE, message.clone());
                 pass.event_on_change(EventType::Warning, reason::CREATE_INCOMPLETE, message)
                     .await;
-                return Ok(at_rest(ctx));
+                return Ok(at_rest(ctx, link));
             }
         }
     }
+
+    // No marker for an A3 the budget would not send now: the pass comes back when it has
+    // room (a deferral), with nothing written.
+    client.would_admit(WeComApi::CreateLink)?;
 
     // The marker, with the resourceVersion we read: if someone else wrote the object since,
     // this is a 409 and nothing is created in this pass. A3 must leave within the send
@@ -1220,6 +1422,19 @@ async fn create(
         format!("link {} matches the spec", created.link_id),
     );
     pass.set(SYNCED, true, reason::IN_SYNC, "the last pass succeeded");
+    // A link just made has no customers and no clicks: known without asking WeCom.
+    let window = plan::stats_window(unix_now(), ctx.cadence.statistics_days);
+    pass.new.customers = Some(CustomerCount {
+        counted_at: Some(pass.now.0.to_string()),
+        ..CustomerCount::default()
+    });
+    pass.new.statistics = Some(LinkStatistics {
+        window_days: window.days,
+        click_customers: 0,
+        new_customers: 0,
+        from: window.from,
+        to: window.to,
+    });
     // Publish the new link in status right away, before the slower A6/A7. The annotation
     // already holds the id, so a failure here loses nothing: the final write retries it.
     pass.new.observed_generation = pass.generation;
@@ -1239,8 +1454,37 @@ async fn create(
             tracing::warn!(%err, link = %pass.key(), "could not write the new link id to status yet")
         }
     }
-    refresh_slow_facts(pass, client, &created.link_id).await;
-    Ok(at_rest(ctx))
+    // A link just made has no customers and no statistics, and WeCom has nothing new to
+    // say about it: no A2, A6 or A7 before their intervals have passed.
+    let now = unix_now_ms();
+    polled(ctx, link, LastPoll::Created(now));
+    let hash = link_hash(link);
+    let facts = SlowFacts {
+        link_id: created.link_id.clone(),
+        customers_due: Some(pacing::next_poll_ms(
+            LastPoll::Created(now),
+            hash,
+            ctx.cadence.customers,
+        )),
+        statistics_due: Some(pacing::next_poll_ms(
+            LastPoll::Created(now),
+            hash,
+            ctx.cadence.statistics,
+        )),
+        ..Default::default()
+    };
+    if let Ok(mut map) = ctx.slow_facts.lock() {
+        map.insert(pass.key(), facts);
+    }
+    let (namespace, name) = (link.namespace().unwrap_or_default(), link.name_any());
+    ctx.metrics.set_link_facts(
+        &namespace,
+        &name,
+        &created.link_id,
+        pass.new.customers.as_ref(),
+        pass.new.statistics.as_ref(),
+    );
+    Ok(at_rest(ctx, link))
 }
 
 /// Deletion: A5 for `Delete` (a link already gone is success), nothing for `Orphan`.
@@ -1289,6 +1533,10 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
     ctx.metrics.forget_link(&namespace, &link.name_any());
     if let Ok(mut facts) = ctx.slow_facts.lock() {
         facts.remove(&key);
+    }
+    ctx.polls.forget(&key);
+    if let Some(uid) = link.metadata.uid.as_deref() {
+        ctx.seen_generations.forget(uid);
     }
     if let Some((id, owner)) = link_owned_by_another(link, ctx) {
         ctx.publish(
@@ -1359,10 +1607,12 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
         }
     };
     for id in targets {
+        let asked = tokio::time::Instant::now();
         match client.delete_link(&id).await {
             Ok(()) => {}
             Err(err) if err.errcode().is_some() && err.class() == ErrorClass::Terminal => {
-                if list_contains(&client, &id).await? {
+                let listing = ctx.sweeps.listing(&app_key(link), &client, asked).await?;
+                if listing.ids.contains(&id) {
                     return Err(err.into());
                 }
             }

@@ -7,4 +7,6 @@ pub mod context;
 pub mod decide;
 pub mod link;
 pub mod marker;
+pub mod pacing;
 pub mod plan;
+pub mod traffic;

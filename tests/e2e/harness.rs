@@ -542,7 +542,7 @@ pub struct ControllerProcess {
 }
 
 impl ControllerProcess {
-    fn pid(&self) -> rustix::process::Pid {
+    pub fn pid(&self) -> rustix::process::Pid {
         rustix::process::Pid::from_child(self.child.as_ref().expect("controller still owned"))
     }
 

@@ -427,6 +427,8 @@ impl Env {
     pub async fn trigger_link_pass(&self, name: &str) {
         let run = self.controller();
         let before = run.passes("AcquisitionLink");
+        // What the callback worker does: the pass is one someone waits for.
+        run.running.context.urgent.mark(&format!("{NS}/{name}"));
         run.running
             .triggers
             .links

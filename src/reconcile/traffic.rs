@@ -1,0 +1,229 @@
+//! The in-memory bookkeeping that keeps a controller's WeCom traffic within its budget:
+//! when each link is next due for polling, which links a person or WeCom is waiting for,
+//! the newest generation the watch has shown of each link, each app's share of the
+//! reconcile slots, and one shared A1 listing per app.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use tokio::time::Instant;
+
+use crate::wecom::{WeComError, client::WeComClient};
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain maps: a panic elsewhere while holding the lock leaves them usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The newest generation the watch has delivered per object UID. The reflector's store can
+/// lag behind the events (during a relist it keeps the old objects until the listing is
+/// complete), so a pass that finds an older generation in its object re-reads it.
+#[derive(Debug, Default)]
+pub struct SeenGenerations(Mutex<HashMap<String, i64>>);
+
+impl SeenGenerations {
+    pub fn note(&self, uid: &str, generation: i64) {
+        let mut seen = lock(&self.0);
+        match seen.get_mut(uid) {
+            Some(known) if *known >= generation => {}
+            Some(known) => *known = generation,
+            None => {
+                seen.insert(uid.to_string(), generation);
+            }
+        }
+    }
+
+    /// True when the watch has shown a newer generation than `generation`.
+    pub fn newer_than(&self, uid: &str, generation: i64) -> bool {
+        lock(&self.0).get(uid).is_some_and(|seen| *seen > generation)
+    }
+
+    pub fn forget(&self, uid: &str) {
+        lock(&self.0).remove(uid);
+    }
+}
+
+/// Objects whose next pass someone is waiting for (a callback reported their link gone):
+/// that pass runs in the highest priority class.
+#[derive(Debug, Default)]
+pub struct Urgent(Mutex<HashSet<String>>);
+
+impl Urgent {
+    pub fn mark(&self, key: &str) {
+        lock(&self.0).insert(key.to_string());
+    }
+
+    /// Whether `key` was marked, clearing the mark.
+    pub fn take(&self, key: &str) -> bool {
+        lock(&self.0).remove(key)
+    }
+}
+
+/// When each link's next poll is due (Unix milliseconds), per `namespace/name`.
+#[derive(Debug, Default)]
+pub struct PollTimes(Mutex<HashMap<String, u64>>);
+
+impl PollTimes {
+    pub fn get(&self, key: &str) -> Option<u64> {
+        lock(&self.0).get(key).copied()
+    }
+
+    pub fn set(&self, key: &str, due_ms: u64) {
+        lock(&self.0).insert(key.to_string(), due_ms);
+    }
+
+    pub fn forget(&self, key: &str) {
+        lock(&self.0).remove(key);
+    }
+}
+
+/// The controller's reconcile slots shared fairly between apps: one app's passes may hold
+/// at most `total / apps` of them (at least one), so an app whose API hangs cannot take
+/// every slot while the others wait.
+#[derive(Debug)]
+pub struct PassSlots {
+    total: usize,
+    in_flight: Mutex<HashMap<String, usize>>,
+}
+
+impl PassSlots {
+    pub fn new(total: usize) -> Self {
+        Self {
+            total: total.max(1),
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for a pass of `app` when the app is within its share of `apps` apps; the slot
+    /// is given back when the guard drops.
+    pub fn enter(self: &Arc<Self>, app: &str, apps: usize) -> Option<SlotGuard> {
+        let share = (self.total / apps.max(1)).max(1);
+        let mut in_flight = lock(&self.in_flight);
+        let held = in_flight.entry(app.to_string()).or_default();
+        if *held >= share {
+            return None;
+        }
+        *held += 1;
+        Some(SlotGuard {
+            slots: self.clone(),
+            app: app.to_string(),
+        })
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+}
+
+pub struct SlotGuard {
+    slots: Arc<PassSlots>,
+    app: String,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut in_flight = lock(&self.slots.in_flight);
+        if let Some(held) = in_flight.get_mut(&self.app) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                in_flight.remove(&self.app);
+            }
+        }
+    }
+}
+
+/// One A1 listing per app, shared: every link that needs to know whether its id still
+/// exists uses the newest listing taken after the moment it cares about, and at most one
+/// listing per app runs at a time (the others wait for it instead of paging A1 themselves).
+#[derive(Default)]
+pub struct Sweeps(Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Listing>>>>>);
+
+#[derive(Clone)]
+pub struct Listing {
+    pub taken_at: Instant,
+    pub ids: Arc<HashSet<String>>,
+}
+
+impl Sweeps {
+    /// The ids A1 lists for `app`, from a listing that started after `fresher_than`.
+    pub async fn listing(
+        &self,
+        app: &str,
+        client: &WeComClient,
+        fresher_than: Instant,
+    ) -> Result<Listing, WeComError> {
+        let slot = lock(&self.0).entry(app.to_string()).or_default().clone();
+        let mut held = slot.lock().await;
+        if let Some(listing) = held.as_ref().filter(|l| l.taken_at >= fresher_than) {
+            return Ok(listing.clone());
+        }
+        let taken_at = Instant::now();
+        let ids: HashSet<String> = client.list_links().try_collect().await?;
+        let listing = Listing {
+            taken_at,
+            ids: Arc::new(ids),
+        };
+        *held = Some(listing.clone());
+        Ok(listing)
+    }
+
+    /// The last listing of `app`, however old.
+    pub fn last(&self, app: &str) -> Option<Listing> {
+        let slot = lock(&self.0).get(app).cloned()?;
+        let held = slot.try_lock().ok()?;
+        held.clone()
+    }
+
+    /// Drops the listings of apps for which `keep` is false.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.0).retain(|app, _| keep(app));
+    }
+}
+
+/// Each app's effective poll interval, as the app reconciler last computed it.
+#[derive(Debug, Default)]
+pub struct PollIntervals(Mutex<HashMap<String, Duration>>);
+
+impl PollIntervals {
+    pub fn get(&self, app: &str) -> Option<Duration> {
+        lock(&self.0).get(app).copied()
+    }
+
+    pub fn set(&self, app: &str, interval: Duration) {
+        lock(&self.0).insert(app.to_string(), interval);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_gets_its_share_of_the_slots_and_gives_them_back() {
+        let slots = Arc::new(PassSlots::new(8));
+        let held: Vec<_> = (0..4).filter_map(|_| slots.enter("ns/slow", 2)).collect();
+        assert_eq!(held.len(), 4);
+        assert!(slots.enter("ns/slow", 2).is_none(), "half of 8 with two apps");
+        assert!(slots.enter("ns/other", 2).is_some());
+        drop(held);
+        assert!(slots.enter("ns/slow", 2).is_some());
+        // A lone app has them all; never less than one.
+        let all: Vec<_> = (0..8).filter_map(|_| slots.enter("ns/a", 1)).collect();
+        assert_eq!(all.len(), 8);
+        assert!(slots.enter("ns/b", 100).is_some());
+    }
+
+    #[test]
+    fn only_newer_generations_count() {
+        let seen = SeenGenerations::default();
+        seen.note("u", 2);
+        seen.note("u", 1);
+        assert!(seen.newer_than("u", 1));
+        assert!(!seen.newer_than("u", 2));
+        assert!(!seen.newer_than("v", 1));
+    }
+}
