@@ -62,7 +62,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 /// Reads and checks the files. `None` after printing the problems of invalid input.
-fn read_files(args: &FilesArgs) -> Option<manifest::Manifests> {
+pub(crate) fn read_files(args: &FilesArgs) -> Option<manifest::Manifests> {
     match manifest::load(&args.files, &args.namespace) {
         Ok(manifests) => {
             print_err(&render::skipped(&manifests.skipped));
