@@ -67,6 +67,17 @@ async fn wecom_acq(args: &[&str], files: &[PathBuf], base_url: &str) -> Run {
     run
 }
 
+/// `wecom-acq ARGS` over the example Secret and WeComApp, against the simulator.
+async fn on_sim(sim: &SimHandle, args: &[&str]) -> Run {
+    wecom_acq(args, &app_files(), &sim.base_url()).await
+}
+
+/// The run failed (exit 1) and said `what` on stderr.
+fn assert_failed(run: &Run, what: &str) {
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(run.stderr.contains(what), "{}", run.stderr);
+}
+
 async fn start_sim(config: SimConfig) -> SimHandle {
     wecom_acq::sim::spawn(config, "127.0.0.1:0".parse().unwrap())
         .await
@@ -253,7 +264,7 @@ async fn imported_links_plan_without_changes_and_names_are_stable() {
 async fn import_manage_gives_manage_and_orphan_and_plan_sees_no_change() {
     let sim = start_sim(SimConfig::default()).await;
     console_links(&sim).await;
-    let run = wecom_acq(&["import", "--manage"], &app_files(), &sim.base_url()).await;
+    let run = on_sim(&sim, &["import", "--manage"]).await;
     assert_eq!(run.code, Some(0), "{}", run.all());
     assert_eq!(names_and_ids(&run.stdout).len(), 5);
     assert!(run.stdout.contains("managementPolicy: Manage"));
@@ -283,8 +294,7 @@ async fn import_errors_name_what_failed_and_write_nothing() {
     let mut files = app_files();
     files.push(bad.clone());
     let run = wecom_acq(&["import", "--out", out_arg], &files, &sim.base_url()).await;
-    assert_eq!(run.code, Some(1), "{}", run.all());
-    assert!(run.stderr.contains("bad.yaml"), "{}", run.stderr);
+    assert_failed(&run, "bad.yaml");
     assert!(run.stderr.contains("invalid YAML"), "{}", run.stderr);
 
     // The Secret missing.
@@ -294,12 +304,9 @@ async fn import_errors_name_what_failed_and_write_nothing() {
         &sim.base_url(),
     )
     .await;
-    assert_eq!(run.code, Some(1), "{}", run.all());
-    assert!(
-        run.stderr
-            .contains("Secret default/wecom-app (spec.secretRef of WeComApp default/wecom) is not in the files"),
-        "{}",
-        run.stderr
+    assert_failed(
+        &run,
+        "Secret default/wecom-app (spec.secretRef of WeComApp default/wecom) is not in the files",
     );
 
     // No app at all.
@@ -309,34 +316,24 @@ async fn import_errors_name_what_failed_and_write_nothing() {
         &sim.base_url(),
     )
     .await;
-    assert_eq!(run.code, Some(1), "{}", run.all());
-    assert!(run.stderr.contains("no WeComApp"), "{}", run.stderr);
+    assert_failed(&run, "no WeComApp");
 
     // WeCom unreachable.
     let url = unreachable_url();
     let run = wecom_acq(&["import", "--out", out_arg], &app_files(), &url).await;
-    assert_eq!(run.code, Some(1), "{}", run.all());
-    assert!(
-        run.stderr.contains(&format!(
-            "listing the links of WeComApp default/wecom at {url} failed"
-        )),
-        "{}",
-        run.stderr
+    assert_failed(
+        &run,
+        &format!("listing the links of WeComApp default/wecom at {url} failed"),
     );
     assert!(!out.exists(), "an error wrote {:?}", files_in(&out));
 
     // A file with other content is never overwritten.
-    let run = wecom_acq(&["import", "--out", out_arg], &app_files(), &sim.base_url()).await;
+    let run = on_sim(&sim, &["import", "--out", out_arg]).await;
     assert_eq!(run.code, Some(0), "{}", run.all());
     let victim = out.join(files_in(&out).into_iter().next().unwrap());
     std::fs::write(&victim, "# edited by hand\n").unwrap();
-    let run = wecom_acq(&["import", "--out", out_arg], &app_files(), &sim.base_url()).await;
-    assert_eq!(run.code, Some(1), "{}", run.all());
-    assert!(
-        run.stderr.contains("would be overwritten"),
-        "{}",
-        run.stderr
-    );
+    let run = on_sim(&sim, &["import", "--out", out_arg]).await;
+    assert_failed(&run, "would be overwritten");
     assert_eq!(
         std::fs::read_to_string(&victim).unwrap(),
         "# edited by hand\n"
@@ -463,12 +460,7 @@ async fn export_customers_holds_every_customer_exactly_once() {
     let expected = sim_customers(&sim).await;
     assert_eq!(expected.len(), 2_500 + 3 + 4 * 40);
 
-    let run = wecom_acq(
-        &["export", "customers", "--concurrency", "3"],
-        &app_files(),
-        &sim.base_url(),
-    )
-    .await;
+    let run = on_sim(&sim, &["export", "customers", "--concurrency", "3"]).await;
     assert_eq!(run.code, Some(0), "{}", run.all());
     let records = csv_records(&run.stdout);
     assert_eq!(
@@ -612,7 +604,7 @@ async fn frequency_limit_mid_link_resumes_at_the_same_page() {
     )
     .await;
 
-    let run = wecom_acq(&["export", "customers"], &app_files(), &sim.base_url()).await;
+    let run = on_sim(&sim, &["export", "customers"]).await;
     assert_eq!(run.code, Some(0), "{}", run.all());
     let records = csv_records(&run.stdout);
     let got: Vec<(String, String, String, String)> = records[1..]
@@ -643,12 +635,7 @@ async fn export_statistics_splits_the_span_into_windows_of_30_days() {
     )
     .await;
 
-    let run = wecom_acq(
-        &["export", "statistics", "--days", "75"],
-        &app_files(),
-        &sim.base_url(),
-    )
-    .await;
+    let run = on_sim(&sim, &["export", "statistics", "--days", "75"]).await;
     assert_eq!(run.code, Some(0), "{}", run.all());
     let records = csv_records(&run.stdout);
     assert_eq!(
@@ -695,12 +682,7 @@ async fn export_statistics_splits_the_span_into_windows_of_30_days() {
     );
 
     // More than WeCom keeps is refused before any call.
-    let run = wecom_acq(
-        &["export", "statistics", "--days", "181"],
-        &app_files(),
-        &sim.base_url(),
-    )
-    .await;
+    let run = on_sim(&sim, &["export", "statistics", "--days", "181"]).await;
     assert_eq!(run.code, Some(1), "{}", run.all());
     assert!(
         run.stderr.contains("--days 181 is out of range") && run.stderr.contains("180 days"),
@@ -708,12 +690,7 @@ async fn export_statistics_splits_the_span_into_windows_of_30_days() {
         run.stderr
     );
     assert!(run.stdout.is_empty());
-    let run = wecom_acq(
-        &["export", "statistics", "--days", "180"],
-        &app_files(),
-        &sim.base_url(),
-    )
-    .await;
+    let run = on_sim(&sim, &["export", "statistics", "--days", "180"]).await;
     assert_eq!(run.code, Some(0), "{}", run.all());
     assert_eq!(csv_records(&run.stdout).len(), 1 + 2 * 6);
 }
@@ -734,13 +711,9 @@ async fn export_errors_name_what_failed() {
         &url,
     )
     .await;
-    assert_eq!(run.code, Some(1), "{}", run.all());
-    assert!(
-        run.stderr.contains(&format!(
-            "listing the links of WeComApp default/wecom at {url} failed"
-        )),
-        "{}",
-        run.stderr
+    assert_failed(
+        &run,
+        &format!("listing the links of WeComApp default/wecom at {url} failed"),
     );
     assert!(!out.exists());
     assert_eq!(
@@ -763,8 +736,7 @@ async fn export_errors_name_what_failed() {
         &sim.base_url(),
     )
     .await;
-    assert_eq!(run.code, Some(1), "{}", run.all());
-    assert!(run.stderr.contains("--link nosuchlink"), "{}", run.stderr);
+    assert_failed(&run, "--link nosuchlink");
 
     // A bad file, a missing Secret, --days for customers.
     let bad = dir.path().join("bad.yaml");
@@ -784,23 +756,7 @@ async fn export_errors_name_what_failed() {
         &sim.base_url(),
     )
     .await;
-    assert_eq!(run.code, Some(1), "{}", run.all());
-    assert!(
-        run.stderr.contains("Secret default/wecom-app"),
-        "{}",
-        run.stderr
-    );
-    let run = wecom_acq(
-        &["export", "customers", "--days", "7"],
-        &app_files(),
-        &sim.base_url(),
-    )
-    .await;
-    assert_eq!(run.code, Some(1), "{}", run.all());
-    assert!(
-        run.stderr
-            .contains("--days applies to `export statistics` only"),
-        "{}",
-        run.stderr
-    );
+    assert_failed(&run, "Secret default/wecom-app");
+    let run = on_sim(&sim, &["export", "customers", "--days", "7"]).await;
+    assert_failed(&run, "--days applies to `export statistics` only");
 }

@@ -386,14 +386,9 @@ mod tests {
         }
     }
 
+    /// The check `plan` applies to a namespace (a DNS-1123 label).
     fn is_dns_label(name: &str) -> bool {
-        !name.is_empty()
-            && name.len() <= 63
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !name.starts_with('-')
-            && !name.ends_with('-')
+        super::super::manifest::check_name(name, MAX_NAME_LEN).is_ok()
     }
 
     #[test]
