@@ -722,6 +722,31 @@ async fn export_errors_name_what_failed() {
         "a partial file was left"
     );
 
+    // A listed link that cannot be read any more (deleted between A1 and A2): a note
+    // naming it, the other links exported.
+    admin(
+        &sim,
+        reqwest::Method::POST,
+        "/_sim/faults",
+        json!({"api": "get", "errcode": 40058, "times": 1}),
+    )
+    .await;
+    let run = on_sim(&sim, &["export", "customers", "--concurrency", "1"]).await;
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    assert!(
+        run.stderr.contains(&format!(
+            "note: link {} of WeComApp default/wecom was listed but cannot be read any more",
+            ids[0]
+        )),
+        "{}",
+        run.stderr
+    );
+    let exported: BTreeSet<String> = csv_records(&run.stdout)[1..]
+        .iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(exported, ids[2..].iter().cloned().collect());
+
     // A link WeCom does not know.
     let run = wecom_acq(
         &[
