@@ -7,6 +7,7 @@ pub mod api;
 pub mod callback;
 pub mod controller;
 pub mod demo;
+pub mod export;
 pub mod gitops;
 pub mod http_server;
 pub mod isolation;

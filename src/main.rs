@@ -48,6 +48,29 @@ enum Command {
     Plan(wecom_acq::gitops::FilesArgs),
     /// Make the changes `plan` shows, once, and print the links' ids and URLs.
     Apply(wecom_acq::gitops::FilesArgs),
+    /// Write AcquisitionLink YAML for the WeCom links the files do not manage yet
+    /// (Observe and Orphan unless --manage). Custom-developed and third-party apps only
+    /// see the links they created.
+    ///
+    /// Reads the Secret and WeComApp documents of -f and lists every link of each app
+    /// (A1 + A2; nothing is written to WeCom). AcquisitionLinks among the files mark their
+    /// links as managed (spec.linkId, the link-id annotation, or the same linkName as plan
+    /// matches). The objects observe (managementPolicy Observe) and orphan (deletionPolicy
+    /// Orphan) unless --manage is given; `plan` over the result shows no change.
+    ///
+    /// WeCom shows custom-developed (代开发) and third-party apps only the links they
+    /// created themselves: links made in the admin console or by another app cannot be
+    /// imported with such an app's credentials (a self-built app sees them all).
+    Import(wecom_acq::gitops::import::ImportArgs),
+    /// Export what the links bring in: `export customers` (one row per customer, A6) or
+    /// `export statistics` (clicks and new customers per link and window of at most 30
+    /// days, A7), as CSV or JSON lines, for every link the app lists or those of --link.
+    ///
+    /// Streams: rows are written as WeCom's pages arrive, so memory stays bounded however
+    /// many customers there are. Several links are read at once, never faster than the
+    /// app's requestsPerMinute; a frequency limit (45009) is waited out and the same page
+    /// read again. A progress bar shows on stderr when it is a terminal.
+    Export(wecom_acq::export::ExportArgs),
     /// Try it in seconds with nothing installed: simulator, Kubernetes API emulator and
     /// the controller in one process, the examples applied, traffic simulated.
     Demo(wecom_acq::demo::DemoArgs),
@@ -88,6 +111,8 @@ fn main() -> std::process::ExitCode {
         Command::Simulate(args) => run_async(wecom_acq::sim::cli::run(*args)),
         Command::Plan(args) => wecom_acq::gitops::plan_command(args),
         Command::Apply(args) => wecom_acq::gitops::apply_command(args),
+        Command::Import(args) => wecom_acq::gitops::import::import_command(args),
+        Command::Export(args) => run_async(wecom_acq::export::run(args)),
         Command::Demo(args) => run_async(wecom_acq::demo::run(args)),
         Command::Qr(args) => run_async(wecom_acq::qr::run(args)),
     }

@@ -95,11 +95,13 @@ impl Plan {
     }
 }
 
-/// How `plan` reaches WeCom.
+/// How `plan` (and `import`, `export`) reach WeCom.
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
     /// Replaces every app's `spec.apiBaseUrl` (the simulator's URL).
     pub api_base_url: Option<String>,
+    /// The retries of every call. `export` waits out frequency limits longer than `plan`.
+    pub retry: RetryPolicy,
 }
 
 /// The app of a link, its client and its links in WeCom, or why there is none.
@@ -233,12 +235,22 @@ async fn observe_app(
             first_link.key
         ));
     };
-    let client_and_url = client_for(manifests, app, connection)?;
-    let (client, base_url) = client_and_url;
+    let (client, base_url) = client_for(manifests, app, connection)?;
+    let remotes = remote_links(&client, &app.key, &base_url).await?;
+    Ok((client, remotes, base_url))
+}
+
+/// Every link the app sees (A1, then A2 for each). A link deleted between the two calls is
+/// left out. The error names the app and what to check.
+pub(crate) async fn remote_links(
+    client: &WeComClient,
+    app: &ObjectKey,
+    base_url: &str,
+) -> Result<Vec<RemoteLink>, String> {
     let ids: Vec<String> = client.list_links().try_collect().await.map_err(|e| {
         format!(
-            "listing the links of WeComApp {namespace}/{name} at {base_url} failed: {e}; check \
-             the app's corpId, Secret and apiBaseUrl"
+            "listing the links of {app} at {base_url} failed: {e}; check the app's corpId, \
+             Secret and apiBaseUrl"
         )
     })?;
     let mut remotes = Vec::with_capacity(ids.len());
@@ -249,15 +261,17 @@ async fn observe_app(
             Err(e) if e.errcode().is_some() && !e.is_retryable() => {}
             Err(e) => {
                 return Err(format!(
-                    "reading link {id} of WeComApp {namespace}/{name} failed: {e}; run plan again"
+                    "reading link {id} of {app} failed: {e}; run the command again"
                 ));
             }
         }
     }
-    Ok((client, remotes, base_url))
+    Ok(remotes)
 }
 
-fn client_for(
+/// The client of one WeComApp from the files: its Secret resolved, the base URL chosen
+/// (the flag, else `spec.apiBaseUrl`, else WeCom), its `requestsPerMinute` as the rate cap.
+pub(crate) fn client_for(
     manifests: &Manifests,
     app: &Loaded<WeComApp>,
     connection: &Connection,
@@ -293,7 +307,7 @@ fn client_for(
             .spec
             .requests_per_minute
             .unwrap_or(DEFAULT_REQUESTS_PER_MINUTE),
-        retry: RetryPolicy::default(),
+        retry: connection.retry.clone(),
         request_timeout: Duration::from_secs(10),
         observer: None,
         scheduler: None,

@@ -424,7 +424,7 @@ fn split_field(message: &str) -> (String, String) {
 }
 
 /// A DNS-1123 subdomain (names) or label (namespaces, `max` 63).
-fn check_name(name: &str, max: usize) -> Result<(), String> {
+pub(crate) fn check_name(name: &str, max: usize) -> Result<(), String> {
     if name.is_empty() {
         return Err("is required".into());
     }

@@ -1,4 +1,5 @@
-//! `wecom-acq plan` and `wecom-acq apply`: GitOps for acquisition links without a cluster.
+//! `wecom-acq plan` and `wecom-acq apply`: GitOps for acquisition links without a cluster
+//! (and `import`, which writes the YAML of links made elsewhere).
 //! They read Secret, WeComApp and AcquisitionLink YAML from files, check it as the
 //! apiserver would, and show (`plan`) or make once (`apply`) the WeCom calls the
 //! controller would make. Exit codes of `plan` gate CI jobs: 0 no changes, 2 changes
@@ -8,6 +9,7 @@
 //! while any link cannot be planned. Secrets are read from the files and never printed.
 
 pub mod changes;
+pub mod import;
 pub mod manifest;
 pub mod render;
 pub mod schema;
@@ -59,22 +61,30 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
+/// Reads and checks the files. `None` after printing the problems of invalid input.
+pub(crate) fn read_files(args: &FilesArgs) -> Option<manifest::Manifests> {
+    match manifest::load(&args.files, &args.namespace) {
+        Ok(manifests) => {
+            print_err(&render::skipped(&manifests.skipped));
+            Some(manifests)
+        }
+        Err(errors) => {
+            print_err(&render::invalid(&errors));
+            None
+        }
+    }
+}
+
 /// Reads and checks the files, then plans against WeCom. `None` after printing the
 /// problems of invalid input.
 async fn read_and_plan(args: &FilesArgs) -> Option<changes::Plan> {
-    let manifests = match manifest::load(&args.files, &args.namespace) {
-        Ok(manifests) => manifests,
-        Err(errors) => {
-            print_err(&render::invalid(&errors));
-            return None;
-        }
-    };
-    print_err(&render::skipped(&manifests.skipped));
+    let manifests = read_files(args)?;
     if manifests.links.is_empty() {
         print_err("note: the files hold no AcquisitionLink; there is nothing to plan\n");
     }
     let connection = Connection {
         api_base_url: args.api_base_url.clone(),
+        ..Connection::default()
     };
     Some(changes::plan(&manifests, &connection).await)
 }

@@ -31,7 +31,7 @@ pub fn skipped(skipped: &[(Origin, String)]) -> String {
     for (origin, kind) in skipped {
         let _ = writeln!(
             out,
-            "note: {origin}: kind {kind} is not read by plan/apply (only Secret, WeComApp, AcquisitionLink); skipped"
+            "note: {origin}: kind {kind} is not read (only Secret, WeComApp, AcquisitionLink are); skipped"
         );
     }
     out
