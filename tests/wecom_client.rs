@@ -328,12 +328,23 @@ fn fast_retry() -> RetryPolicy {
     }
 }
 
+/// WeCom's one-minute block after a 45009, shortened for the tests.
+const TEST_BLOCK: Duration = Duration::from_secs(2);
+
+fn test_limits() -> wecom_acq::wecom::scheduler::CorpLimits {
+    wecom_acq::wecom::scheduler::CorpLimits {
+        minute_block: TEST_BLOCK,
+        ..Default::default()
+    }
+}
+
 fn config(base_url: &str) -> ClientConfig {
     ClientConfig {
         base_url: base_url.to_string(),
         requests_per_minute: 60_000,
         retry: fast_retry(),
         request_timeout: Duration::from_secs(5),
+        limits: test_limits(),
         ..ClientConfig::new(CORP_ID, SECRET)
     }
 }
@@ -533,9 +544,10 @@ async fn frequency_limit_is_honoured_by_backing_off() {
     stub.script(Api::Quota, [Reply::Errcode(45009)]);
     let started = Instant::now();
     client.quota().await.unwrap();
-    // The fast policy's caps are 10-50 ms; a 45009 still waits the 1 s floor.
+    // The fast policy's caps are 10-50 ms; after a 45009 the API stays closed for WeCom's
+    // block (shortened here) and the call waits it out with no request meanwhile.
     assert!(
-        started.elapsed() >= Duration::from_secs(1),
+        started.elapsed() >= TEST_BLOCK,
         "{:?}",
         started.elapsed()
     );
@@ -937,6 +949,7 @@ mod sim {
                 requests_per_minute: 60_000,
                 retry: fast_retry(),
                 request_timeout: Duration::from_secs(5),
+                limits: super::test_limits(),
                 ..ClientConfig::new(sim::DEFAULT_CORP_ID, sim::DEFAULT_SECRET)
             })
             .unwrap();
@@ -1134,7 +1147,7 @@ async fn sim_frequency_limit_is_honoured_by_backing_off() {
     let started = Instant::now();
     world.client.quota().await.unwrap();
     assert!(
-        started.elapsed() >= Duration::from_secs(1),
+        started.elapsed() >= TEST_BLOCK,
         "{:?}",
         started.elapsed()
     );

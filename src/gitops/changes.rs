@@ -312,6 +312,7 @@ pub(crate) fn client_for(
         observer: None,
         scheduler: None,
         app_key: app.key.to_string(),
+        limits: Default::default(),
     })
     .map_err(|e| format!("{} ({}): {e}", app.key, app.origin))?;
     Ok((client, base_url))

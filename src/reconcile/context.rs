@@ -312,6 +312,7 @@ impl AppClients {
             observer: Some(self.metrics.clone()),
             scheduler: Some(self.scheduler(&app.spec.corp_id)),
             app_key: format!("{namespace}/{name}"),
+            limits: self.limits,
         })
         .map_err(|e| AppError::Invalid {
             namespace: namespace.clone(),

@@ -121,6 +121,9 @@ pub struct ClientConfig {
     pub scheduler: Option<Arc<CorpScheduler>>,
     /// Who the app is within its corp's scheduler (its cap is counted under this key).
     pub app_key: String,
+    /// The limits of the scheduler made when `scheduler` is `None`: WeCom's by default
+    /// (tests against a simulator shorten the blocks).
+    pub limits: CorpLimits,
     pub retry: RetryPolicy,
     /// The limit of one HTTP request, connection and body included.
     pub request_timeout: Duration,
@@ -141,6 +144,7 @@ impl ClientConfig {
             observer: None,
             scheduler: None,
             app_key: String::new(),
+            limits: CorpLimits::default(),
         }
     }
 }
@@ -264,12 +268,9 @@ impl WeComClient {
             Some(port) => format!("{}:{port}", base.host_str().unwrap_or_default()),
             None => base.host_str().unwrap_or_default().to_string(),
         };
+        // A client of its own (a command-line tool) waits out WeCom's blocks.
         let scheduler = config.scheduler.unwrap_or_else(|| {
-            Arc::new(CorpScheduler::new(
-                config.corp_id.clone(),
-                CorpLimits::default(),
-                None,
-            ))
+            Arc::new(CorpScheduler::patient(config.corp_id.clone(), config.limits))
         });
         let app = scheduler.app(&config.app_key, config.requests_per_minute);
         Ok(Self {

@@ -109,11 +109,13 @@ pub fn current_priority() -> Priority {
     CLASS.try_with(|class| *class).unwrap_or(Priority::Now)
 }
 
-/// Limits per corp and per API.
+/// Limits per corp and per API, and how long WeCom's blocks last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CorpLimits {
     pub per_minute: u32,
     pub per_hour: u32,
+    /// How long an API stays closed after a 45009 (an hour block: [`HOUR_BLOCK`]).
+    pub minute_block: Duration,
 }
 
 impl Default for CorpLimits {
@@ -121,6 +123,7 @@ impl Default for CorpLimits {
         Self {
             per_minute: WECOM_PER_MINUTE,
             per_hour: WECOM_PER_HOUR,
+            minute_block: MINUTE_BLOCK,
         }
     }
 }
@@ -283,6 +286,9 @@ struct State {
 pub struct CorpScheduler {
     corp_id: String,
     limits: CorpLimits,
+    /// Waits for an open breaker to close instead of deferring (a command-line tool has
+    /// no requeue to come back with).
+    patient: bool,
     state: Mutex<State>,
     observer: Option<Arc<dyn BlockObserver>>,
 }
@@ -318,6 +324,7 @@ impl CorpScheduler {
         Self {
             corp_id: corp_id.into(),
             limits,
+            patient: false,
             state: Mutex::new(State {
                 origin: Instant::now(),
                 apis,
@@ -326,6 +333,15 @@ impl CorpScheduler {
                 seq: 0,
             }),
             observer,
+        }
+    }
+
+    /// A scheduler whose requests wait out WeCom's blocks (see [`Self::acquire`]): for
+    /// command-line tools.
+    pub fn patient(corp_id: impl Into<String>, limits: CorpLimits) -> Self {
+        Self {
+            patient: true,
+            ..Self::new(corp_id, limits, None)
         }
     }
 
@@ -362,8 +378,20 @@ impl CorpScheduler {
     }
 
     /// Waits for room to send one `api` request of `app` in `class`, or says when to come
-    /// back (see the module docs for who waits and who is deferred).
+    /// back (see the module docs for who waits and who is deferred). A patient scheduler
+    /// waits out an open breaker instead.
     pub async fn acquire(&self, app: AppSlot, api: Api, class: Priority) -> Result<(), Deferral> {
+        loop {
+            match self.acquire_once(app, api, class).await {
+                Err(deferral) if deferral.blocked && self.patient => {
+                    tokio::time::sleep(deferral.retry_after).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn acquire_once(&self, app: AppSlot, api: Api, class: Priority) -> Result<(), Deferral> {
         let api = api_index(api);
         let now = Instant::now();
         let (key, mut grant, patience) = {
@@ -480,7 +508,7 @@ impl CorpScheduler {
                     if u64::from(budget.hour.total) * 10 >= u64::from(budget.hour.limit) * 9 {
                         HOUR_BLOCK
                     } else {
-                        MINUTE_BLOCK
+                        self.limits.minute_block
                     }
                 }
                 codes::CONCURRENCY_LIMIT => CONCURRENCY_BLOCK,
@@ -705,7 +733,7 @@ mod tests {
             "ww1",
             CorpLimits {
                 per_minute,
-                per_hour: WECOM_PER_HOUR,
+                ..CorpLimits::default()
             },
             None,
         ))
@@ -869,12 +897,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_patient_scheduler_waits_out_the_block() {
+        let corp = CorpScheduler::patient("ww1", CorpLimits::default());
+        let app = corp.app("", 600);
+        corp.on_answer(Api::Customer, codes::FREQUENCY_LIMIT);
+        let start = Instant::now();
+        assert!(corp.acquire(app, Api::Customer, Priority::Now).await.is_ok());
+        assert_eq!(start.elapsed(), MINUTE_BLOCK);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_frequency_limit_near_the_hourly_limit_blocks_for_the_hour() {
         let corp = Arc::new(CorpScheduler::new(
             "ww1",
             CorpLimits {
                 per_minute: 1000,
                 per_hour: 100,
+                ..CorpLimits::default()
             },
             None,
         ));
