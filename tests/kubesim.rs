@@ -1593,3 +1593,41 @@ async fn applied_finalizers_and_owner_references_merge_between_managers() {
     assert_eq!(last.finalizers(), ["c.dev/z"]);
     assert!(last.owner_references().is_empty());
 }
+
+#[tokio::test]
+async fn a_crd_whose_list_map_key_is_optional_is_refused() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let (_sim, client) = start().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let crd = |required: serde_json::Value| -> CustomResourceDefinition {
+        serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "things.example.dev"},
+            "spec": {"group": "example.dev", "scope": "Namespaced",
+                "names": {"plural": "things", "singular": "thing", "kind": "Thing"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                        "status": {"type": "object", "properties": {"conditions": {
+                            "type": "array", "x-kubernetes-list-type": "map",
+                            "x-kubernetes-list-map-keys": ["type"],
+                            "items": {"type": "object", "required": required,
+                                "properties": {"type": {"type": "string"}}}}}}}}}}]}
+        }))
+        .unwrap()
+    };
+    let err = api_error(
+        crds.create(&PostParams::default(), &crd(json!([])))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(
+        err.message.contains("items.properties[type].default")
+            && err.message.contains("x-kubernetes-list-map-keys"),
+        "{}",
+        err.message
+    );
+    crds.create(&PostParams::default(), &crd(json!(["type"])))
+        .await
+        .unwrap();
+}

@@ -106,6 +106,57 @@ impl Shape {
     }
 }
 
+/// The list-map keys a structural schema leaves optional, as the apiserver refuses them
+/// in a CRD: (field path under `at`, what is wrong). A key must be required, or have a
+/// default, in the item schema; a `map` list must name its keys.
+pub(crate) fn list_map_key_errors(schema: &Value, at: &str) -> Vec<(String, String)> {
+    let mut errors = Vec::new();
+    if schema["x-kubernetes-list-type"].as_str() == Some("map") {
+        let keys: Vec<&str> = schema["x-kubernetes-list-map-keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if keys.is_empty() {
+            errors.push((
+                format!("{at}.x-kubernetes-list-map-keys"),
+                "must not be empty if x-kubernetes-list-type is map".to_string(),
+            ));
+        }
+        let items = &schema["items"];
+        let required: Vec<&str> = items["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        for key in keys {
+            if !required.contains(&key) && items["properties"][key].get("default").is_none() {
+                errors.push((
+                    format!("{at}.items.properties[{key}].default"),
+                    "this property is in x-kubernetes-list-map-keys, so it must have a default or be a required property".to_string(),
+                ));
+            }
+        }
+    }
+    for (name, child) in schema["properties"].as_object().into_iter().flatten() {
+        errors.extend(list_map_key_errors(
+            child,
+            &format!("{at}.properties[{name}]"),
+        ));
+    }
+    for nested in ["items", "additionalProperties"] {
+        if schema[nested].is_object() {
+            errors.extend(list_map_key_errors(
+                &schema[nested],
+                &format!("{at}.{nested}"),
+            ));
+        }
+    }
+    errors
+}
+
 /// ObjectMeta as the apiserver's schema declares it, where it matters for apply.
 fn object_meta() -> Shape {
     let string_map = || Shape {
@@ -165,5 +216,22 @@ mod tests {
         );
         assert!(!meta.field("labels").is_named("app"));
         assert!(meta.is_named("labels") && status.is_named("ids"));
+    }
+
+    #[test]
+    fn list_map_keys_must_be_required_or_defaulted() {
+        let list = |required: Value| {
+            json!({"properties": {"status": {"properties": {
+            "conditions": {"type": "array", "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+                "items": {"type": "object", "required": required,
+                          "properties": {"type": {"type": "string"}}}}}}}})
+        };
+        assert!(list_map_key_errors(&list(json!(["type"])), "s").is_empty());
+        let errors = list_map_key_errors(&list(json!([])), "s");
+        assert_eq!(
+            errors[0].0,
+            "s.properties[status].properties[conditions].items.properties[type].default"
+        );
     }
 }

@@ -1402,6 +1402,14 @@ fn validate_crd(crd: &Value) -> Vec<FieldError> {
             "must have exactly one version marked as storage version",
         ));
     }
+    for (i, version) in versions.iter().enumerate() {
+        if let Some(schema) = version.pointer("/schema/openAPIV3Schema") {
+            let at = format!("spec.versions[{i}].schema.openAPIV3Schema");
+            for (field, detail) in super::schema::list_map_key_errors(schema, &at) {
+                errors.push(FieldError::required(&field, detail));
+            }
+        }
+    }
     errors
 }
 
