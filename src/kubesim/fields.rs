@@ -105,7 +105,8 @@ pub(crate) fn granular_object(value: &Value, shape: &Shape) -> bool {
 }
 
 /// The set an applied configuration claims: its leaves and the items of granular lists
-/// (as members), as the apiserver records for `Apply`. Nulls claim nothing.
+/// (as members), as the apiserver records for `Apply`. Nulls, empty objects and empty
+/// granular lists claim nothing (structured-merge-diff's `ToFieldSet`).
 pub(crate) fn apply_set(config: &Value, shape: &Shape) -> Result<FieldSet, String> {
     fn walk(
         value: &Value,
@@ -115,7 +116,7 @@ pub(crate) fn apply_set(config: &Value, shape: &Shape) -> Result<FieldSet, Strin
     ) -> Result<(), String> {
         match value {
             Value::Null => {}
-            Value::Object(map) if granular_object(value, shape) => {
+            Value::Object(map) if !shape.atomic => {
                 for (key, child) in map {
                     path.push(format!("f:{key}"));
                     walk(child, shape.field(key), path, out)?;

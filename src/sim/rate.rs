@@ -62,7 +62,7 @@ impl Window {
                 break;
             }
             self.counts.pop_front();
-            self.total -= u64::from(n);
+            self.total = self.total.saturating_sub(u64::from(n));
         }
     }
 
