@@ -1355,3 +1355,279 @@ async fn managed_fields_record_who_wrote_what_and_apply_conflicts() {
         .expect("the status writer's entry");
     assert_eq!(entry.subresource.as_deref(), Some("status"));
 }
+
+fn condition(type_: &str, status: &str) -> serde_json::Value {
+    json!({"type": type_, "status": status, "reason": "Test", "message": "m",
+           "lastTransitionTime": "2026-01-01T00:00:00Z"})
+}
+
+/// A status apply configuration for link `name` with these conditions.
+fn status_config(name: &str, conditions: &[serde_json::Value]) -> serde_json::Value {
+    json!({"apiVersion": "acquisition.wecom.dev/v1alpha1", "kind": "AcquisitionLink",
+           "metadata": {"name": name}, "status": {"conditions": conditions}})
+}
+
+fn condition_statuses(link: &AcquisitionLink) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = link
+        .status
+        .as_ref()
+        .map(|s| {
+            s.conditions
+                .iter()
+                .map(|c| (c.type_.clone(), c.status.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// The FieldsV1 of `manager`'s entry (of `subresource` "" or "status").
+fn fields_of(obj: &impl Resource, manager: &str) -> serde_json::Value {
+    obj.meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|e| e.manager.as_deref() == Some(manager))
+        .and_then(|e| e.fields_v1.as_ref())
+        .map(|f| f.0.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn status_apply_merges_conditions_by_type_between_field_managers() {
+    let (_sim, client) = start().await;
+    let api = links(&client);
+    api.create(&PostParams::default(), &link("c", "C"))
+        .await
+        .unwrap();
+    let as_manager = |m: &str| PatchParams::apply(m);
+    api.patch_status(
+        "c",
+        &as_manager("reconciler"),
+        &Patch::Apply(status_config(
+            "c",
+            &[condition("Ready", "True"), condition("Synced", "True")],
+        )),
+    )
+    .await
+    .unwrap();
+    let both = api
+        .patch_status(
+            "c",
+            &as_manager("callbacks"),
+            &Patch::Apply(status_config("c", &[condition("QuotaLow", "True")])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        condition_statuses(&both),
+        pairs(&[("QuotaLow", "True"), ("Ready", "True"), ("Synced", "True")]),
+        "each manager's conditions survive the other's apply"
+    );
+    let owned = fields_of(&both, "reconciler");
+    let conditions = &owned["f:status"]["f:conditions"];
+    assert!(
+        conditions.get(r#"k:{"type":"Ready"}"#).is_some()
+            && conditions.get(r#"k:{"type":"QuotaLow"}"#).is_none(),
+        "{owned}"
+    );
+    assert_eq!(
+        conditions[r#"k:{"type":"Ready"}"#]["."],
+        json!({}),
+        "the item itself is owned"
+    );
+
+    // The reconciler stops applying Synced: only Synced goes.
+    let dropped = api
+        .patch_status(
+            "c",
+            &as_manager("reconciler"),
+            &Patch::Apply(status_config("c", &[condition("Ready", "True")])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        condition_statuses(&dropped),
+        pairs(&[("QuotaLow", "True"), ("Ready", "True")])
+    );
+
+    // Another manager setting the reconciler's condition to another value conflicts,
+    // naming the item's field; force takes it.
+    let err = api_error(
+        api.patch_status(
+            "c",
+            &as_manager("callbacks"),
+            &Patch::Apply(status_config(
+                "c",
+                &[condition("QuotaLow", "True"), condition("Ready", "False")],
+            )),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(err.code, 409, "{err:?}");
+    assert!(
+        err.message
+            .contains(r#"conflict with "reconciler": .status.conditions[type="Ready"].status"#),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        condition_statuses(&api.get("c").await.unwrap()),
+        pairs(&[("QuotaLow", "True"), ("Ready", "True")]),
+        "a conflict changes nothing"
+    );
+    let forced = api
+        .patch_status(
+            "c",
+            &as_manager("callbacks").force(),
+            &Patch::Apply(status_config(
+                "c",
+                &[condition("QuotaLow", "True"), condition("Ready", "False")],
+            )),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        condition_statuses(&forced),
+        pairs(&[("QuotaLow", "True"), ("Ready", "False")])
+    );
+    let reconciler = fields_of(&forced, "reconciler");
+    let ready = &reconciler["f:status"]["f:conditions"][r#"k:{"type":"Ready"}"#];
+    assert!(
+        ready.get("f:status").is_none() && ready.get("f:reason").is_some(),
+        "the forced field moved, the rest stays shared: {reconciler}"
+    );
+
+    // An applied condition without its key is refused, as the apiserver refuses it.
+    let keyless = api
+        .patch_status(
+            "c",
+            &as_manager("callbacks"),
+            &Patch::Apply(status_config("c", &[json!({"status": "True"})])),
+        )
+        .await
+        .unwrap_err();
+    let keyless = api_error(keyless);
+    assert!(
+        keyless.message.contains("omits key field"),
+        "{}",
+        keyless.message
+    );
+}
+
+#[tokio::test]
+async fn applied_finalizers_and_owner_references_merge_between_managers() {
+    let (_sim, client) = start().await;
+    let api = links(&client);
+    api.create(&PostParams::default(), &link("f", "F"))
+        .await
+        .unwrap();
+    let meta_config = |finalizers: &[&str], owners: &[&str]| {
+        let owners: Vec<serde_json::Value> = owners
+            .iter()
+            .map(|uid| json!({"apiVersion": "v1", "kind": "ConfigMap", "name": uid, "uid": uid}))
+            .collect();
+        json!({"apiVersion": "acquisition.wecom.dev/v1alpha1", "kind": "AcquisitionLink",
+               "metadata": {"name": "f", "finalizers": finalizers, "ownerReferences": owners}})
+    };
+    let apply = |manager: &str, finalizers: &[&str], owners: &[&str]| {
+        let config = meta_config(finalizers, owners);
+        let api = api.clone();
+        let manager = manager.to_string();
+        async move {
+            api.patch("f", &PatchParams::apply(&manager), &Patch::Apply(config))
+                .await
+                .unwrap()
+        }
+    };
+    apply("a", &["a.dev/x", "shared.dev/s"], &["uid-a"]).await;
+    let both = apply("b", &["b.dev/y", "shared.dev/s"], &["uid-b"]).await;
+    assert_eq!(
+        both.finalizers(),
+        ["a.dev/x", "b.dev/y", "shared.dev/s"],
+        "a set: b's apply adds to a's"
+    );
+    let owners: Vec<&str> = both
+        .owner_references()
+        .iter()
+        .map(|o| o.uid.as_str())
+        .collect();
+    assert_eq!(owners, ["uid-a", "uid-b"], "a map keyed by uid");
+    assert!(
+        fields_of(&both, "a")["f:metadata"]["f:finalizers"]
+            .get(r#"v:"a.dev/x""#)
+            .is_some()
+    );
+    assert!(
+        fields_of(&both, "b")["f:metadata"]["f:ownerReferences"]
+            .get(r#"k:{"uid":"uid-b"}"#)
+            .is_some()
+    );
+    // A finalizer added by a JSON patch (an Update) is kept through applies.
+    let add: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "add", "path": "/metadata/finalizers/-", "value": "c.dev/z"}
+    ]))
+    .unwrap();
+    api.patch("f", &PatchParams::default(), &Patch::Json::<()>(add))
+        .await
+        .unwrap();
+    // a stops applying everything: only what a alone owned goes.
+    let after = apply("a", &[], &[]).await;
+    assert_eq!(after.finalizers(), ["b.dev/y", "shared.dev/s", "c.dev/z"]);
+    let owners: Vec<&str> = after
+        .owner_references()
+        .iter()
+        .map(|o| o.uid.as_str())
+        .collect();
+    assert_eq!(owners, ["uid-b"]);
+    // b stops too: the finalizer nobody applies any more goes; the Update's stays.
+    let last = apply("b", &[], &[]).await;
+    assert_eq!(last.finalizers(), ["c.dev/z"]);
+    assert!(last.owner_references().is_empty());
+}
+
+#[tokio::test]
+async fn a_crd_whose_list_map_key_is_optional_is_refused() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let (_sim, client) = start().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let crd = |required: serde_json::Value| -> CustomResourceDefinition {
+        serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "things.example.dev"},
+            "spec": {"group": "example.dev", "scope": "Namespaced",
+                "names": {"plural": "things", "singular": "thing", "kind": "Thing"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                        "status": {"type": "object", "properties": {"conditions": {
+                            "type": "array", "x-kubernetes-list-type": "map",
+                            "x-kubernetes-list-map-keys": ["type"],
+                            "items": {"type": "object", "required": required,
+                                "properties": {"type": {"type": "string"}}}}}}}}}}]}
+        }))
+        .unwrap()
+    };
+    let err = api_error(
+        crds.create(&PostParams::default(), &crd(json!([])))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(
+        err.message.contains("items.properties[type].default")
+            && err.message.contains("x-kubernetes-list-map-keys"),
+        "{}",
+        err.message
+    );
+    crds.create(&PostParams::default(), &crd(json!(["type"])))
+        .await
+        .unwrap();
+}

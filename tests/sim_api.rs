@@ -955,6 +955,63 @@ async fn frequency_limit_answers_45009_and_still_counts() {
 }
 
 #[tokio::test]
+async fn the_hourly_limit_blocks_one_api_for_an_hour_of_the_sim_clock() {
+    let sim = Sim::start(SimConfig {
+        rate_limit_per_hour: Some(4),
+        ..SimConfig::default()
+    })
+    .await;
+    let token = sim.token().await;
+    for _ in 0..4 {
+        sim.ok(Api::ListLink, &token, json!({})).await;
+    }
+    sim.advance(1800).await;
+    let refused = sim.call(Api::ListLink, Some(&token), json!({})).await;
+    assert_code(&refused, 45009);
+    assert!(
+        refused["errmsg"].as_str().unwrap().contains("in an hour"),
+        "{refused}"
+    );
+    // Other APIs are unaffected.
+    sim.ok(Api::Quota, &token, json!({})).await;
+    // An hour after the first calls the sliding window alone would admit again, but the
+    // block lasts one hour from the overrun.
+    sim.advance(1900).await;
+    assert_code(
+        &sim.call(Api::ListLink, Some(&token), json!({})).await,
+        45009,
+    );
+    sim.advance(1700).await;
+    sim.ok(Api::ListLink, &token, json!({})).await;
+    assert_eq!(sim.state().await["rate_limit_per_hour"], 4);
+}
+
+#[tokio::test]
+async fn a_minute_overrun_blocks_the_api_until_sixty_seconds_have_passed() {
+    let sim = Sim::start(SimConfig {
+        rate_limit_per_minute: Some(2),
+        ..SimConfig::default()
+    })
+    .await;
+    let token = sim.token().await;
+    sim.ok(Api::ListLink, &token, json!({})).await;
+    sim.advance(30).await;
+    sim.ok(Api::ListLink, &token, json!({})).await;
+    assert_code(
+        &sim.call(Api::ListLink, Some(&token), json!({})).await,
+        45009,
+    );
+    // The first call has left the sliding minute; the block (60 s from the overrun) holds.
+    sim.advance(35).await;
+    assert_code(
+        &sim.call(Api::ListLink, Some(&token), json!({})).await,
+        45009,
+    );
+    sim.advance(25).await;
+    sim.ok(Api::ListLink, &token, json!({})).await;
+}
+
+#[tokio::test]
 async fn calls_are_counted_per_api_and_reset() {
     let sim = Sim::default().await;
     let token = sim.token().await;

@@ -376,3 +376,46 @@ pub(crate) fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::
     }))
     .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    use serde_json::{Value, json};
+
+    /// status.conditions of a CRD's first version's schema.
+    fn conditions_of(crd: CustomResourceDefinition) -> Value {
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .map(serde_json::to_value)
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        schema["properties"]["status"]["properties"]["conditions"].clone()
+    }
+
+    #[test]
+    fn conditions_are_a_list_map_keyed_by_a_required_type() {
+        for (kind, conditions) in [
+            (
+                "AcquisitionLink",
+                conditions_of(super::AcquisitionLink::crd()),
+            ),
+            ("WeComApp", conditions_of(crate::api::WeComApp::crd())),
+        ] {
+            assert_eq!(conditions["x-kubernetes-list-type"], "map", "{kind}");
+            assert_eq!(
+                conditions["x-kubernetes-list-map-keys"],
+                json!(["type"]),
+                "{kind}"
+            );
+            // A v1.26 apiserver refuses a list-map key that is neither required nor defaulted.
+            let required = conditions["items"]["required"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            assert!(required.contains(&json!("type")), "{kind}: {required:?}");
+        }
+    }
+}

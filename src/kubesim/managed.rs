@@ -1,20 +1,20 @@
 //! `metadata.managedFields` as the apiserver keeps it: which field manager last set which
 //! fields, per operation (`Update` for create, update and the three patch kinds, `Apply`
-//! for server-side apply) and subresource, in the `FieldsV1` form. Server-side apply
-//! conflicts (409) come from here: applying a value another manager owns, without `force`.
+//! for server-side apply) and subresource, in the `FieldsV1` form, with list items named
+//! as the type's schema keys them (`k:{"type":"Ready"}`, `v:"x"`; see `fields`).
+//! Server-side apply's conflicts (409: changing a value another manager owns, without
+//! `force`) and its pruning (removing what a manager stopped applying, unless another
+//! manager owns it) come from here.
 //!
-//! Simplified where no client of this project can tell: lists are atomic (owned whole,
-//! no `x-kubernetes-list-type: map` keys), and a write that changes no value records no
-//! new co-owner.
+//! Simplified where no client of this project can tell: entry times move only when the
+//! object or the manager's fields change; a pruned object or list item goes whole (the
+//! apiserver keeps descendants nobody owned).
 
-use std::collections::{BTreeMap, BTreeSet};
+use serde_json::{Value, json};
 
-use serde_json::{Map, Value, json};
-
+use super::fields::{self, FieldPath, FieldSet};
+use super::resources::ResourceType;
 use super::status::ApiError;
-
-/// One field: the keys from the object's root.
-type FieldPath = Vec<String>;
 
 /// Metadata the server sets, which no manager owns.
 const SERVER_METADATA: [&str; 10] = [
@@ -73,77 +73,46 @@ pub(crate) fn manager_from_user_agent(user_agent: Option<&str>) -> String {
     }
 }
 
-/// The leaf fields of `object` a manager can own, with their values. Lists and empty
-/// objects are leaves.
-fn leaves(object: &Value) -> BTreeMap<FieldPath, Value> {
-    fn walk(value: &Value, path: &mut FieldPath, out: &mut BTreeMap<FieldPath, Value>) {
-        match value {
-            Value::Object(map) if !map.is_empty() => {
-                for (key, child) in map {
-                    let top = path.is_empty() && (key == "apiVersion" || key == "kind");
-                    let server = path.len() == 1
-                        && path[0] == "metadata"
-                        && SERVER_METADATA.contains(&key.as_str());
-                    if top || server {
-                        continue;
-                    }
-                    path.push(key.clone());
-                    walk(child, path, out);
-                    path.pop();
-                }
-            }
-            _ if !path.is_empty() => {
-                out.insert(path.clone(), value.clone());
-            }
-            _ => {}
-        }
+/// Fields the server sets, which no manager owns: `apiVersion`, `kind`, `metadata` itself
+/// and its server-set members.
+fn server_field(path: &FieldPath) -> bool {
+    match path.first().map(String::as_str) {
+        Some("f:apiVersion" | "f:kind") => true,
+        Some("f:metadata") => path.get(1).is_none_or(|step| {
+            step.strip_prefix("f:")
+                .is_some_and(|key| SERVER_METADATA.contains(&key))
+        }),
+        _ => false,
     }
-    let mut out = BTreeMap::new();
-    walk(object, &mut Vec::new(), &mut out);
-    out
 }
 
-/// `{"f:spec": {"f:x": {}}}` for the paths.
-fn fields_v1(paths: &BTreeSet<FieldPath>) -> Value {
-    let mut root = Map::new();
-    for path in paths {
-        let mut node = &mut root;
-        for key in path {
-            let child = node
-                .entry(format!("f:{key}"))
-                .or_insert_with(|| Value::Object(Map::new()));
-            let Value::Object(next) = child else {
-                break;
-            };
-            node = next;
-        }
-    }
-    Value::Object(root)
+/// The part of `set` a writer can own: no server fields, and on a type with a status
+/// subresource, only status through `/status` and nothing of status through the main
+/// resource (the apiserver resets the other part).
+fn ownable(set: FieldSet, rt: &ResourceType, writer: &Writer) -> FieldSet {
+    set.into_iter()
+        .filter(|path| !server_field(path))
+        .filter(|path| {
+            !rt.status_subresource || path.first().is_some_and(|s| s == "f:status") == writer.status
+        })
+        .collect()
 }
 
-/// The leaf paths of a `FieldsV1` value (`.` markers and unknown key forms are skipped).
-fn paths_of(fields: &Value) -> BTreeSet<FieldPath> {
-    fn walk(node: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
-        let Some(map) = node.as_object() else {
-            return;
-        };
-        let children: Vec<(&String, &Value)> =
-            map.iter().filter(|(k, _)| k.starts_with("f:")).collect();
-        if children.is_empty() {
-            if !path.is_empty() {
-                out.insert(path.clone());
-            }
-            return;
-        }
-        for (key, child) in children {
-            path.push(key[2..].to_string());
-            walk(child, path, out);
-            path.pop();
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(fields, &mut Vec::new(), &mut out);
-    out
+/// What an applied configuration claims, or the apiserver's refusal of a configuration
+/// whose keyed lists cannot be merged (an item without its key, a key twice).
+pub(crate) fn applied_fields(
+    config: &Value,
+    rt: &ResourceType,
+    writer: &Writer,
+) -> Result<FieldSet, ApiError> {
+    let set = fields::apply_set(config, &rt.shape).map_err(|e| {
+        ApiError::internal(format!(
+            "failed to create typed patch object ({}, Kind={}): {e}",
+            rt.api_version(),
+            rt.kind
+        ))
+    })?;
+    Ok(ownable(set, rt, writer))
 }
 
 #[derive(Debug, Clone)]
@@ -153,7 +122,7 @@ struct Entry {
     status: bool,
     api_version: String,
     time: String,
-    fields: BTreeSet<FieldPath>,
+    fields: FieldSet,
 }
 
 fn entries_of(object: &Value) -> Vec<Entry> {
@@ -167,7 +136,7 @@ fn entries_of(object: &Value) -> Vec<Entry> {
             status: e["subresource"] == "status",
             api_version: e["apiVersion"].as_str().unwrap_or_default().to_string(),
             time: e["time"].as_str().unwrap_or_default().to_string(),
-            fields: paths_of(&e["fieldsV1"]),
+            fields: fields::from_fields_v1(&e["fieldsV1"]),
         })
         .collect()
 }
@@ -183,7 +152,7 @@ fn render(entries: &[Entry]) -> Value {
                     "apiVersion": e.api_version,
                     "time": e.time,
                     "fieldsType": "FieldsV1",
-                    "fieldsV1": fields_v1(&e.fields),
+                    "fieldsV1": fields::to_fields_v1(&e.fields),
                 });
                 if e.status {
                     entry["subresource"] = "status".into();
@@ -194,8 +163,35 @@ fn render(entries: &[Entry]) -> Value {
     )
 }
 
-fn dotted(path: &FieldPath) -> String {
-    path.iter().map(|k| format!(".{k}")).collect()
+/// Server-side apply's pruning: removes from `merged` what `writer` applied last time
+/// (its entry in `old`) and no longer applies (`applied`), unless another manager owns
+/// it, or something below it.
+pub(crate) fn prune(
+    merged: &mut Value,
+    old: &Value,
+    writer: &Writer,
+    applied: &FieldSet,
+    rt: &ResourceType,
+) {
+    let entries = entries_of(old);
+    let Some(last) = entries.iter().find(|e| writer.owns_entry(e)) else {
+        return;
+    };
+    let shape = &rt.shape;
+    let mut kept = fields::with_named_ancestors(applied, shape);
+    for other in entries.iter().filter(|e| !writer.owns_entry(e)) {
+        kept.extend(fields::with_named_ancestors(&other.fields, shape));
+    }
+    let mut removed: Vec<&FieldPath> = Vec::new();
+    let last = fields::with_named_ancestors(&last.fields, shape);
+    // Sorted, so a parent comes before its descendants and takes them along.
+    for path in last.difference(&kept) {
+        if server_field(path) || removed.iter().any(|r| path.starts_with(r)) {
+            continue;
+        }
+        fields::remove_path(merged, path, shape);
+        removed.push(path);
+    }
 }
 
 /// Sets `new`'s managedFields after `writer` turned `old` (`None`: a create) into `new`,
@@ -204,62 +200,74 @@ pub(crate) fn record(
     old: Option<&Value>,
     new: &mut Value,
     writer: &Writer,
-    group: &str,
-    kind: &str,
+    rt: &ResourceType,
     now: &str,
 ) -> Result<(), ApiError> {
-    let before = old.map(leaves).unwrap_or_default();
-    let after = leaves(new);
-    let mut entries = old.map(entries_of).unwrap_or_default();
-    let changed: BTreeSet<FieldPath> = after
-        .iter()
-        .filter(|(path, value)| before.get(*path) != Some(*value))
-        .map(|(path, _)| path.clone())
-        .collect();
-    let removed: BTreeSet<FieldPath> = before
-        .keys()
-        .filter(|path| !after.contains_key(*path))
+    let shape = &rt.shape;
+    let empty = Value::Object(Default::default());
+    let compared = fields::compare(old.unwrap_or(&empty), new, shape);
+    let mut changed: FieldSet = compared
+        .modified
+        .union(&compared.added)
+        .filter(|path| !server_field(path))
         .cloned()
         .collect();
-    let owned_now: BTreeSet<FieldPath> = match &writer.operation {
+    if !rt.custom {
+        // A built-in kind's top-level structs (spec, status) exist, empty, before any
+        // write: nobody owns them as such.
+        changed.retain(|path| {
+            !(path.len() == 1
+                && new
+                    .get(path[0].trim_start_matches("f:"))
+                    .is_some_and(Value::is_object))
+        });
+    }
+    let mut entries = old.map(entries_of).unwrap_or_default();
+    let owned_now = match &writer.operation {
         Operation::Update => changed.clone(),
         Operation::Apply { config, force } => {
-            let applied = leaves(config);
+            let applied = applied_fields(config, rt, writer)?;
             if !force {
-                let conflicts: Vec<String> = applied
+                let conflicts: Vec<String> = entries
                     .iter()
-                    .filter(|(path, value)| before.get(*path).is_some_and(|live| live != *value))
-                    .flat_map(|(path, _)| {
-                        entries
-                            .iter()
-                            .filter(|e| !writer.owns_entry(e) && e.fields.contains(path))
-                            .map(move |e| {
-                                format!("conflict with \"{}\": {}", e.manager, dotted(path))
-                            })
+                    .filter(|e| !writer.owns_entry(e))
+                    .flat_map(|e| {
+                        let using = if e.operation == "Update" {
+                            format!(" using {}", e.api_version)
+                        } else {
+                            String::new()
+                        };
+                        e.fields.intersection(&changed).map(move |path| {
+                            format!(
+                                "conflict with \"{}\"{using}: {}",
+                                e.manager,
+                                fields::dotted(path)
+                            )
+                        })
                     })
                     .collect();
                 if !conflicts.is_empty() {
-                    return Err(ApiError::apply_conflict(group, kind, &conflicts));
+                    return Err(ApiError::apply_conflict(&rt.group, &rt.plural, &conflicts));
                 }
             }
-            applied.into_keys().collect()
+            applied
         }
     };
-    for entry in entries.iter_mut() {
-        entry.fields.retain(|p| !removed.contains(p));
-        if !writer.owns_entry(entry) {
-            entry.fields.retain(|p| !changed.contains(p));
-        }
+    for entry in entries.iter_mut().filter(|e| !writer.owns_entry(e)) {
+        entry.fields.retain(|p| !changed.contains(p));
     }
     let api_version = new["apiVersion"].as_str().unwrap_or_default().to_string();
     match entries.iter_mut().find(|e| writer.owns_entry(e)) {
         Some(entry) => {
+            let before = entry.fields.clone();
             match writer.operation {
                 Operation::Update => entry.fields.extend(owned_now),
                 Operation::Apply { .. } => entry.fields = owned_now,
             }
-            entry.time = now.to_string();
-            entry.api_version = api_version;
+            if !changed.is_empty() || entry.fields != before {
+                entry.time = now.to_string();
+                entry.api_version = api_version;
+            }
         }
         None => entries.push(Entry {
             manager: writer.manager.clone(),
@@ -270,21 +278,18 @@ pub(crate) fn record(
             fields: owned_now,
         }),
     }
+    for entry in entries.iter_mut() {
+        entry.fields.retain(|p| !compared.removed.contains(p));
+    }
     entries.retain(|e| !e.fields.is_empty());
-    new["metadata"]["managedFields"] = render(&entries);
-    Ok(())
-}
-
-/// `new` without managedFields equals `old` without them: a write that changes nothing.
-pub(crate) fn same_content(old: &Value, new: &Value) -> bool {
-    let strip = |o: &Value| {
-        let mut o = o.clone();
-        if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+    if entries.is_empty() {
+        if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.remove("managedFields");
         }
-        o
-    };
-    strip(old) == strip(new)
+    } else {
+        new["metadata"]["managedFields"] = render(&entries);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -299,10 +304,21 @@ mod tests {
         }
     }
 
+    fn leases() -> ResourceType {
+        super::super::resources::builtin_types()
+            .into_iter()
+            .find(|t| t.plural == "leases")
+            .unwrap()
+    }
+
     fn lease(holder: &str) -> Value {
         json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                "metadata": {"name": "l", "uid": "u", "resourceVersion": "1"},
                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
+    }
+
+    fn paths(entry: &Entry) -> Vec<String> {
+        entry.fields.iter().map(|p| fields::dotted(p)).collect()
     }
 
     #[test]
@@ -312,8 +328,7 @@ mod tests {
             None,
             &mut object,
             &writer("kubectl", Operation::Update),
-            "coordination.k8s.io",
-            "leases",
+            &leases(),
             "t",
         )
         .unwrap();
@@ -334,8 +349,7 @@ mod tests {
             None,
             &mut old,
             &writer("first", Operation::Update),
-            "g",
-            "k",
+            &leases(),
             "t",
         )
         .unwrap();
@@ -345,49 +359,32 @@ mod tests {
             Some(&old),
             &mut new,
             &writer("second", Operation::Update),
-            "g",
-            "k",
+            &leases(),
             "t",
         )
         .unwrap();
         let entries = entries_of(&new);
         let first = entries.iter().find(|e| e.manager == "first").unwrap();
         let second = entries.iter().find(|e| e.manager == "second").unwrap();
-        assert!(
-            !first
-                .fields
-                .contains(&vec!["spec".to_string(), "holderIdentity".to_string()])
-        );
-        assert!(first.fields.contains(&vec![
-            "spec".to_string(),
-            "leaseDurationSeconds".to_string()
-        ]));
-        assert_eq!(second.fields.len(), 1);
+        assert_eq!(paths(first), [".spec.leaseDurationSeconds"]);
+        assert_eq!(paths(second), [".spec.holderIdentity"]);
     }
 
     #[test]
     fn apply_conflicts_with_another_managers_value_unless_forced() {
         let config = |holder: &str| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": {"holderIdentity": holder}});
+        let rt = leases();
         let mut old = lease("a");
         let apply =
             |m: &str, c: Value, force: bool| writer(m, Operation::Apply { config: c, force });
-        record(
-            None,
-            &mut old,
-            &apply("a", config("a"), false),
-            "g",
-            "leases",
-            "t",
-        )
-        .unwrap();
+        record(None, &mut old, &apply("a", config("a"), false), &rt, "t").unwrap();
         let mut new = lease("b");
         new["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
         let err = record(
             Some(&old),
             &mut new.clone(),
             &apply("b", config("b"), false),
-            "g",
-            "leases",
+            &rt,
             "t",
         )
         .unwrap_err();
@@ -404,18 +401,17 @@ mod tests {
             Some(&old),
             &mut same,
             &apply("b", config("a"), false),
-            "g",
-            "leases",
+            &rt,
             "t",
         )
         .unwrap();
+        assert_eq!(entries_of(&same).len(), 2);
         // Forced, the field moves to the new manager.
         record(
             Some(&old),
             &mut new,
             &apply("b", config("b"), true),
-            "g",
-            "leases",
+            &rt,
             "t",
         )
         .unwrap();
@@ -424,18 +420,35 @@ mod tests {
     }
 
     #[test]
-    fn fields_v1_round_trips() {
-        let paths: BTreeSet<FieldPath> = [
-            vec!["spec".to_string(), "a".to_string()],
-            vec!["spec".to_string(), "b".to_string(), "c".to_string()],
-            vec![
-                "metadata".to_string(),
-                "labels".to_string(),
-                "x/y".to_string(),
-            ],
-        ]
-        .into();
-        assert_eq!(paths_of(&fields_v1(&paths)), paths);
+    fn an_update_manager_is_named_with_its_api_version_in_a_conflict() {
+        let rt = leases();
+        let mut old = lease("a");
+        record(None, &mut old, &writer("kcm", Operation::Update), &rt, "t").unwrap();
+        let mut new = lease("b");
+        new["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
+        let config = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                            "spec": {"holderIdentity": "b"}});
+        let err = record(
+            Some(&old),
+            &mut new,
+            &writer(
+                "me",
+                Operation::Apply {
+                    config,
+                    force: false,
+                },
+            ),
+            &rt,
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains(
+                "conflict with \"kcm\" using coordination.k8s.io/v1: .spec.holderIdentity"
+            ),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

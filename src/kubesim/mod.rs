@@ -47,13 +47,21 @@
 //!   (`x-kubernetes-validations`), no OpenAPI schema validation, defaulting or pruning of
 //!   custom resources. A custom resource the real apiserver would reject or prune is
 //!   stored as sent; test validation against a real apiserver.
-//! - Server-side apply is a simplified merge: fields this manager stops applying are
-//!   removed, maps merge, lists replace whole (no `x-kubernetes-list-type: map` merging).
-//!   `metadata.managedFields` is kept as the apiserver keeps it (per manager, operation
-//!   and subresource, `FieldsV1`; the manager of a write without `fieldManager` comes from
-//!   the User-Agent), with lists owned whole; applying a value another manager owns is a
-//!   409 conflict naming manager and field, unless `force=true`. A write that changes no
-//!   value records no new co-owner.
+//! - Server-side apply merges as the apiserver does, per list type: from the CRD's
+//!   `openAPIV3Schema` (`x-kubernetes-list-type` `map` with `x-kubernetes-list-map-keys`,
+//!   `set`, `atomic`, the default; `x-kubernetes-map-type: atomic`) and ObjectMeta's
+//!   (`metadata.finalizers` a set, `metadata.ownerReferences` a map keyed by `uid`,
+//!   labels and annotations maps). `metadata.managedFields` is kept per manager,
+//!   operation and subresource in `FieldsV1`, list items named `k:{"type":"Ready"}` and
+//!   `v:"x"`; the manager of a write without `fieldManager` comes from the User-Agent.
+//!   Applying a value another manager owns is a 409 naming manager and field (per list
+//!   item: `.status.conditions[type="Ready"].status`), unless `force=true`; what a
+//!   manager stops applying is removed unless another manager owns it; an applied keyed
+//!   list with an item missing its key, or a key twice, is refused. Gaps: built-in kinds
+//!   other than their metadata have no schema here (their lists are atomic, e.g. a Pod's
+//!   containers); a pruned object or list item goes whole, where the apiserver keeps
+//!   descendants nobody owned; entry times move only when the object or the manager's
+//!   fields change.
 //! - Strategic merge patch on built-in kinds is a merge patch plus set-merging of
 //!   `metadata.finalizers`; other patch strategies and `$patch` directives are ignored.
 //!   On custom resources it is refused with 415, as on a real apiserver.
@@ -82,9 +90,11 @@
 //!   creation (NamesAccepted, Established); later status writes by clients are kept.
 
 mod faults;
+mod fields;
 mod managed;
 mod patch;
 mod resources;
+mod schema;
 mod selector;
 mod server;
 mod status;

@@ -3,8 +3,12 @@
 //! what matters on the kinds served here, and server-side apply as a field-manager-aware
 //! merge (its conflicts come from `managed`).
 
-use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
 
+use serde_json::Value;
+
+use super::fields;
+use super::schema::Shape;
 use super::status::ApiError;
 
 /// The `Content-Type` of a PATCH request.
@@ -112,58 +116,81 @@ fn strip_directives(value: &mut Value) {
     }
 }
 
-/// Server-side apply, simplified: fields this manager applied last time and omits now
-/// are removed, then the applied configuration is merged in (maps recursively, lists
-/// and scalars replaced whole). Conflicts with other managers' fields are checked
-/// afterwards against managedFields (`managed::record`), which refuses the whole write.
-pub(crate) fn apply(live: &mut Value, applied: &Value, previously_applied: Option<&Value>) {
-    if let Some(previous) = previously_applied {
-        remove_dropped(live, previous, applied);
-    }
-    merge_applied(live, applied);
-}
-
-fn remove_dropped(live: &mut Value, previous: &Value, applied: &Value) {
-    let (Some(live), Some(previous)) = (live.as_object_mut(), previous.as_object()) else {
+/// Server-side apply's merge of an applied configuration into the live object, per the
+/// type's shape: objects merge field by field, `set` lists are united, `map` lists merge
+/// item by item on their keys (the live order kept, new items where the configuration
+/// puts them), `atomic` lists and scalars are replaced; a null removes the field. What the
+/// manager stopped applying is pruned afterwards (`managed::prune`); the configuration's
+/// keyed lists have been checked by then (`managed::applied_fields`).
+pub(crate) fn apply(live: &mut Value, applied: &Value, shape: &Shape) {
+    if !shape.atomic
+        && let (Some(live_map), Some(applied_map)) = (live.as_object_mut(), applied.as_object())
+    {
+        for (key, value) in applied_map {
+            if value.is_null() {
+                live_map.remove(key);
+                continue;
+            }
+            match live_map.get_mut(key) {
+                Some(existing) => apply(existing, value, shape.field(key)),
+                None => {
+                    live_map.insert(key.clone(), value.clone());
+                }
+            }
+        }
         return;
-    };
-    let empty = Map::new();
-    let applied = applied.as_object().unwrap_or(&empty);
-    for (key, old) in previous {
-        match applied.get(key) {
-            None => {
-                live.remove(key);
-            }
-            Some(new) if old.is_object() && new.is_object() => {
-                if let Some(child) = live.get_mut(key) {
-                    remove_dropped(child, old, new);
-                }
-            }
-            Some(_) => {}
-        }
     }
+    if fields::granular_list(shape)
+        && let (Some(live_list), Some(applied_list)) = (live.as_array(), applied.as_array())
+    {
+        *live = Value::Array(merge_lists(live_list, applied_list, shape));
+        return;
+    }
+    *live = applied.clone();
 }
 
-fn merge_applied(live: &mut Value, applied: &Value) {
-    match (live.as_object_mut(), applied.as_object()) {
-        (Some(live), Some(applied)) => {
-            for (key, value) in applied {
-                if value.is_null() {
-                    live.remove(key);
-                    continue;
-                }
-                match live.get_mut(key) {
-                    Some(existing) if existing.is_object() && value.is_object() => {
-                        merge_applied(existing, value)
-                    }
-                    _ => {
-                        live.insert(key.clone(), value.clone());
-                    }
-                }
-            }
+/// structured-merge-diff's list merge: walk both lists; an item in both is merged where
+/// they meet, an item in one only is kept where it stands, and a live item the
+/// configuration places later waits for it.
+fn merge_lists(live: &[Value], applied: &[Value], shape: &Shape) -> Vec<Value> {
+    let live = fields::items_by_step(live, shape);
+    let applied = fields::items_by_step(applied, shape);
+    let live_by: HashMap<&str, &Value> = live.iter().map(|(s, v)| (s.as_str(), *v)).collect();
+    let applied_steps: HashSet<&str> = applied.iter().map(|(s, _)| s.as_str()).collect();
+    let merged = |step: &str, config: &Value| match live_by.get(step) {
+        Some(current) => {
+            let mut item = (*current).clone();
+            apply(&mut item, config, shape.item());
+            item
         }
-        _ => *live = applied.clone(),
+        None => config.clone(),
+    };
+    let mut out = Vec::with_capacity(live.len() + applied.len());
+    let (mut i, mut j) = (0, 0);
+    while i < live.len() || j < applied.len() {
+        match (live.get(i), applied.get(j)) {
+            (Some((l, _)), Some((a, config))) if l == a => {
+                out.push(merged(a, config));
+                i += 1;
+                j += 1;
+            }
+            (Some((l, item)), _) if !applied_steps.contains(l.as_str()) => {
+                out.push((*item).clone());
+                i += 1;
+            }
+            (Some(_), Some((a, config))) if !live_by.contains_key(a.as_str()) => {
+                out.push((*config).clone());
+                j += 1;
+            }
+            (Some(_), _) => i += 1,
+            (None, Some((a, config))) => {
+                out.push(merged(a, config));
+                j += 1;
+            }
+            (None, None) => break,
+        }
     }
+    out
 }
 
 #[cfg(test)]
@@ -206,12 +233,33 @@ mod tests {
         assert_eq!(obj["metadata"]["finalizers"], json!(["b"]));
     }
 
+    fn conditions() -> Shape {
+        Shape::of_kind(Some(&json!({"properties": {"status": {"properties": {
+            "conditions": {"type": "array", "x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["type"],
+                           "items": {"type": "object"}},
+            "plain": {"type": "array"}}}}})))
+    }
+
     #[test]
-    fn apply_removes_fields_the_manager_stopped_applying() {
-        let mut live = json!({"spec": {"a": 1, "b": 2, "other": 3}});
-        let first = json!({"spec": {"a": 1, "b": 2}});
-        let second = json!({"spec": {"a": 5}});
-        apply(&mut live, &second, Some(&first));
-        assert_eq!(live, json!({"spec": {"a": 5, "other": 3}}));
+    fn apply_merges_lists_by_their_type() {
+        let shape = conditions();
+        let mut live = json!({"metadata": {"finalizers": ["a", "b"]},
+            "status": {"conditions": [{"type": "A", "status": "True", "reason": "r"},
+                                      {"type": "B", "status": "True"}],
+                       "plain": [1, 2]}});
+        let applied = json!({"metadata": {"finalizers": ["c", "a"]},
+            "status": {"conditions": [{"type": "C", "status": "True"},
+                                      {"type": "A", "status": "False"}],
+                       "plain": [3]}});
+        apply(&mut live, &applied, &shape);
+        assert_eq!(live["metadata"]["finalizers"], json!(["c", "a", "b"]));
+        assert_eq!(
+            live["status"]["conditions"],
+            json!([{"type": "C", "status": "True"},
+                   {"type": "A", "status": "False", "reason": "r"},
+                   {"type": "B", "status": "True"}])
+        );
+        assert_eq!(live["status"]["plain"], json!([3]), "atomic: replaced");
     }
 }

@@ -2,8 +2,11 @@
 //! whatever an established CustomResourceDefinition declares; plus the discovery
 //! documents (`/api`, `/apis`, `APIResourceList`) that describe them.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 
+use super::schema::Shape;
 use super::validation::NameRule;
 
 /// How `metadata.generation` moves on writes.
@@ -49,6 +52,8 @@ pub(crate) struct ResourceType {
     /// Storage bucket shared by every version and view of the resource.
     pub storage: String,
     pub view: View,
+    /// List and map types for server-side apply and managedFields.
+    pub shape: Arc<Shape>,
 }
 
 impl ResourceType {
@@ -78,6 +83,7 @@ impl ResourceType {
             selectable_fields: &[],
             storage: super::status::qualified(group, plural),
             view: View::Native,
+            shape: Arc::new(Shape::of_kind(None)),
         }
     }
 
@@ -296,6 +302,7 @@ pub(crate) fn types_from_crd(crd: &Value) -> Vec<ResourceType> {
             selectable_fields: &[],
             storage: super::status::qualified(&group, &plural),
             view: View::Native,
+            shape: Arc::new(Shape::of_kind(v.pointer("/schema/openAPIV3Schema"))),
         })
         .collect()
 }

@@ -4,7 +4,7 @@
 //! subresource, deletionTimestamp with finalizers, and the namespace and CRD cleanup the
 //! real control plane does in the background.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -139,8 +139,6 @@ pub(crate) struct Store {
     compacted_rv: u64,
     history_limit: usize,
     types: Vec<ResourceType>,
-    /// Last applied configuration per (storage, path, field manager, status).
-    applied: HashMap<(String, String, String, bool), Value>,
     feed: broadcast::Sender<Arc<Change>>,
 }
 
@@ -308,7 +306,6 @@ impl Store {
             compacted_rv: 0,
             history_limit: history_limit.max(1),
             types: resources::builtin_types(),
-            applied: HashMap::new(),
             feed,
         };
         for name in INITIAL_NAMESPACES {
@@ -374,8 +371,6 @@ impl Store {
         let bucket = self.objects.entry(storage.to_string()).or_default();
         if kind == ChangeKind::Deleted {
             bucket.remove(&path);
-            self.applied
-                .retain(|(s, p, _, _), _| !(s == storage && *p == path));
         } else {
             bucket.insert(path, object.clone());
         }
@@ -729,8 +724,7 @@ impl Store {
             None,
             &mut object,
             &scope.writer(apply_config),
-            &rt.group,
-            &rt.plural,
+            rt,
             &now_rfc3339(),
         )?;
         let created = self.commit(&rt.storage.clone(), ChangeKind::Added, object, None);
@@ -868,7 +862,7 @@ impl Store {
         field_manager: Option<&str>,
         old: Option<Value>,
     ) -> Result<Value, ApiError> {
-        let manager = field_manager.filter(|m| !m.is_empty()).ok_or_else(|| {
+        field_manager.filter(|m| !m.is_empty()).ok_or_else(|| {
             ApiError::invalid(
                 "meta.k8s.io",
                 "PatchOptions",
@@ -901,15 +895,13 @@ impl Store {
                 "the name of the object ({applied_name}) does not match the name on the URL ({name})"
             )));
         }
-        let key = (
-            rt.storage.clone(),
-            path_of(namespace, name),
-            manager.to_string(),
-            scope.status,
-        );
         let config = rt.ingest(&applied);
-        let result = match old {
-            None if scope.status => return Err(Self::not_found(rt, name)),
+        let writer = scope.writer(Some(&config));
+        // The apiserver refuses a configuration whose keyed lists cannot merge before
+        // anything else.
+        let claimed = managed::applied_fields(&config, rt, &writer)?;
+        match old {
+            None if scope.status => Err(Self::not_found(rt, name)),
             None => {
                 let mut fresh = applied.clone();
                 remove_key(&mut fresh, "status");
@@ -919,12 +911,11 @@ impl Store {
                     fresh,
                     &scope,
                     Some(&config),
-                )?
+                )
             }
             Some(old) => {
                 let mut served = rt.present(&old);
-                let previous = self.applied.get(&key).map(|p| rt.present(p));
-                patch::apply(&mut served, &applied, previous.as_ref());
+                patch::apply(&mut served, &applied, &rt.shape);
                 if meta_str(&applied, "resourceVersion").is_empty() {
                     set_meta(
                         &mut served,
@@ -932,14 +923,11 @@ impl Store {
                         meta(&old)["resourceVersion"].clone(),
                     );
                 }
-                let candidate = rt.ingest(&served);
-                self.write_existing(rt, old, candidate, scope, false, Some(&config))?
+                let mut candidate = rt.ingest(&served);
+                managed::prune(&mut candidate, &old, &writer, &claimed, rt);
+                self.write_existing(rt, old, candidate, scope, false, Some(&config))
             }
-        };
-        if self.stored(rt, namespace, name).is_some() {
-            self.applied.insert(key, rt.ingest(&applied));
         }
-        Ok(result)
     }
 
     /// The update path every write to an existing object goes through.
@@ -1090,18 +1078,18 @@ impl Store {
             Some(fields) => set_meta(&mut new, "managedFields", fields.clone()),
             None => remove_meta(&mut new, "managedFields"),
         }
-        if managed::same_content(&old, &new) {
-            // A write that changes nothing is not a change: same resourceVersion, no event.
-            return Ok(rt.present(&old));
-        }
         managed::record(
             Some(&old),
             &mut new,
             &scope.writer(apply_config),
-            &rt.group,
-            &rt.plural,
+            rt,
             &now_rfc3339(),
         )?;
+        if new == old {
+            // A write that changes nothing, not even who owns what, is not a change: same
+            // resourceVersion, no event.
+            return Ok(rt.present(&old));
+        }
         let storage = rt.storage.clone();
         let result = if is_deleting(&new) && finalizers(&new).is_empty() {
             // The apiserver deletes the stored object instead of writing the update: the
@@ -1413,6 +1401,14 @@ fn validate_crd(crd: &Value) -> Vec<FieldError> {
             &storage.to_string(),
             "must have exactly one version marked as storage version",
         ));
+    }
+    for (i, version) in versions.iter().enumerate() {
+        if let Some(schema) = version.pointer("/schema/openAPIV3Schema") {
+            let at = format!("spec.versions[{i}].schema.openAPIV3Schema");
+            for (field, detail) in super::schema::list_map_key_errors(schema, &at) {
+                errors.push(FieldError::required(&field, detail));
+            }
+        }
     }
     errors
 }

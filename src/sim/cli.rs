@@ -40,6 +40,10 @@ pub struct SimulateArgs {
     /// Answer 45009 past this many calls to one API per minute (off by default).
     #[arg(long, value_name = "N")]
     pub rate_limit_per_minute: Option<u32>,
+    /// Answer 45009 past this many calls to one API per hour, blocking it for an hour
+    /// (off by default; WeCom's limit is 150,000).
+    #[arg(long, value_name = "N")]
+    pub rate_limit_per_hour: Option<u32>,
     /// Replace the built-in org chart with a JSON file shaped like the body of
     /// PUT /_sim/org: {"departments":[{"id":2,"parent_id":1,"users":["u1"]}],"users":["x"]}.
     #[arg(long, value_name = "PATH")]
@@ -55,6 +59,7 @@ impl std::fmt::Debug for SimulateArgs {
             .field("third_party_suite_id", &self.third_party_suite_id)
             .field("token_ttl_secs", &self.token_ttl_secs)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("rate_limit_per_hour", &self.rate_limit_per_hour)
             .field("org_file", &self.org_file)
             .finish_non_exhaustive()
     }
@@ -103,6 +108,7 @@ impl SimulateArgs {
             secret: self.secret.clone(),
             token_ttl: Duration::from_secs(self.token_ttl_secs),
             rate_limit_per_minute: self.rate_limit_per_minute,
+            rate_limit_per_hour: self.rate_limit_per_hour,
             callback,
             ..SimConfig::default()
         })
@@ -139,6 +145,9 @@ fn banner(config: &SimConfig, args: &SimulateArgs) -> String {
             "  frequency limit: {n} calls per API per minute\n"
         )),
         None => out.push_str("  frequency limit: off\n"),
+    }
+    if let Some(n) = config.rate_limit_per_hour {
+        out.push_str(&format!("  hourly limit: {n} calls per API per hour\n"));
     }
     match &config.callback {
         Some(cb) => out.push_str(&format!(

@@ -34,10 +34,17 @@
 //! - **Quota (A8)**: `total` is the cumulative quota used, `balance` the sum of unexpired
 //!   batches, `quota_list` the unexpired batches. Each new customer consumes 1 from the
 //!   batch that expires first; no customer can be added while the balance is 0.
-//! - **Frequency limit**: with `--rate-limit-per-minute N`, the N+1st call to one API
-//!   within a sliding minute of real time answers 45009 (refused calls still count in
-//!   `/_sim/calls` but not toward the limit, so a caller that backs off recovers). Off by
-//!   default; WeCom's published limit is 10,000 per minute per API.
+//! - **Frequency limits** (per API, as WeCom limits per corp and API; this simulator is
+//!   one corp): with `--rate-limit-per-minute N`, the N+1st call to one API within a
+//!   sliding minute answers 45009 and blocks that API for 60 s (every call answers 45009
+//!   until then); with `--rate-limit-per-hour M`, the M+1st call within a sliding hour
+//!   answers 45009 and blocks that API for one hour. Refused calls still count in
+//!   `/_sim/calls` but not toward a limit, so a caller that backs off recovers once the
+//!   block has passed; other APIs are unaffected. Both are off by default; WeCom's
+//!   published limits are 10,000 per minute and 150,000 per hour. The windows run on the
+//!   simulator's clock (real time plus every `POST /_sim/clock` advance), so a test lifts an
+//!   hour block by advancing the clock 3600 s instead of waiting. Calls are counted in
+//!   buckets (100 ms, 1 s), enforcing a limit to within one bucket ([`rate`]).
 //! - **Callbacks** (with `--callback-url`): a console delete (`delete_link`), a customer
 //!   added (`change_external_contact`/`add_external_contact` with LinkId, State, UserID,
 //!   ExternalUserID), quota thresholds (`balance_low` below 20, `balance_exhausted` at 0,
@@ -79,7 +86,7 @@
 //! | `POST /_sim/faults` | `{"api":"gettoken","raw":{"status":200,"contentType":"text/html","body":"<html>...</html>"},"times":1}` | answers with exactly that status, content type (none if omitted) and body instead of WeCom's answer: a hostile or broken server. Every `{{n}}` in `body` becomes the fault's answer number (`{"errcode":0,"link_id_list":["l{{n}}"],"next_cursor":"c{{n}}"}` never ends a listing); `"padTo":8388608` pads the body with spaces to that many bytes (at most 64 MiB) |
 //! | `DELETE /_sim/faults` | | clears faults |
 //! | `POST /_sim/tokens/expire` | | every issued token answers 42001 |
-//! | `POST /_sim/clock` | `{"advance_secs":86400}` | moves the simulator's clock forward |
+//! | `POST /_sim/clock` | `{"advance_secs":86400}` | moves the simulator's clock forward (token expiry, statistics, quota, and the frequency-limit windows and blocks) |
 //! | `GET /_sim/calls`, `DELETE /_sim/calls` | | calls per API (`gettoken`, `list_link`, `get`, `create_link`, `update_link`, `delete_link`, `customer`, `statistic`, `customer_acquisition_quota`) plus `total`; reset |
 //! | `GET /_sim/state` | | links, customers, statistics, quota, org, faults, calls |
 //!
@@ -91,7 +98,7 @@
 //! # Not modelled
 //!
 //! Credential types (48002 for the 客户联系 secret), trusted IPs (60020), business-category
-//! limits on `priority_option`, hourly and per-IP limits, `mark_source` effects,
+//! limits on `priority_option`, per-IP limits, `mark_source` effects,
 //! `link_unavailable`, `open_profile`, `friend_request` and `customer_start_chat` events,
 //! chat status changes, customers leaving, and balance events caused by a batch expiring.
 
@@ -103,6 +110,7 @@ pub mod events;
 pub mod org;
 pub mod push;
 pub mod quota;
+pub mod rate;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -138,8 +146,10 @@ pub struct SimConfig {
     pub corp_id: String,
     pub secret: String,
     pub token_ttl: Duration,
-    /// Calls per API per minute before 45009; `None` for no limit.
+    /// Calls per API per minute before 45009 (and a 60 s block); `None` for no limit.
     pub rate_limit_per_minute: Option<u32>,
+    /// Calls per API per hour before 45009 (and a one-hour block); `None` for no limit.
+    pub rate_limit_per_hour: Option<u32>,
     /// Where to push callbacks; `None` pushes nothing.
     pub callback: Option<SimCallback>,
     pub org: OrgChart,
@@ -166,6 +176,7 @@ impl Default for SimConfig {
             secret: DEFAULT_SECRET.into(),
             token_ttl: DEFAULT_TOKEN_TTL,
             rate_limit_per_minute: None,
+            rate_limit_per_hour: None,
             callback: None,
             org: OrgChart::builtin(),
             quota: quota::QuotaLedger::builtin_batches(unix_now()),
@@ -181,6 +192,7 @@ impl std::fmt::Debug for SimConfig {
             .field("secret", &"<redacted>")
             .field("token_ttl", &self.token_ttl)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("rate_limit_per_hour", &self.rate_limit_per_hour)
             .field("callback", &self.callback)
             .field("org_users", &self.org.user_count())
             .field("quota", &self.quota)
@@ -281,6 +293,7 @@ pub async fn spawn(config: SimConfig, addr: SocketAddr) -> anyhow::Result<SimHan
         secret: config.secret.clone(),
         token_ttl: config.token_ttl,
         rate_limit_per_minute: config.rate_limit_per_minute,
+        rate_limit_per_hour: config.rate_limit_per_hour,
     };
     let (events, pusher) = match config.callback.clone() {
         Some(cb) => {

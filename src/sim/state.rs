@@ -3,7 +3,7 @@
 //! frequency limit. Plain data behind one mutex; no I/O, so the HTTP layer stays thin and
 //! every rule can be unit-tested.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -15,6 +15,7 @@ use super::cursor::{self, CursorKind};
 use super::events::{SimChange, SimEvent};
 use super::org::{OrgChart, OrgSpec, RangeError};
 use super::quota::{QuotaLedger, QuotaSignal, china_day};
+use super::rate::{Overrun, RateLimiter};
 use crate::wecom::error::{Api, codes};
 use crate::wecom::types::{
     CreateLinkRequest, CreateLinkResponse, Customer, CustomerRequest, CustomerResponse,
@@ -117,6 +118,7 @@ pub struct StateSettings {
     pub secret: String,
     pub token_ttl: Duration,
     pub rate_limit_per_minute: Option<u32>,
+    pub rate_limit_per_hour: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -285,7 +287,12 @@ pub struct SimState {
     calls: BTreeMap<Api, u64>,
     calls_total: u64,
     faults: Vec<Fault>,
-    windows: HashMap<Api, VecDeque<Instant>>,
+    /// Frequency limits per API, on the rate clock (`rate_now`).
+    limits: HashMap<Api, RateLimiter>,
+    /// When the state was made: the rate clock's zero.
+    started: Instant,
+    /// Seconds `POST /_sim/clock` moved the clock forward: added to the rate clock too.
+    advanced: Duration,
     outbox: Vec<SimEvent>,
 }
 
@@ -359,7 +366,9 @@ impl SimState {
             calls: BTreeMap::new(),
             calls_total: 0,
             faults: Vec::new(),
-            windows: HashMap::new(),
+            limits: HashMap::new(),
+            started: Instant::now(),
+            advanced: Duration::ZERO,
             outbox: Vec::new(),
         }
     }
@@ -367,6 +376,12 @@ impl SimState {
     /// The simulator's clock (unix seconds).
     pub fn now(&self) -> i64 {
         real_unix_now() + self.clock_offset
+    }
+
+    /// The clock the frequency limits run on: real time since the state was made, plus
+    /// every `POST /_sim/clock` advance (so an hour block can be lifted without waiting).
+    fn rate_now(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.started) + self.advanced
     }
 
     /// Reads the clock and lets the quota notice the time that passed.
@@ -425,21 +440,33 @@ impl SimState {
             .map(Duration::from_millis);
 
         let mut refusal = None;
-        if let Some(limit) = self.settings.rate_limit_per_minute {
-            let window = self.windows.entry(api).or_default();
-            while window
-                .front()
-                .is_some_and(|t| at.duration_since(*t) >= Duration::from_secs(60))
-            {
-                window.pop_front();
-            }
-            if window.len() >= limit as usize {
+        if self.settings.rate_limit_per_minute.is_some()
+            || self.settings.rate_limit_per_hour.is_some()
+        {
+            let now = self.rate_now(at);
+            let (per_minute, per_hour) = (
+                self.settings.rate_limit_per_minute,
+                self.settings.rate_limit_per_hour,
+            );
+            let limiter = self
+                .limits
+                .entry(api)
+                .or_insert_with(|| RateLimiter::new(per_minute, per_hour));
+            if let Err(over) = limiter.admit(now) {
+                let limit = match over {
+                    Overrun::Minute => per_minute,
+                    Overrun::Hour => per_hour,
+                }
+                .unwrap_or_default();
                 refusal = Some(ApiFailure::new(
                     codes::FREQUENCY_LIMIT,
-                    format!("more than {limit} {} calls in a minute", api.name()),
+                    format!(
+                        "more than {limit} {} calls in {}; blocked for {}",
+                        api.name(),
+                        over.describe(),
+                        over.describe()
+                    ),
                 ));
-            } else {
-                window.push_back(at);
             }
         }
         let mut used = vec![];
@@ -1119,6 +1146,7 @@ impl SimState {
             .filter(|s| *s <= 100 * 365 * 86_400)
             .ok_or_else(|| AdminError::BadRequest("advance_secs is at most 100 years".into()))?;
         self.clock_offset += secs;
+        self.advanced += Duration::from_secs(secs.unsigned_abs());
         let now = self.tick();
         Ok(serde_json::json!({ "now": now }))
     }
@@ -1179,6 +1207,7 @@ impl SimState {
             "calls": self.calls(),
             "tokens": { "issued": self.tokens.len(), "valid": valid_tokens },
             "rate_limit_per_minute": self.settings.rate_limit_per_minute,
+            "rate_limit_per_hour": self.settings.rate_limit_per_hour,
         })
     }
 }
@@ -1257,6 +1286,7 @@ mod tests {
                 secret: "s".into(),
                 token_ttl: Duration::from_secs(7200),
                 rate_limit_per_minute: Some(2),
+                rate_limit_per_hour: Some(5),
             },
             OrgChart::builtin(),
             QuotaLedger::builtin_batches(1_700_000_000),
@@ -1297,6 +1327,26 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         assert!(s.admit(Api::GetLink, later).refusal.is_none());
         assert_eq!(s.calls()["get"], 4);
+    }
+
+    #[test]
+    fn the_hourly_limit_blocks_an_api_for_an_hour_on_the_advanced_clock() {
+        let mut s = state();
+        let t0 = Instant::now();
+        // Two calls a minute stay under the minute limit of 2; the sixth in the hour is over 5.
+        for minute in 0..5u64 {
+            s.advanced = Duration::from_secs(minute * 60);
+            assert!(s.admit(Api::GetLink, t0).refusal.is_none(), "call {minute}");
+        }
+        s.advanced = Duration::from_secs(300);
+        let refused = s.admit(Api::GetLink, t0).refusal.expect("over the hour");
+        assert_eq!(refused.errcode, 45009);
+        assert!(refused.hint.contains("in an hour"), "{}", refused.hint);
+        assert!(s.admit(Api::ListLink, t0).refusal.is_none(), "per API");
+        s.advance_clock(3599).unwrap();
+        assert!(s.admit(Api::GetLink, t0).refusal.is_some(), "still blocked");
+        s.advance_clock(1).unwrap();
+        assert!(s.admit(Api::GetLink, t0).refusal.is_none(), "block lifted");
     }
 
     #[test]
