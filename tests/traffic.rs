@@ -180,8 +180,8 @@ async fn the_poll_interval_stretches_to_the_budget_and_says_so() {
     env.apply_secret("s", &[(SECRET_KEY, wecom_acq::sim::DEFAULT_SECRET)])
         .await;
     let mut app = env.app_object("app", "s");
-    // 6 calls a minute, half of it for polls: 5 links every 10 s would need 30/min.
-    app.spec.requests_per_minute = Some(6);
+    // 12 calls a minute, half of it for polls: 5 links every 10 s would need 30/min.
+    app.spec.requests_per_minute = Some(12);
     env.apps()
         .create(&PostParams::default(), &app)
         .await
@@ -205,15 +205,12 @@ async fn the_poll_interval_stretches_to_the_budget_and_says_so() {
         })
         .await;
     let polling = app.status.and_then(|s| s.polling).unwrap();
-    // 3/min for polls, less the slow facts (5 links x 2/hour): 5 links every ~106 s.
+    // 6/min for polls, less the slow facts (5 links x 2/hour): 5 links every ~51 s.
     assert!(polling.stretched, "{polling:?}");
-    assert!(
-        (100..=110).contains(&polling.interval_seconds),
-        "{polling:?}"
-    );
+    assert_eq!(polling.interval_seconds, 51, "{polling:?}");
     let text = env.controller().metrics.render();
     assert!(
-        text.contains("wecom_acq_effective_resync_seconds{namespace=\"default\",app=\"app\"} 10"),
+        text.contains("wecom_acq_effective_resync_seconds{namespace=\"default\",app=\"app\"} 51.4"),
         "{text}"
     );
     env.stop_controller().await;
