@@ -83,7 +83,8 @@ fn percentile(sorted: &[Duration], p: usize) -> f64 {
 }
 
 async fn sim_calls(env: &harness::Env) -> Value {
-    env.sim_call(reqwest::Method::GET, "/_sim/calls", None).await
+    env.sim_call(reqwest::Method::GET, "/_sim/calls", None)
+        .await
 }
 
 async fn store_rv(env: &harness::Env) -> u64 {
@@ -145,8 +146,11 @@ async fn run(n: usize) {
     let mut next_edit = Instant::now() + edit_every;
     let converged = loop {
         let list = links.list(&ListParams::default()).await.expect("list");
-        let ready: Vec<&AcquisitionLink> =
-            list.items.iter().filter(|l| ready_id(l).is_some()).collect();
+        let ready: Vec<&AcquisitionLink> = list
+            .items
+            .iter()
+            .filter(|l| ready_id(l).is_some())
+            .collect();
         for (name, generation, at) in std::mem::take(&mut edits) {
             let done = list.items.iter().any(|l| {
                 l.metadata.name.as_deref() == Some(name.as_str())
@@ -172,7 +176,11 @@ async fn run(n: usize) {
                     )
                     .await
                     .expect("edit");
-                edits.push((name, patched.metadata.generation.unwrap_or(0), Instant::now()));
+                edits.push((
+                    name,
+                    patched.metadata.generation.unwrap_or(0),
+                    Instant::now(),
+                ));
             }
             next_edit += edit_every;
         }
@@ -215,7 +223,8 @@ async fn run(n: usize) {
     );
 
     // At rest for a minute.
-    env.sim_call(reqwest::Method::DELETE, "/_sim/calls", None).await;
+    env.sim_call(reqwest::Method::DELETE, "/_sim/calls", None)
+        .await;
     let rest_started = Instant::now();
     let rv_rest = store_rv(&env).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -267,7 +276,8 @@ async fn run(n: usize) {
     // Restart: the first minute's calls against the budget.
     let rss = peak_rss_mib(pid);
     controller.sigkill();
-    env.sim_call(reqwest::Method::DELETE, "/_sim/calls", None).await;
+    env.sim_call(reqwest::Method::DELETE, "/_sim/calls", None)
+        .await;
     let restarted = env.spawn_controller(&flags);
     tokio::time::sleep(Duration::from_secs(60)).await;
     let first_minute = sim_calls(&env).await;

@@ -44,11 +44,15 @@ async fn apps_of_one_corp_share_one_budget_and_other_corps_do_not() {
         .create(&PostParams::default(), &elsewhere)
         .await
         .unwrap();
-    let clients = AppClients::new(env.client.clone(), Metrics::new(), AllowedApiHosts::loopback())
-        .with_corp_limits(CorpLimits {
-            per_minute: 6,
-            ..CorpLimits::default()
-        });
+    let clients = AppClients::new(
+        env.client.clone(),
+        Metrics::new(),
+        AllowedApiHosts::loopback(),
+    )
+    .with_corp_limits(CorpLimits {
+        per_minute: 6,
+        ..CorpLimits::default()
+    });
     let (n, s, e) = (
         clients.client_for(&north).await.unwrap(),
         clients.client_for(&south).await.unwrap(),
@@ -82,7 +86,11 @@ async fn a_frequency_limit_closes_the_api_with_no_retry_until_the_window_passes(
         .await;
     let app = env.apply_app("app", "s").await;
     let metrics = Metrics::new();
-    let clients = AppClients::new(env.client.clone(), metrics.clone(), AllowedApiHosts::loopback());
+    let clients = AppClients::new(
+        env.client.clone(),
+        metrics.clone(),
+        AllowedApiHosts::loopback(),
+    );
     let client = clients.client_for(&app).await.unwrap();
     env.sim_request(
         reqwest::Method::POST,
@@ -93,7 +101,9 @@ async fn a_frequency_limit_closes_the_api_with_no_retry_until_the_window_passes(
     let err = client.quota().await.unwrap_err();
     // The one request WeCom refused, and no retry: the breaker answers instead.
     assert_eq!(env.sim_call_count("customer_acquisition_quota").await, 1);
-    let after = err.retry_after().expect("deferred to the end of WeCom's block");
+    let after = err
+        .retry_after()
+        .expect("deferred to the end of WeCom's block");
     assert!(
         after > Duration::from_secs(50) && after <= Duration::from_secs(60),
         "{err}: {after:?}"
@@ -123,8 +133,11 @@ async fn a_new_link_costs_its_a3_and_nothing_else_until_its_intervals() {
     env.sim_request(reqwest::Method::DELETE, "/_sim/calls", None)
         .await;
     for i in 0..5 {
-        env.apply_link(&format!("l{i}"), link_spec("app", &format!("L{i}"), &["zhangsan"]))
-            .await;
+        env.apply_link(
+            &format!("l{i}"),
+            link_spec("app", &format!("L{i}"), &["zhangsan"]),
+        )
+        .await;
     }
     for i in 0..5 {
         env.wait_link_condition(&format!("l{i}"), "Ready", "True", "Available")
@@ -143,8 +156,11 @@ async fn a_restart_waits_for_each_links_phase_instead_of_polling_all_at_once() {
     let mut env = Env::start(hourly()).await;
     env.apply_app_with_secret("app").await;
     for i in 0..12 {
-        env.apply_link(&format!("l{i}"), link_spec("app", &format!("L{i}"), &["zhangsan"]))
-            .await;
+        env.apply_link(
+            &format!("l{i}"),
+            link_spec("app", &format!("L{i}"), &["zhangsan"]),
+        )
+        .await;
     }
     for i in 0..12 {
         env.wait_link_condition(&format!("l{i}"), "Ready", "True", "Available")
@@ -187,8 +203,11 @@ async fn the_poll_interval_stretches_to_the_budget_and_says_so() {
         .await
         .unwrap();
     for i in 0..5 {
-        env.apply_link(&format!("l{i}"), link_spec("app", &format!("L{i}"), &["zhangsan"]))
-            .await;
+        env.apply_link(
+            &format!("l{i}"),
+            link_spec("app", &format!("L{i}"), &["zhangsan"]),
+        )
+        .await;
     }
     let store = env.controller().running.context.link_store.clone();
     wait_until("the five links in the controller's cache", || async {

@@ -546,11 +546,7 @@ async fn frequency_limit_is_honoured_by_backing_off() {
     client.quota().await.unwrap();
     // The fast policy's caps are 10-50 ms; after a 45009 the API stays closed for WeCom's
     // block (shortened here) and the call waits it out with no request meanwhile.
-    assert!(
-        started.elapsed() >= TEST_BLOCK,
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= TEST_BLOCK, "{:?}", started.elapsed());
     assert_eq!(stub.calls(Api::Quota), 3);
 }
 
@@ -1146,11 +1142,7 @@ async fn sim_frequency_limit_is_honoured_by_backing_off() {
     world.fault(Api::Quota, 45009, 1).await;
     let started = Instant::now();
     world.client.quota().await.unwrap();
-    assert!(
-        started.elapsed() >= TEST_BLOCK,
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= TEST_BLOCK, "{:?}", started.elapsed());
     assert_eq!(world.calls(Api::Quota).await, 3);
 }
 

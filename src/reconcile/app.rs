@@ -17,9 +17,7 @@ use serde_json::json;
 
 use super::{
     app_usage::{links_using, waiting_message},
-    conditions::{
-        self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, READY, THROTTLED, reason,
-    },
+    conditions::{self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, READY, THROTTLED, reason},
     context::Context,
     link::{Error, finalizer_outcome},
     pacing,
@@ -334,8 +332,18 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                 } else {
                     Priority::SlowFact
                 };
-                check_quota(app, ctx, &client, class, &old, &mut new, &mut requeue, failures, &now)
-                    .await;
+                check_quota(
+                    app,
+                    ctx,
+                    &client,
+                    class,
+                    &old,
+                    &mut new,
+                    &mut requeue,
+                    failures,
+                    &now,
+                )
+                .await;
             }
         }
     }
@@ -369,80 +377,80 @@ async fn check_quota(
     let now = now.clone();
     let answer = with_priority(class, client.quota()).await;
     match answer {
-            // Not sent (the budget, or WeCom's rate limit): asked again when it says.
-            Err(err) if err.retry_after().is_some() => {
-                *requeue = err.retry_after().unwrap_or_default().min(*requeue);
+        // Not sent (the budget, or WeCom's rate limit): asked again when it says.
+        Err(err) if err.retry_after().is_some() => {
+            *requeue = err.retry_after().unwrap_or_default().min(*requeue);
+        }
+        Ok(quota) => {
+            if let Ok(mut checks) = ctx.quota_checks.lock() {
+                checks.insert(key.clone(), Instant::now());
             }
-            Ok(quota) => {
-                if let Ok(mut checks) = ctx.quota_checks.lock() {
-                    checks.insert(key.clone(), Instant::now());
-                }
+            if let Ok(mut failing) = ctx.app_failures.lock() {
+                failing.remove(&key);
+            }
+            conditions::set(
+                &mut new.conditions,
+                READY,
+                true,
+                reason::CREDENTIALS_READY,
+                "credentials accepted by WeCom",
+                generation,
+                &now,
+            );
+            new.quota = Some(quota_status(&quota, &now));
+            set_quota_conditions(new, &quota, generation, &now);
+            ctx.metrics.set_quota(&namespace, &name, &quota);
+        }
+        Err(err) => {
+            // A refusal (48002, 60020, a bad answer...) will not change by asking again
+            // soon: count it as this period's check, and while it lasts ask again after
+            // a back-off from the resync interval (fixed in WeCom, the app heals by
+            // itself). A refused secret is looked at again every minute, since fixing
+            // the Secret changes nothing the controller watches (the client answers
+            // from memory until the secret changes). Retryable errors ask again after
+            // a short back-off.
+            let app_reason = app_level_reason(&err);
+            if err.is_retryable() {
+                *requeue = super::plan::retry_delay(2, 1.0);
+            } else if err.errcode() == Some(codes::INVALID_CREDENTIAL) {
+                *requeue = std::time::Duration::from_secs(60);
+            } else if let Ok(mut checks) = ctx.quota_checks.lock() {
+                checks.insert(key.clone(), Instant::now());
+            }
+            if app_reason.is_some() {
+                let failures = failures.saturating_add(1);
                 if let Ok(mut failing) = ctx.app_failures.lock() {
-                    failing.remove(&key);
+                    failing.insert(key.clone(), failures);
                 }
+                if err.errcode() != Some(codes::INVALID_CREDENTIAL) {
+                    *requeue = app_recheck_delay(ctx.cadence.resync, failures);
+                }
+            }
+            let reason = match err.class() {
+                ErrorClass::Retryable => reason::RETRYABLE_ERROR,
+                _ => app_reason.unwrap_or(reason::WECOM_ERROR),
+            };
+            let message = err.summary();
+            // A passing WeCom hiccup (busy, frequency limit, timeout) says nothing
+            // about the credentials: an app already Ready stays Ready, and the check
+            // is retried after a back-off.
+            let keep_ready = err.is_retryable()
+                && conditions::find(&old.conditions, READY)
+                    .is_some_and(|c| c.status == "True" && c.observed_generation == generation);
+            if keep_ready {
+                tracing::warn!(app = %key, error = %message, "quota check failed; retrying");
+            } else {
                 conditions::set(
                     &mut new.conditions,
                     READY,
-                    true,
-                    reason::CREDENTIALS_READY,
-                    "credentials accepted by WeCom",
+                    false,
+                    reason,
+                    message,
                     generation,
                     &now,
                 );
-                new.quota = Some(quota_status(&quota, &now));
-                set_quota_conditions(new, &quota, generation, &now);
-                ctx.metrics.set_quota(&namespace, &name, &quota);
             }
-            Err(err) => {
-                // A refusal (48002, 60020, a bad answer...) will not change by asking again
-                // soon: count it as this period's check, and while it lasts ask again after
-                // a back-off from the resync interval (fixed in WeCom, the app heals by
-                // itself). A refused secret is looked at again every minute, since fixing
-                // the Secret changes nothing the controller watches (the client answers
-                // from memory until the secret changes). Retryable errors ask again after
-                // a short back-off.
-                let app_reason = app_level_reason(&err);
-                if err.is_retryable() {
-                    *requeue = super::plan::retry_delay(2, 1.0);
-                } else if err.errcode() == Some(codes::INVALID_CREDENTIAL) {
-                    *requeue = std::time::Duration::from_secs(60);
-                } else if let Ok(mut checks) = ctx.quota_checks.lock() {
-                    checks.insert(key.clone(), Instant::now());
-                }
-                if app_reason.is_some() {
-                    let failures = failures.saturating_add(1);
-                    if let Ok(mut failing) = ctx.app_failures.lock() {
-                        failing.insert(key.clone(), failures);
-                    }
-                    if err.errcode() != Some(codes::INVALID_CREDENTIAL) {
-                        *requeue = app_recheck_delay(ctx.cadence.resync, failures);
-                    }
-                }
-                let reason = match err.class() {
-                    ErrorClass::Retryable => reason::RETRYABLE_ERROR,
-                    _ => app_reason.unwrap_or(reason::WECOM_ERROR),
-                };
-                let message = err.summary();
-                // A passing WeCom hiccup (busy, frequency limit, timeout) says nothing
-                // about the credentials: an app already Ready stays Ready, and the check
-                // is retried after a back-off.
-                let keep_ready = err.is_retryable()
-                    && conditions::find(&old.conditions, READY)
-                        .is_some_and(|c| c.status == "True" && c.observed_generation == generation);
-                if keep_ready {
-                    tracing::warn!(app = %key, error = %message, "quota check failed; retrying");
-                } else {
-                    conditions::set(
-                        &mut new.conditions,
-                        READY,
-                        false,
-                        reason,
-                        message,
-                        generation,
-                        &now,
-                    );
-                }
-            }
+        }
     }
 }
 
@@ -473,7 +481,9 @@ async fn traffic(
     if let Some(longest) = blocked.iter().map(|(_, d)| *d).max() {
         let apis: Vec<&str> = blocked.iter().map(|(api, _)| api.name()).collect();
         let lifts = k8s_openapi::jiff::Timestamp::now()
-            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(longest.as_secs() as i64))
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+                longest.as_secs() as i64,
+            ))
             .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
             .unwrap_or_default();
         conditions::set(
@@ -507,7 +517,9 @@ async fn traffic(
         .link_store
         .state()
         .into_iter()
-        .filter(|l| l.namespace().as_deref() == Some(namespace.as_str()) && l.spec.app_ref.name == name)
+        .filter(|l| {
+            l.namespace().as_deref() == Some(namespace.as_str()) && l.spec.app_ref.name == name
+        })
         .collect();
     let rpm = app
         .spec
@@ -538,14 +550,17 @@ async fn traffic(
     // The sweep: one A1 listing (100 ids a page) against every link of the app that holds
     // an id; a link whose id is missing gets a pass at once. At most SWEEP_SHARE of the
     // app's cap, and never more often than a minute or less often than the resync interval.
-    let pages = links.len().div_ceil(crate::wecom::client::LIST_LINK_PAGE_LIMIT as usize) as f64;
-    let sweep_every = std::time::Duration::from_secs_f64(
-        pages * 60.0 / (f64::from(rpm) * SWEEP_SHARE).max(1e-9),
-    )
-    .max(SWEEP_MIN_INTERVAL)
-    .min(ctx.cadence.resync.max(SWEEP_MIN_INTERVAL));
+    let pages = links
+        .len()
+        .div_ceil(crate::wecom::client::LIST_LINK_PAGE_LIMIT as usize) as f64;
+    let sweep_every =
+        std::time::Duration::from_secs_f64(pages * 60.0 / (f64::from(rpm) * SWEEP_SHARE).max(1e-9))
+            .max(SWEEP_MIN_INTERVAL)
+            .min(ctx.cadence.resync.max(SWEEP_MIN_INTERVAL));
     let last = ctx.sweeps.last(&key);
-    let sweep_due = last.as_ref().is_none_or(|l| l.taken_at.elapsed() >= sweep_every);
+    let sweep_due = last
+        .as_ref()
+        .is_none_or(|l| l.taken_at.elapsed() >= sweep_every);
     if !links.is_empty() && sweep_due {
         // A link created while the listing runs may be missing from it: its pass then
         // finds it with its own A2, at the cost of that one call.
@@ -575,7 +590,11 @@ async fn traffic(
         }
         *requeue = (*requeue).min(sweep_every);
     } else if let Some(last) = last {
-        *requeue = (*requeue).min(sweep_every.saturating_sub(last.taken_at.elapsed()).max(std::time::Duration::from_secs(1)));
+        *requeue = (*requeue).min(
+            sweep_every
+                .saturating_sub(last.taken_at.elapsed())
+                .max(std::time::Duration::from_secs(1)),
+        );
     }
 }
 

@@ -175,11 +175,7 @@ impl AppClients {
         schedulers
             .entry(corp_id.to_string())
             .or_insert_with(|| {
-                let notices = self
-                    .block_notices
-                    .lock()
-                    .ok()
-                    .and_then(|n| n.clone());
+                let notices = self.block_notices.lock().ok().and_then(|n| n.clone());
                 let observer = BlockFanout {
                     metrics: self.metrics.clone(),
                     notices,

@@ -92,12 +92,7 @@ fn app_key(link: &AcquisitionLink) -> String {
 }
 
 fn link_hash(link: &AcquisitionLink) -> u64 {
-    pacing::uid_hash(
-        link.metadata
-            .uid
-            .as_deref()
-            .unwrap_or(&object_key(link)),
-    )
+    pacing::uid_hash(link.metadata.uid.as_deref().unwrap_or(&object_key(link)))
 }
 
 /// When the link's next poll is due (Unix ms): what this process planned, else its next
@@ -571,7 +566,6 @@ async fn observe(
         }
     }
 }
-
 
 async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
     let mut pass = Pass::new(link, ctx);

@@ -158,7 +158,10 @@ mod tests {
         }
         // 500 expected per slice; a uniform spread stays within about 4 sigma (~90).
         for (i, n) in slices.iter().enumerate() {
-            assert!((410..=590).contains(n), "slice {i}: {n} of 10,000 ({slices:?})");
+            assert!(
+                (410..=590).contains(n),
+                "slice {i}: {n} of 10,000 ({slices:?})"
+            );
         }
     }
 
@@ -241,7 +244,10 @@ mod tests {
         assert_eq!(stretched.as_secs(), 20_000);
         // At WeCom's limit: 5,000 - 500 = 4,500/min for polls, 10,000 links every 133 s,
         // so the 5-minute resync stands.
-        assert_eq!(effective_resync(FIVE_MIN, 10_000, 10_000, 10_000, slow), FIVE_MIN);
+        assert_eq!(
+            effective_resync(FIVE_MIN, 10_000, 10_000, 10_000, slow),
+            FIVE_MIN
+        );
         // 10,000 links polled every 30 s would need 20,000/min.
         let fast = effective_resync(Duration::from_secs(30), 10_000, 10_000, 10_000, slow);
         assert!(fast.as_secs() >= 133 && fast.as_secs() <= 134, "{fast:?}");

@@ -39,7 +39,9 @@ impl SeenGenerations {
 
     /// True when the watch has shown a newer generation than `generation`.
     pub fn newer_than(&self, uid: &str, generation: i64) -> bool {
-        lock(&self.0).get(uid).is_some_and(|seen| *seen > generation)
+        lock(&self.0)
+            .get(uid)
+            .is_some_and(|seen| *seen > generation)
     }
 
     pub fn forget(&self, uid: &str) {
@@ -207,7 +209,10 @@ mod tests {
         let slots = Arc::new(PassSlots::new(8));
         let held: Vec<_> = (0..4).filter_map(|_| slots.enter("ns/slow", 2)).collect();
         assert_eq!(held.len(), 4);
-        assert!(slots.enter("ns/slow", 2).is_none(), "half of 8 with two apps");
+        assert!(
+            slots.enter("ns/slow", 2).is_none(),
+            "half of 8 with two apps"
+        );
         assert!(slots.enter("ns/other", 2).is_some());
         drop(held);
         assert!(slots.enter("ns/slow", 2).is_some());

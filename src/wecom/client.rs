@@ -28,10 +28,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::answer::{self, Answer, PageGuard, PageLimits};
-use super::scheduler::{self, AppSlot, CorpLimits, CorpScheduler, Priority};
 use super::error::{Api, ErrorClass, WeComError};
 use super::redact;
 use super::retry::{AttemptFailure, RetryPolicy, with_retries};
+use super::scheduler::{self, AppSlot, CorpLimits, CorpScheduler, Priority};
 use super::token::{AccessToken, TokenCache};
 use super::types::{
     ApiStatus, CreateLinkRequest, CreateLinkResponse, Customer, CustomerRequest, CustomerResponse,
@@ -270,7 +270,10 @@ impl WeComClient {
         };
         // A client of its own (a command-line tool) waits out WeCom's blocks.
         let scheduler = config.scheduler.unwrap_or_else(|| {
-            Arc::new(CorpScheduler::patient(config.corp_id.clone(), config.limits))
+            Arc::new(CorpScheduler::patient(
+                config.corp_id.clone(),
+                config.limits,
+            ))
         });
         let app = scheduler.app(&config.app_key, config.requests_per_minute);
         Ok(Self {
@@ -484,8 +487,7 @@ impl WeComClient {
         let never_again = matches!(
             failure.error,
             WeComError::NotSent { .. } | WeComError::Deferred { .. }
-        )
-            || (api == Api::CreateLink && failure.outcome_unknown);
+        ) || (api == Api::CreateLink && failure.outcome_unknown);
         let may_retry = !never_again;
         AttemptFailure {
             error: failure.error,

@@ -485,7 +485,10 @@ impl CorpScheduler {
         if state.may_send_now(app.0, api, class, now) {
             return Ok(());
         }
-        let soon = state.free_at(app.0, api, now).saturating_duration_since(now) <= CREATE_PATIENCE;
+        let soon = state
+            .free_at(app.0, api, now)
+            .saturating_duration_since(now)
+            <= CREATE_PATIENCE;
         if class == Priority::Now || (soon && !state.higher_pending(app.0, api, class, now)) {
             return Ok(());
         }
@@ -663,13 +666,20 @@ impl State {
     fn defer(&mut self, app: usize, api: usize, class: Priority, now: Instant) -> Deferral {
         let free_at = self.free_at(app, api, now);
         let api_spacing = self.apis[api].minute.spacing();
-        let app_spacing = self.apps.get(app).map_or(Duration::ZERO, |a| a.minute.spacing());
+        let app_spacing = self
+            .apps
+            .get(app)
+            .map_or(Duration::ZERO, |a| a.minute.spacing());
         let until = if app_spacing > api_spacing {
             let app_until = match self.apps.get_mut(app) {
                 Some(a) => a.horizons.defer(class, free_at, app_spacing),
                 None => free_at,
             };
-            app_until.max(self.apis[api].horizons.defer(class, free_at, Duration::ZERO))
+            app_until.max(
+                self.apis[api]
+                    .horizons
+                    .defer(class, free_at, Duration::ZERO),
+            )
         } else {
             let api_until = self.apis[api].horizons.defer(class, free_at, api_spacing);
             match self.apps.get_mut(app) {
@@ -678,7 +688,9 @@ impl State {
             }
         };
         Deferral {
-            retry_after: until.saturating_duration_since(now).max(Duration::from_millis(1)),
+            retry_after: until
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1)),
             blocked: false,
         }
     }
@@ -760,7 +772,9 @@ mod tests {
         );
         // Another API has its own window.
         let before = Instant::now();
-        corp.acquire(app, Api::GetLink, Priority::Now).await.unwrap();
+        corp.acquire(app, Api::GetLink, Priority::Now)
+            .await
+            .unwrap();
         assert_eq!(before.elapsed(), Duration::ZERO);
     }
 
@@ -773,7 +787,9 @@ mod tests {
         for i in 0..400u64 {
             // Arrivals at uneven times.
             tokio::time::advance(Duration::from_millis((i * 37) % 450)).await;
-            corp.acquire(app, Api::GetLink, Priority::Now).await.unwrap();
+            corp.acquire(app, Api::GetLink, Priority::Now)
+                .await
+                .unwrap();
             sent.push(start.elapsed());
         }
         for (i, t) in sent.iter().enumerate() {
@@ -883,9 +899,17 @@ mod tests {
             assert_eq!(deferral.retry_after, MINUTE_BLOCK);
         }
         assert_eq!(corp.blocked(), vec![(Api::GetLink, MINUTE_BLOCK)]);
-        assert!(corp.acquire(app, Api::Customer, Priority::Poll).await.is_ok());
+        assert!(
+            corp.acquire(app, Api::Customer, Priority::Poll)
+                .await
+                .is_ok()
+        );
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert!(corp.acquire(app, Api::GetLink, Priority::Now).await.is_err());
+        assert!(
+            corp.acquire(app, Api::GetLink, Priority::Now)
+                .await
+                .is_err()
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(corp.acquire(app, Api::GetLink, Priority::Now).await.is_ok());
         assert!(corp.blocked().is_empty());
@@ -902,7 +926,11 @@ mod tests {
         let app = corp.app("", 600);
         corp.on_answer(Api::Customer, codes::FREQUENCY_LIMIT);
         let start = Instant::now();
-        assert!(corp.acquire(app, Api::Customer, Priority::Now).await.is_ok());
+        assert!(
+            corp.acquire(app, Api::Customer, Priority::Now)
+                .await
+                .is_ok()
+        );
         assert_eq!(start.elapsed(), MINUTE_BLOCK);
     }
 
@@ -919,7 +947,9 @@ mod tests {
         ));
         let app = corp.app("ns/a", 10_000);
         for _ in 0..95 {
-            corp.acquire(app, Api::GetLink, Priority::Now).await.unwrap();
+            corp.acquire(app, Api::GetLink, Priority::Now)
+                .await
+                .unwrap();
         }
         corp.on_answer(Api::GetLink, codes::FREQUENCY_LIMIT);
         assert_eq!(corp.blocked(), vec![(Api::GetLink, HOUR_BLOCK)]);
@@ -929,7 +959,9 @@ mod tests {
     async fn a_waiting_edit_learns_of_a_breaker_at_once() {
         let corp = scheduler(1);
         let app = corp.app("ns/a", 10_000);
-        corp.acquire(app, Api::GetLink, Priority::Now).await.unwrap();
+        corp.acquire(app, Api::GetLink, Priority::Now)
+            .await
+            .unwrap();
         let waiting = tokio::spawn({
             let corp = corp.clone();
             async move { corp.acquire(app, Api::GetLink, Priority::Now).await }
@@ -967,15 +999,25 @@ mod tests {
         // When the window frees, a poll does not take the room the create was promised.
         tokio::time::advance(create.retry_after - Duration::from_millis(1)).await;
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(corp.acquire(app, Api::GetLink, Priority::Poll).await.is_err());
-        assert!(corp.acquire(app, Api::GetLink, Priority::Create).await.is_ok());
+        assert!(
+            corp.acquire(app, Api::GetLink, Priority::Poll)
+                .await
+                .is_err()
+        );
+        assert!(
+            corp.acquire(app, Api::GetLink, Priority::Create)
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_dropped_waiter_leaves_the_queue() {
         let corp = scheduler(1);
         let app = corp.app("ns/a", 10_000);
-        corp.acquire(app, Api::GetLink, Priority::Now).await.unwrap();
+        corp.acquire(app, Api::GetLink, Priority::Now)
+            .await
+            .unwrap();
         let gave_up = tokio::time::timeout(
             Duration::from_secs(1),
             corp.acquire(app, Api::GetLink, Priority::Now),
