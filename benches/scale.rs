@@ -124,6 +124,7 @@ async fn run(n: usize) {
         })
         .await;
     let rv_before = store_rv(&env).await;
+    let requests_before = env.kube.faults().requests();
     let flags = [
         "--resync-interval",
         "5m",
@@ -215,6 +216,20 @@ async fn run(n: usize) {
     println!(
         "  WeCom calls {total} (minimum {minimum}, plus {edit_calls} for the 20 edits' A2+A4): {:.3}x; by API {calls}",
         (total.saturating_sub(edit_calls)) as f64 / minimum as f64
+    );
+    let requests: Vec<String> = env
+        .kube
+        .faults()
+        .requests()
+        .into_iter()
+        .filter_map(|(key, count)| {
+            let before = requests_before.get(&key).copied().unwrap_or(0);
+            (count > before).then(|| format!("{} {}: {}", key.0, key.1, count - before))
+        })
+        .collect();
+    println!(
+        "  Kubernetes requests by verb and code: {}",
+        requests.join(", ")
     );
     println!(
         "  Kubernetes writes {} ({:.2} per link, Events included)",

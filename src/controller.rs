@@ -30,7 +30,7 @@ use crate::{
         app, conditions,
         context::{AppClients, Cadence, Context},
         link, plan,
-        traffic::{PassSlots, SeenGenerations},
+        traffic::{PassSlots, SeenVersions},
     },
     wecom::AllowedApiHosts,
 };
@@ -267,19 +267,20 @@ pub fn start_with(
     };
     let (link_reader, link_writer) = reflector::store();
     let (app_reader, app_writer) = reflector::store();
-    let seen_generations = Arc::new(SeenGenerations::default());
+    let seen_versions = Arc::new(SeenVersions::default());
     let link_stream = watcher(links_api, watcher::Config::default())
         .default_backoff()
         .modify(trim_for_cache)
         .reflect(link_writer)
         .applied_objects()
         .inspect_ok({
-            let seen = seen_generations.clone();
+            let seen = seen_versions.clone();
             move |link: &AcquisitionLink| {
-                if let (Some(uid), Some(generation)) =
-                    (link.metadata.uid.as_deref(), link.metadata.generation)
-                {
-                    seen.note(uid, generation);
+                if let (Some(uid), Some(version)) = (
+                    link.metadata.uid.as_deref(),
+                    link.metadata.resource_version.as_deref(),
+                ) {
+                    seen.note(uid, version);
                 }
             }
         })
@@ -332,7 +333,7 @@ pub fn start_with(
         liveness: options.liveness.clone(),
         polls: Default::default(),
         urgent: Default::default(),
-        seen_generations: seen_generations.clone(),
+        seen_versions: seen_versions.clone(),
         slots: Arc::new(PassSlots::new(options.concurrency())),
         sweeps: Default::default(),
         poll_intervals: Default::default(),

@@ -253,8 +253,11 @@ async fn an_edit_the_cache_has_not_caught_up_with_is_acted_on() {
         .await;
     let generation = edited.metadata.generation.unwrap();
     assert_eq!(stale.metadata.generation, Some(generation - 1));
-    ctx.seen_generations
-        .note(stale.metadata.uid.as_deref().unwrap(), generation);
+    // What the watch delivered: the edited object.
+    ctx.seen_versions.note(
+        stale.metadata.uid.as_deref().unwrap(),
+        edited.metadata.resource_version.as_deref().unwrap(),
+    );
 
     link::reconcile(Arc::new(stale.clone()), ctx).await.unwrap();
 

@@ -19,6 +19,8 @@ struct FaultState {
 
 pub(crate) struct Faults {
     state: Mutex<FaultState>,
+    /// Requests served, by method (`WATCH` for watches) and status code.
+    requests: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
     watch_drops: watch::Sender<u64>,
     store: Arc<Mutex<Store>>,
 }
@@ -34,9 +36,17 @@ impl Faults {
     pub fn new(store: Arc<Mutex<Store>>) -> Self {
         Self {
             state: Mutex::default(),
+            requests: Mutex::default(),
             watch_drops: watch::channel(0).0,
             store,
         }
+    }
+
+    /// Counts one request served.
+    pub fn count_request(&self, method: &str, status: u16) {
+        *lock(&self.requests)
+            .entry((method.to_string(), status))
+            .or_default() += 1;
     }
 
     /// Consumes one injected failure for a write to this type, if any is pending.
@@ -88,6 +98,12 @@ impl std::fmt::Debug for FaultControl {
 }
 
 impl FaultControl {
+    /// Requests served so far, by method (`WATCH` for a watch) and status code, e.g.
+    /// `("PATCH", 422)`: what a benchmark reports of the load a controller puts on the API.
+    pub fn requests(&self) -> std::collections::BTreeMap<(String, u16), u64> {
+        lock(&self.inner.requests).clone()
+    }
+
     /// The next `n` writes (create, update, patch, delete, and their `/status` forms) to
     /// resources of this kind (`AcquisitionLink`) or plural (`acquisitionlinks`) fail:
     /// `409` as a stale-resourceVersion Conflict, `500` as an InternalError, any other

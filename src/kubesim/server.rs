@@ -69,6 +69,18 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
             Err(error) => error_response(&error),
         },
     };
+    let shown = if method == axum::http::Method::GET
+        && query
+            .split('&')
+            .any(|p| p == "watch=true" || p == "watch=1")
+    {
+        "WATCH"
+    } else {
+        method.as_str()
+    };
+    state
+        .faults
+        .count_request(shown, response.status().as_u16());
     tracing::debug!(%method, %path, %query, status = response.status().as_u16(), "kubesim request");
     response
 }

@@ -395,8 +395,8 @@ pub struct Context {
     pub polls: super::traffic::PollTimes,
     /// Links whose next pass a callback asked for.
     pub urgent: super::traffic::Urgent,
-    /// The newest generation the watch delivered per link UID.
-    pub seen_generations: Arc<super::traffic::SeenGenerations>,
+    /// The newest resourceVersion the watch delivered per link UID.
+    pub seen_versions: Arc<super::traffic::SeenVersions>,
     /// Each app's share of the reconcile slots.
     pub slots: Arc<super::traffic::PassSlots>,
     /// One shared A1 listing per app.

@@ -156,24 +156,34 @@ fn shows_paused(link: &AcquisitionLink) -> bool {
         .is_some_and(|c| c.reason == reason::PAUSED)
 }
 
-/// The object to act on: the cached one, or, when the watch has already shown a newer
-/// generation than the cache holds (the store lags during a relist), the object read from
-/// the API server. `None` when it is gone.
+/// The object to act on: the cached one, or, when the watch has already delivered another
+/// version than the cache holds (the store lags during a relist), the object read from the
+/// API server. `None` when it is gone. Acting on the newest version keeps an edit from
+/// being lost (observedGeneration written for an older generation) and the finalizer and
+/// marker writes from failing on a stale list or resourceVersion.
 async fn newest(
     link: Arc<AcquisitionLink>,
     api: &Api<AcquisitionLink>,
     ctx: &Context,
 ) -> Result<Option<Arc<AcquisitionLink>>, Error> {
-    let (Some(uid), Some(generation)) = (link.metadata.uid.as_deref(), link.metadata.generation)
-    else {
+    let (Some(uid), Some(version)) = (
+        link.metadata.uid.as_deref(),
+        link.metadata.resource_version.as_deref(),
+    ) else {
         return Ok(Some(link));
     };
-    if !ctx.seen_generations.newer_than(uid, generation) {
+    if !ctx.seen_versions.differs(uid, version) {
         return Ok(Some(link));
     }
-    tracing::debug!(link = %object_key(&link), generation, "cache is older than the watch; reading the link");
+    tracing::debug!(link = %object_key(&link), version, "cache is older than the watch; reading the link");
     match api.get_opt(&link.name_any()).await? {
-        Some(fresh) if fresh.metadata.uid == link.metadata.uid => Ok(Some(Arc::new(fresh))),
+        Some(mut fresh) if fresh.metadata.uid == link.metadata.uid => {
+            if let Some(version) = fresh.metadata.resource_version.as_deref() {
+                ctx.seen_versions.note(uid, version);
+            }
+            fresh.metadata.managed_fields = None;
+            Ok(Some(Arc::new(fresh)))
+        }
         _ => Ok(None),
     }
 }
@@ -1530,7 +1540,7 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
     }
     ctx.polls.forget(&key);
     if let Some(uid) = link.metadata.uid.as_deref() {
-        ctx.seen_generations.forget(uid);
+        ctx.seen_versions.forget(uid);
     }
     if let Some((id, owner)) = link_owned_by_another(link, ctx) {
         ctx.publish(

@@ -1,6 +1,6 @@
 //! The in-memory bookkeeping that keeps a controller's WeCom traffic within its budget:
 //! when each link is next due for polling, which links a person or WeCom is waiting for,
-//! the newest generation the watch has shown of each link, each app's share of the
+//! the newest version the watch has shown of each link, each app's share of the
 //! reconcile slots, and one shared A1 listing per app.
 
 use std::collections::{HashMap, HashSet};
@@ -19,29 +19,34 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The newest generation the watch has delivered per object UID. The reflector's store can
-/// lag behind the events (during a relist it keeps the old objects until the listing is
-/// complete), so a pass that finds an older generation in its object re-reads it.
+/// The newest resourceVersion the watch has delivered per object UID. The reflector's
+/// store is updated before the watch's event goes on, except while it relists (it keeps the
+/// old objects until the listing is complete): a pass whose cached object has another
+/// resourceVersion than the newest seen reads the object again instead of acting on an
+/// old generation or writing with a stale resourceVersion.
 #[derive(Debug, Default)]
-pub struct SeenGenerations(Mutex<HashMap<String, i64>>);
+pub struct SeenVersions(Mutex<HashMap<String, String>>);
 
-impl SeenGenerations {
-    pub fn note(&self, uid: &str, generation: i64) {
+impl SeenVersions {
+    pub fn note(&self, uid: &str, resource_version: &str) {
         let mut seen = lock(&self.0);
         match seen.get_mut(uid) {
-            Some(known) if *known >= generation => {}
-            Some(known) => *known = generation,
+            Some(known) => {
+                if known != resource_version {
+                    resource_version.clone_into(known);
+                }
+            }
             None => {
-                seen.insert(uid.to_string(), generation);
+                seen.insert(uid.to_string(), resource_version.to_string());
             }
         }
     }
 
-    /// True when the watch has shown a newer generation than `generation`.
-    pub fn newer_than(&self, uid: &str, generation: i64) -> bool {
+    /// True when the watch has delivered another version than `resource_version`.
+    pub fn differs(&self, uid: &str, resource_version: &str) -> bool {
         lock(&self.0)
             .get(uid)
-            .is_some_and(|seen| *seen > generation)
+            .is_some_and(|seen| seen != resource_version)
     }
 
     pub fn forget(&self, uid: &str) {
@@ -223,12 +228,11 @@ mod tests {
     }
 
     #[test]
-    fn only_newer_generations_count() {
-        let seen = SeenGenerations::default();
-        seen.note("u", 2);
-        seen.note("u", 1);
-        assert!(seen.newer_than("u", 1));
-        assert!(!seen.newer_than("u", 2));
-        assert!(!seen.newer_than("v", 1));
+    fn a_cached_version_other_than_the_newest_seen_is_stale() {
+        let seen = SeenVersions::default();
+        seen.note("u", "41");
+        assert!(seen.differs("u", "40"));
+        assert!(!seen.differs("u", "41"));
+        assert!(!seen.differs("v", "1"), "never seen: trust the cache");
     }
 }
