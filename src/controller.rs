@@ -17,10 +17,7 @@ use kube::{
 use tokio::sync::{mpsc, watch};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::{
-    api::{Patch, PatchParams},
-    runtime::controller::Action,
-};
+use kube::runtime::controller::Action;
 
 use crate::{
     api::{AcquisitionLink, PAUSED_ANNOTATION, RECONCILE_REQUESTED_ANNOTATION, WeComApp},
@@ -29,7 +26,7 @@ use crate::{
     reconcile::{
         app, conditions,
         context::{AppClients, Cadence, Context},
-        link, plan,
+        link, plan, status_apply,
         traffic::{PassSlots, SeenVersions},
     },
     wecom::AllowedApiHosts,
@@ -163,7 +160,13 @@ fn link_predicate(link: &AcquisitionLink) -> Option<u64> {
         .as_ref()
         .map(|t| t.0.as_second())
         .hash(&mut h);
-    link.metadata.finalizers.hash(&mut h);
+    // The controller's own finalizer comes with its own writes, in the pass that needs it:
+    // adding it is no reason for another pass (a create that failed would be retried at
+    // once instead of after its back-off). Other finalizers are.
+    link.finalizers()
+        .iter()
+        .filter(|f| f.as_str() != crate::api::LINK_FINALIZER)
+        .for_each(|f| f.hash(&mut h));
     Some(h.finish())
 }
 
@@ -610,8 +613,7 @@ impl PassGuard {
     }
 }
 
-/// Writes `Ready=False InternalError` on the object (a status merge patch of its
-/// conditions), unless it already says so. A failure to write is logged, never fatal.
+/// Writes `Ready=False InternalError` on the object (a status apply of that condition), unless it already says so. A failure to write is logged, never fatal.
 async fn report_internal_error<K>(
     ctx: &Context,
     of: &GuardedKind<K>,
@@ -632,10 +634,15 @@ async fn report_internal_error<K>(
         return;
     };
     let api: Api<K> = Api::namespaced(ctx.kube.clone(), namespace);
-    let patch = serde_json::json!({ "status": { "conditions": conditions } });
-    if let Err(err) = api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
+    // Only the Ready condition, as the guard's own field manager: the other conditions
+    // stay their writers'; the reconciler's next apply takes Ready back.
+    let ready: Vec<&Condition> = conditions
+        .iter()
+        .filter(|c| c.type_ == conditions::READY)
+        .collect();
+    let status = serde_json::json!({ "conditions": ready });
+    if let Err(err) =
+        status_apply::apply_status(&api, name, status_apply::GUARD_MANAGER, status, None).await
     {
         tracing::warn!(kind = of.kind, %namespace, %name, error = %err, "cannot write Ready=False InternalError");
     }

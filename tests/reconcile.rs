@@ -681,6 +681,24 @@ async fn customers_and_statistics_reach_the_status() {
             },
         )
         .await;
+    // Status by server-side apply: each writer owns its part (issue #12).
+    let owned = status_fields_by_manager(&link.metadata);
+    assert!(
+        owned["wecom-acq-link"].contains("f:conditions")
+            && !owned["wecom-acq-link"].contains("f:customers"),
+        "{owned:?}"
+    );
+    assert!(
+        owned["wecom-acq-link-facts"].contains("f:customers"),
+        "{owned:?}"
+    );
+    let app = env.get_app("app").await;
+    let app_owned = status_fields_by_manager(&app.metadata);
+    assert!(
+        app_owned["wecom-acq-app-quota"].contains("f:quota")
+            && !app_owned["wecom-acq-app"].contains("f:quota"),
+        "{app_owned:?}"
+    );
     let status = link.status.unwrap();
     let customers = status.customers.unwrap();
     assert_eq!(
@@ -2031,4 +2049,21 @@ async fn permission_missing_in_wecom_heals_by_itself_with_backoff() {
         2,
         "no link recreated"
     );
+}
+
+/// The status fields each field manager owns (`fieldsV1` as text), by manager name.
+fn status_fields_by_manager(
+    meta: &kube::api::ObjectMeta,
+) -> std::collections::BTreeMap<String, String> {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| entry.subresource.as_deref() == Some("status"))
+        .filter_map(|entry| {
+            Some((
+                entry.manager.clone()?,
+                serde_json::to_string(&entry.fields_v1.as_ref()?.0).ok()?,
+            ))
+        })
+        .collect()
 }

@@ -25,17 +25,18 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams},
     runtime::reflector::{ObjectRef, Store},
 };
 use prometheus_client::metrics::counter::Counter;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::endpoint::InboundEvent;
 use crate::{
-    api::{AcquisitionLink, CustomerCount, LINK_ID_ANNOTATION, WeComApp, WeComAppStatus},
+    api::{
+        AcquisitionLink, AcquisitionLinkStatus, CustomerCount, LINK_ID_ANNOTATION, WeComApp,
+        WeComAppStatus,
+    },
     controller::Triggers,
     isolation,
     metrics::{CallbackEventLabels, ConversionLabels, Metrics, bounded_channel},
@@ -43,6 +44,7 @@ use crate::{
         app::{LOW_BALANCE, publish_transitions},
         conditions::{self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, reason},
         context::{Context, customer_key},
+        status_apply,
     },
     wecom::event::{CallbackEvent, ChangeType},
 };
@@ -578,22 +580,21 @@ async fn write_customer_bump(
         let Some(next) = bumped(count, bump, &counted) else {
             return;
         };
-        let by_channel: serde_json::Map<String, serde_json::Value> = bump
-            .arrivals
-            .iter()
-            .map(|(_, channel)| (channel.clone(), json!(next.by_channel.get(channel))))
-            .collect();
-        let patch = json!({
-            "metadata": { "resourceVersion": object.resource_version() },
-            "status": { "customers": {
-                "total": next.total,
-                "byChannel": by_channel,
-                "lastAddTime": next.last_add_time,
-            } },
-        });
-        match api
-            .patch_status(&link.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
+        // The whole customer count, applied as the callback worker's: it holds every
+        // field this manager keeps, and the resourceVersion read makes it fail with 409
+        // rather than write over a newer count.
+        let counted_status = AcquisitionLinkStatus {
+            customers: Some(next.clone()),
+            ..Default::default()
+        };
+        match status_apply::apply_status(
+            &api,
+            &link.name,
+            status_apply::CALLBACK_MANAGER,
+            status_apply::link_customers(&counted_status),
+            object.resource_version().as_deref(),
+        )
+        .await
         {
             Ok(_) => {
                 let metrics = &context.metrics;
@@ -757,13 +758,14 @@ async fn apply_quota_notice(
         if new.conditions == old.conditions {
             break;
         }
-        let patch = json!({
-            "metadata": { "resourceVersion": app.resource_version() },
-            "status": { "conditions": new.conditions },
-        });
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
+        match status_apply::apply_status(
+            &api,
+            name,
+            status_apply::CALLBACK_MANAGER,
+            status_apply::app_quota_conditions(&new),
+            app.resource_version().as_deref(),
+        )
+        .await
         {
             Ok(_) => {
                 tracing::info!(namespace, app = name, change = %notice.change, "quota conditions updated from a callback");

@@ -6,21 +6,19 @@ use std::{sync::Arc, time::Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams},
     runtime::{
         controller::Action,
         events::EventType,
         finalizer::{Event as Finalizer, finalizer},
     },
 };
-use serde_json::json;
 
 use super::{
     app_usage::{links_using, waiting_message},
     conditions::{self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, READY, THROTTLED, reason},
     context::Context,
     link::{Error, finalizer_outcome},
-    pacing,
+    pacing, status_apply,
 };
 use crate::{
     api::{APP_IN_USE_FINALIZER, AppPolling, AppQuota, QuotaBatchStatus, WeComApp, WeComAppStatus},
@@ -349,10 +347,22 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
     }
     new.observed_generation = generation;
     publish_transitions(ctx, app, &old, &new).await;
-    if new != old {
-        let patch = json!({ "status": new });
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
+    // The quota and its conditions are applied apart, and only when this pass read them
+    // (A8): a quota condition a callback set is never written back from a stale cache.
+    let (old_main, old_quota) = status_apply::app_parts(&old);
+    let (new_main, new_quota) = status_apply::app_parts(&new);
+    if new_main != old_main {
+        status_apply::apply_status(&api, &name, status_apply::APP_MANAGER, new_main, None).await?;
+    }
+    if new_quota != old_quota {
+        status_apply::apply_status(
+            &api,
+            &name,
+            status_apply::APP_QUOTA_MANAGER,
+            new_quota,
+            None,
+        )
+        .await?;
     }
     Ok(Action::requeue(requeue))
 }

@@ -28,6 +28,8 @@ use super::{
     marker::{CREATE_SEND_WINDOW, CreateMarker},
     pacing::{self, LastPoll, PassCause},
     plan::{self, DesiredLink},
+    status_apply,
+    traffic::SeenVersions,
 };
 use crate::{
     api::{
@@ -206,16 +208,29 @@ pub async fn reconcile(link: Arc<AcquisitionLink>, ctx: Arc<Context>) -> Result<
     let Some(link) = newest(link, &api, &ctx).await? else {
         return Ok(Action::await_change());
     };
+    let link = match ensure_finalizer(link, &api, &ctx).await {
+        Ok(link) => link,
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            tracing::debug!(link = %name, "finalizer write raced a newer object; waiting for it");
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        Err(err) => return Err(err.into()),
+    };
     let class = pacing::pass_priority(pass_cause(&link, &ctx));
-    let result = with_priority(
-        class,
+    let result = with_priority(class, async {
+        if finalizer_comes_with_the_marker(&link) {
+            return apply(&link, &ctx)
+                .await
+                .map_err(FinalizerError::ApplyFailed);
+        }
         finalizer(&api, LINK_FINALIZER, link, |event| async {
             match event {
                 Finalizer::Apply(link) => apply(&link, &ctx).await,
                 Finalizer::Cleanup(link) => cleanup(&link, &ctx).await,
             }
-        }),
-    )
+        })
+        .await
+    })
     .await;
     let result = finalizer_outcome(result);
     let key = format!("{namespace}/{name}");
@@ -234,6 +249,50 @@ pub async fn reconcile(link: Arc<AcquisitionLink>, ctx: Arc<Context>) -> Result<
     ctx.metrics
         .observe_reconcile("AcquisitionLink", label, started.elapsed());
     result
+}
+
+/// True for a live object with no finalizer, no link id and no create in flight: nothing
+/// exists in WeCom that a deletion would have to clean up, and the only way to make
+/// something is a create, whose marker write adds the finalizer before A3 is sent. One
+/// write instead of two, and no pass waiting for the finalizer's watch event in between.
+fn finalizer_comes_with_the_marker(link: &AcquisitionLink) -> bool {
+    link.metadata.deletion_timestamp.is_none()
+        && !link.finalizers().iter().any(|f| f == LINK_FINALIZER)
+        && known_link_id(link).is_none()
+        && !link.annotations().contains_key(CREATE_PENDING_ANNOTATION)
+}
+
+/// Adds the finalizer to a live object that lacks it and has (or may have) a link in WeCom,
+/// with the resourceVersion read (409 when the object changed: never a list written from a
+/// stale cache), and goes on with the object written, in the same pass. A link without an
+/// id gets it with its create marker instead.
+async fn ensure_finalizer(
+    link: Arc<AcquisitionLink>,
+    api: &Api<AcquisitionLink>,
+    ctx: &Context,
+) -> Result<Arc<AcquisitionLink>, kube::Error> {
+    if link.metadata.deletion_timestamp.is_some()
+        || link.finalizers().iter().any(|f| f == LINK_FINALIZER)
+        || finalizer_comes_with_the_marker(&link)
+    {
+        return Ok(link);
+    }
+    let mut finalizers = link.finalizers().to_vec();
+    finalizers.push(LINK_FINALIZER.to_string());
+    let patch = json!({ "metadata": {
+        "resourceVersion": link.resource_version(),
+        "finalizers": finalizers,
+    }});
+    let mut written = api
+        .patch(
+            &link.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    wrote(ctx, &written);
+    written.metadata.managed_fields = None;
+    Ok(Arc::new(written))
 }
 
 /// The outcome of a pass run by kube's `finalizer()` helper. Adding or removing the
@@ -409,31 +468,57 @@ impl<'a> Pass<'a> {
             return Ok(());
         }
         self.new.last_sync_time = Some(self.now.0.to_string());
-        let patch = status_patch(&self.old, &self.new);
-        self.api
-            .patch_status(
-                &self.link.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
-        Ok(())
+        apply_link_status(
+            &self.ctx.seen_versions,
+            &self.api,
+            &self.link.name_any(),
+            &self.old,
+            &self.new,
+        )
+        .await
     }
 }
 
-/// A merge patch turning `old` into `new`: fields that disappeared are set to null, which a
-/// plain serialisation of `new` would not do.
-fn status_patch(old: &AcquisitionLinkStatus, new: &AcquisitionLinkStatus) -> Value {
-    let old = serde_json::to_value(old).unwrap_or(Value::Null);
-    let mut new = serde_json::to_value(new).unwrap_or(Value::Null);
-    if let (Value::Object(old), Value::Object(new)) = (&old, &mut new) {
-        for key in old.keys() {
-            if !new.contains_key(key) {
-                new.insert(key.clone(), Value::Null);
-            }
+/// Applies what changed between `old` and `new`: the reconciler's part of the status as
+/// `wecom-acq-link`, the customers and statistics as `wecom-acq-link-facts`, each only when
+/// it differs, so a customer count a callback bumped is never written back from a stale
+/// cache by a pass that did not count the customers itself.
+async fn apply_link_status(
+    seen: &SeenVersions,
+    api: &Api<AcquisitionLink>,
+    name: &str,
+    old: &AcquisitionLinkStatus,
+    new: &AcquisitionLinkStatus,
+) -> Result<(), Error> {
+    let (old_main, old_facts) = status_apply::link_parts(old);
+    let (new_main, new_facts) = status_apply::link_parts(new);
+    let parts = [
+        (status_apply::LINK_MANAGER, old_main, new_main),
+        (status_apply::LINK_FACTS_MANAGER, old_facts, new_facts),
+    ];
+    for (manager, old, new) in parts {
+        if new != old {
+            let written = status_apply::apply_status(api, name, manager, new, None).await?;
+            note_version(seen, &written);
         }
     }
-    json!({ "status": new })
+    Ok(())
+}
+
+/// Notes the version a write of this pass produced: a pass that the write's own watch
+/// event queued, and that finds the older version in the cache, reads the object again
+/// instead of taking its own half-written state for an interrupted create.
+fn wrote(ctx: &Context, written: &AcquisitionLink) {
+    note_version(&ctx.seen_versions, written);
+}
+
+fn note_version(seen: &SeenVersions, written: &AcquisitionLink) {
+    if let (Some(uid), Some(version)) = (
+        written.metadata.uid.as_deref(),
+        written.metadata.resource_version.as_deref(),
+    ) {
+        seen.note(uid, version);
+    }
 }
 
 fn is_paused(link: &AcquisitionLink) -> bool {
@@ -942,13 +1027,15 @@ async fn record_identity(pass: &mut Pass<'_>, link_id: &str, url: &str) -> Resul
             LINK_ID_ANNOTATION: link_id,
             CREATE_PENDING_ANNOTATION: Value::Null,
         }}});
-        pass.api
+        let written = pass
+            .api
             .patch(
                 &pass.link.name_any(),
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )
             .await?;
+        wrote(pass.ctx, &written);
     }
     Ok(())
 }
@@ -1222,13 +1309,15 @@ async fn restart_marker_clock(pass: &mut Pass<'_>, marker: &CreateMarker) -> Res
         "resourceVersion": pass.link.resource_version(),
         "annotations": { CREATE_PENDING_ANNOTATION: restarted.to_annotation() }
     }});
-    pass.api
+    let written = pass
+        .api
         .patch(
             &pass.link.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
         .await?;
+    wrote(pass.ctx, &written);
     pass.checking_interrupted_create();
     Ok(Action::requeue(Duration::from_secs(1)))
 }
@@ -1331,8 +1420,15 @@ async fn create(
     // window of the marker's time, or not at all.
     let desired = DesiredLink::from_spec(&link.spec);
     let send_by = tokio::time::Instant::now() + CREATE_SEND_WINDOW;
+    // The finalizer comes with the marker when the link has none yet (see
+    // `finalizer_comes_with_the_marker`): it is on the object before A3 is sent.
+    let mut finalizers = link.finalizers().to_vec();
+    if !finalizers.iter().any(|f| f == LINK_FINALIZER) {
+        finalizers.push(LINK_FINALIZER.to_string());
+    }
     let marker = json!({ "metadata": {
         "resourceVersion": link.resource_version(),
+        "finalizers": finalizers,
         "annotations": {
             CREATE_PENDING_ANNOTATION: CreateMarker::for_request(unix_now(), &desired).to_annotation(),
             LINK_ID_ANNOTATION: Value::Null,
@@ -1347,7 +1443,7 @@ async fn create(
         )
         .await
     {
-        Ok(_) => {}
+        Ok(written) => wrote(ctx, &written),
         Err(kube::Error::Api(status)) if status.code == 409 => {
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
@@ -1365,14 +1461,17 @@ async fn create(
             // the next pass looks.
             if err.certainly_not_acted_on() {
                 let clear = json!({ "metadata": { "annotations": { CREATE_PENDING_ANNOTATION: Value::Null } } });
-                let _ = pass
+                if let Ok(written) = pass
                     .api
                     .patch(
                         &link.name_any(),
                         &PatchParams::default(),
                         &Patch::Merge(&clear),
                     )
-                    .await;
+                    .await
+                {
+                    wrote(ctx, &written);
+                }
             }
             return Err(err.into());
         }
@@ -1443,15 +1542,14 @@ async fn create(
     // already holds the id, so a failure here loses nothing: the final write retries it.
     pass.new.observed_generation = pass.generation;
     pass.new.last_sync_time = Some(pass.now.0.to_string());
-    let early = status_patch(&pass.old, &pass.new);
-    match pass
-        .api
-        .patch_status(
-            &link.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&early),
-        )
-        .await
+    match apply_link_status(
+        &ctx.seen_versions,
+        &pass.api,
+        &link.name_any(),
+        &pass.old,
+        &pass.new,
+    )
+    .await
     {
         Ok(_) => pass.old = pass.new.clone(),
         Err(err) => {
@@ -1680,21 +1778,68 @@ async fn cleanup_client(
 mod tests {
     use super::*;
 
-    #[test]
-    fn status_patch_nulls_removed_fields() {
-        let old = AcquisitionLinkStatus {
-            link_id: Some("a".into()),
-            url: Some("u".into()),
+    /// The callback worker bumped the customer count; a pass working from a cache that
+    /// has not seen the bump changes its conditions. The pass's write must keep the count.
+    #[tokio::test]
+    async fn a_status_write_from_a_stale_cache_keeps_the_customers_a_callback_counted() {
+        let sim = crate::kubesim::KubeSim::new()
+            .spawn("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        sim.install_crds().await.unwrap();
+        let api: Api<AcquisitionLink> = Api::namespaced(sim.client().await, "default");
+        let link: AcquisitionLink = serde_json::from_value(json!({
+            "apiVersion": "acquisition.wecom.dev/v1alpha1",
+            "kind": "AcquisitionLink",
+            "metadata": {"name": "l", "namespace": "default"},
+            "spec": {"appRef": {"name": "app"}, "linkName": "L", "range": {"userList": ["u"]}},
+        }))
+        .unwrap();
+        api.create(&Default::default(), &link).await.unwrap();
+        let seen = SeenVersions::default();
+        let counted = |total| AcquisitionLinkStatus {
+            link_id: Some("cawcde".into()),
+            customers: Some(CustomerCount {
+                total,
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        let new = AcquisitionLinkStatus {
-            link_id: Some("b".into()),
-            ..Default::default()
-        };
-        let patch = status_patch(&old, &new);
-        assert_eq!(patch["status"]["linkId"], "b");
-        assert!(patch["status"]["url"].is_null());
-        assert!(patch["status"].as_object().unwrap().contains_key("url"));
+        let stale = counted(1);
+        apply_link_status(&seen, &api, "l", &AcquisitionLinkStatus::default(), &stale)
+            .await
+            .unwrap();
+        // The callback worker's bump, as it writes it.
+        status_apply::apply_status(
+            &api,
+            "l",
+            status_apply::CALLBACK_MANAGER,
+            status_apply::link_customers(&counted(2)),
+            None,
+        )
+        .await
+        .unwrap();
+        let mut next = stale.clone();
+        conditions::set(
+            &mut next.conditions,
+            SYNCED,
+            true,
+            reason::IN_SYNC,
+            "",
+            None,
+            &now(),
+        );
+        apply_link_status(&seen, &api, "l", &stale, &next)
+            .await
+            .unwrap();
+        let stored = api.get_status("l").await.unwrap().status.unwrap();
+        assert_eq!(
+            stored.customers.map(|c| c.total),
+            Some(2),
+            "the bump survives"
+        );
+        assert!(conditions::is_true(&stored.conditions, SYNCED));
+        assert_eq!(stored.link_id.as_deref(), Some("cawcde"));
     }
 
     #[test]

@@ -9,4 +9,5 @@ pub mod link;
 pub mod marker;
 pub mod pacing;
 pub mod plan;
+pub mod status_apply;
 pub mod traffic;

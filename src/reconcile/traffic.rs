@@ -19,20 +19,33 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The newest resourceVersion the watch has delivered per object UID. The reflector's
-/// store is updated before the watch's event goes on, except while it relists (it keeps the
-/// old objects until the listing is complete): a pass whose cached object has another
-/// resourceVersion than the newest seen reads the object again instead of acting on an
-/// old generation or writing with a stale resourceVersion.
+/// The newest resourceVersion known per object UID: delivered by the watch or returned by
+/// a write of this controller. The reflector's store is updated before the watch's event
+/// goes on, except while it relists (it keeps the old objects until the listing is
+/// complete), and a write's own event comes after the write returns: a pass whose cached
+/// object is older than the newest known reads the object again instead of acting on an
+/// old generation or on its own half-written state.
+///
+/// resourceVersions are opaque to clients, but every API server in use (etcd's
+/// revisions, and kubesim) gives integers that grow with each write; when both versions
+/// are integers the larger one wins, otherwise the last one noted.
 #[derive(Debug, Default)]
 pub struct SeenVersions(Mutex<HashMap<String, String>>);
+
+/// True when `a` is known to be newer than `b`, or, when they cannot be ordered, differs.
+fn newer(a: &str, b: &str) -> bool {
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(a), Ok(b)) => a > b,
+        _ => a != b,
+    }
+}
 
 impl SeenVersions {
     pub fn note(&self, uid: &str, resource_version: &str) {
         let mut seen = lock(&self.0);
         match seen.get_mut(uid) {
             Some(known) => {
-                if known != resource_version {
+                if newer(resource_version, known) {
                     resource_version.clone_into(known);
                 }
             }
@@ -42,11 +55,11 @@ impl SeenVersions {
         }
     }
 
-    /// True when the watch has delivered another version than `resource_version`.
+    /// True when a newer version than `resource_version` is known.
     pub fn differs(&self, uid: &str, resource_version: &str) -> bool {
         lock(&self.0)
             .get(uid)
-            .is_some_and(|seen| seen != resource_version)
+            .is_some_and(|seen| newer(seen, resource_version))
     }
 
     pub fn forget(&self, uid: &str) {
@@ -231,8 +244,21 @@ mod tests {
     fn a_cached_version_other_than_the_newest_seen_is_stale() {
         let seen = SeenVersions::default();
         seen.note("u", "41");
-        assert!(seen.differs("u", "40"));
+        seen.note("u", "40");
+        assert!(
+            seen.differs("u", "40"),
+            "an older event noted late does not win"
+        );
         assert!(!seen.differs("u", "41"));
+        assert!(
+            !seen.differs("u", "42"),
+            "the cache is newer than anything noted"
+        );
         assert!(!seen.differs("v", "1"), "never seen: trust the cache");
+        seen.note("w", "a1");
+        assert!(
+            seen.differs("w", "a0"),
+            "versions that are not numbers: any other is stale"
+        );
     }
 }
