@@ -22,6 +22,8 @@ use kube::{
     runtime::controller::Action,
 };
 
+pub use crate::reconcile::triggers::Triggers;
+
 use crate::{
     api::{AcquisitionLink, PAUSED_ANNOTATION, RECONCILE_REQUESTED_ANNOTATION, WeComApp},
     isolation::{self, Liveness},
@@ -165,13 +167,6 @@ fn link_predicate(link: &AcquisitionLink) -> Option<u64> {
         .hash(&mut h);
     link.metadata.finalizers.hash(&mut h);
     Some(h.finish())
-}
-
-/// Handles other parts of the process use to steer the controllers (the callback endpoint).
-#[derive(Clone)]
-pub struct Triggers {
-    pub links: mpsc::Sender<ObjectRef<AcquisitionLink>>,
-    pub apps: mpsc::Sender<ObjectRef<WeComApp>>,
 }
 
 /// Everything `run` builds, so the demo and the tests can drive the same controllers.

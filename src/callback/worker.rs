@@ -36,13 +36,13 @@ use tokio::task::JoinHandle;
 use super::endpoint::InboundEvent;
 use crate::{
     api::{AcquisitionLink, CustomerCount, LINK_ID_ANNOTATION, WeComApp, WeComAppStatus},
-    controller::Triggers,
     isolation,
     metrics::{CallbackEventLabels, ConversionLabels, Metrics, bounded_channel},
     reconcile::{
-        app::{LOW_BALANCE, publish_transitions},
-        conditions::{self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, reason},
+        conditions::{self, LOW_BALANCE, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, reason},
         context::{Context, customer_key},
+        events::publish_transitions,
+        triggers::{Triggers, trigger},
     },
     wecom::event::{CallbackEvent, ChangeType},
 };
@@ -264,26 +264,6 @@ impl Worker {
                 })
                 .await;
         }));
-    }
-}
-
-/// Asks the controller to reconcile `target` now, without waiting.
-fn trigger<K>(sender: &mpsc::Sender<ObjectRef<K>>, target: ObjectRef<K>)
-where
-    K: kube::Resource + 'static,
-    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
-{
-    match sender.try_send(target) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(target)) => {
-            let sender = sender.clone();
-            tokio::spawn(async move {
-                let _ = sender.send(target).await;
-            });
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            tracing::debug!("controller stopped; reconcile request dropped");
-        }
     }
 }
 
