@@ -8,9 +8,10 @@
 //! `SOAK_LANES` and `SOAK_SEED` change that. Exits 1 when anything was found.
 #![cfg(unix)]
 
-#[allow(dead_code)]
-#[path = "../tests/e2e/harness.rs"]
-mod harness;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::process as harness;
 #[path = "../tests/e2e/soak.rs"]
 mod soak;
 

@@ -16,9 +16,10 @@
 //! `cargo bench --bench scale`; `SCALE_SIZES=1000` (comma-separated) picks the sizes.
 #![cfg(unix)]
 
-#[allow(dead_code)]
-#[path = "../tests/e2e/harness.rs"]
-mod harness;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::process as harness;
 
 use std::time::{Duration, Instant};
 
@@ -83,7 +84,8 @@ fn percentile(sorted: &[Duration], p: usize) -> f64 {
 }
 
 async fn sim_calls(env: &harness::Env) -> Value {
-    env.sim_call(reqwest::Method::GET, "/_sim/calls", None)
+    env.admin
+        .request(reqwest::Method::GET, "/_sim/calls", None)
         .await
 }
 
@@ -238,7 +240,8 @@ async fn run(n: usize) {
     );
 
     // At rest for a minute.
-    env.sim_call(reqwest::Method::DELETE, "/_sim/calls", None)
+    env.admin
+        .request(reqwest::Method::DELETE, "/_sim/calls", None)
         .await;
     let rest_started = Instant::now();
     let rv_rest = store_rv(&env).await;
@@ -263,7 +266,8 @@ async fn run(n: usize) {
         .collect();
     let deleted_at = Instant::now();
     for (_, id) in &victims {
-        env.sim_call(reqwest::Method::DELETE, &format!("/_sim/links/{id}"), None)
+        env.admin
+            .request(reqwest::Method::DELETE, &format!("/_sim/links/{id}"), None)
             .await;
     }
     let mut recovered = Vec::new();
@@ -291,7 +295,8 @@ async fn run(n: usize) {
     // Restart: the first minute's calls against the budget.
     let rss = peak_rss_mib(pid);
     controller.sigkill();
-    env.sim_call(reqwest::Method::DELETE, "/_sim/calls", None)
+    env.admin
+        .request(reqwest::Method::DELETE, "/_sim/calls", None)
         .await;
     let restarted = env.spawn_controller(&flags);
     tokio::time::sleep(Duration::from_secs(60)).await;

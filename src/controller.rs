@@ -19,8 +19,11 @@ use tokio::sync::{mpsc, watch};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::Action;
 
+pub use crate::reconcile::triggers::Triggers;
+
 use crate::{
     api::{AcquisitionLink, PAUSED_ANNOTATION, RECONCILE_REQUESTED_ANNOTATION, WeComApp},
+    defaults,
     isolation::{self, Liveness},
     metrics::Metrics,
     reconcile::{
@@ -43,59 +46,55 @@ pub struct RunArgs {
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
     /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "METRICS_ADDR", default_value = defaults::METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
     /// Address of the WeCom callback endpoint (/callback/{namespace}/{app}).
-    #[arg(long, env = "CALLBACK_ADDR", default_value = "0.0.0.0:8081")]
+    #[arg(long, env = "CALLBACK_ADDR", default_value = defaults::CALLBACK_ADDR)]
     pub callback_addr: SocketAddr,
     /// Refuse callbacks whose timestamp is further than this from this host's clock;
     /// replays within it are answered without being processed again.
-    #[arg(long, env = "CALLBACK_MAX_SKEW", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "CALLBACK_MAX_SKEW", default_value = defaults::CALLBACK_MAX_SKEW.text, value_parser = parse_duration)]
     pub callback_max_skew: Duration,
     /// Most connections the callback port serves at once; one more is answered 503 and
     /// closed (WeCom retries), so a flood of connections cannot exhaust the process.
-    #[arg(long, env = "CALLBACK_MAX_CONNECTIONS", default_value_t = crate::http_server::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "CALLBACK_MAX_CONNECTIONS", default_value_t = defaults::CALLBACK_MAX_CONNECTIONS)]
     pub callback_max_connections: usize,
     /// A callback's body must arrive whole within this once its head is in (408 after).
-    #[arg(long, env = "CALLBACK_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "CALLBACK_BODY_TIMEOUT", default_value = defaults::CALLBACK_BODY_TIMEOUT.text, value_parser = parse_duration)]
     pub callback_body_timeout: Duration,
     /// Observe every link (A2) at least this often; callbacks make it faster.
-    #[arg(long, env = "RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "RESYNC_INTERVAL", default_value = defaults::RESYNC_INTERVAL.text, value_parser = parse_duration)]
     pub resync_interval: Duration,
     /// Recount customers (A6) this often.
-    #[arg(long, env = "CUSTOMERS_INTERVAL", default_value = "30m", value_parser = parse_duration)]
+    #[arg(long, env = "CUSTOMERS_INTERVAL", default_value = defaults::CUSTOMERS_INTERVAL.text, value_parser = parse_duration)]
     pub customers_interval: Duration,
     /// Refresh statistics (A7) this often.
-    #[arg(long, env = "STATISTICS_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, env = "STATISTICS_INTERVAL", default_value = defaults::STATISTICS_INTERVAL.text, value_parser = parse_duration)]
     pub statistics_interval: Duration,
     /// Refresh each app's quota (A8) this often.
-    #[arg(long, env = "QUOTA_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "QUOTA_INTERVAL", default_value = defaults::QUOTA_INTERVAL.text, value_parser = parse_duration)]
     pub quota_interval: Duration,
     /// Run only while holding a Lease (for more than one replica).
     #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
     pub leader_elect: bool,
     /// Name of the leader-election Lease.
-    #[arg(
-        long,
-        env = "LEASE_NAME",
-        default_value = "wecom-acquisition-controller"
-    )]
+    #[arg(long, env = "LEASE_NAME", default_value = defaults::LEASE_NAME)]
     pub lease_name: String,
     /// Namespace of the leader-election Lease (default: the pod's namespace).
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
     /// Hosts a WeComApp's apiBaseUrl may name, comma-separated: `host` (any port) or
     /// `host:port`. Any other app gets Ready=False, reason ApiHostNotAllowed, and no request.
-    #[arg(long, env = "ALLOWED_API_HOSTS", default_value = crate::wecom::allowed_hosts::OFFICIAL_API_HOST)]
+    #[arg(long, env = "ALLOWED_API_HOSTS", default_value = defaults::WECOM_API_HOST)]
     pub allowed_api_hosts: AllowedApiHosts,
     /// Most AcquisitionLink passes running at once; each WeComApp gets a fair share. Passes
     /// waiting for WeCom's budget give their slot back and come back later.
-    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = DEFAULT_CONCURRENCY)]
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = defaults::MAX_CONCURRENT_RECONCILES)]
     pub max_concurrent_reconciles: usize,
 }
 
 /// Link passes running at once unless told otherwise.
-pub const DEFAULT_CONCURRENCY: usize = 64;
+pub use crate::defaults::MAX_CONCURRENT_RECONCILES as DEFAULT_CONCURRENCY;
 
 impl RunArgs {
     /// The callback port's settings from the flags.
@@ -168,13 +167,6 @@ fn link_predicate(link: &AcquisitionLink) -> Option<u64> {
         .filter(|f| f.as_str() != crate::api::LINK_FINALIZER)
         .for_each(|f| f.hash(&mut h));
     Some(h.finish())
-}
-
-/// Handles other parts of the process use to steer the controllers (the callback endpoint).
-#[derive(Clone)]
-pub struct Triggers {
-    pub links: mpsc::Sender<ObjectRef<AcquisitionLink>>,
-    pub apps: mpsc::Sender<ObjectRef<WeComApp>>,
 }
 
 /// Everything `run` builds, so the demo and the tests can drive the same controllers.

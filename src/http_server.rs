@@ -14,9 +14,7 @@ use tokio::net::TcpListener;
 /// (`serve_http1`); hyper's own default once it has a timer.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default cap on the connections one port serves at once (`--callback-max-connections`).
-/// WeCom delivers callbacks over a handful of connections; each open connection costs a
-/// task and a few KiB, so a thousand is far above need and far below harm.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub use crate::defaults::CALLBACK_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTIONS;
 /// The answer to a connection over the cap: written at once, then the connection closes.
 const OVER_CAPACITY_ANSWER: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\nretry-after: 1\r\n\r\n";

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod callback;
 pub mod controller;
+pub mod defaults;
 pub mod demo;
 pub mod export;
 pub mod gitops;

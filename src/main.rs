@@ -17,7 +17,7 @@ struct Cli {
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Log level or filter (RUST_LOG wins when set).
-    #[arg(long, global = true, env = "LOG_LEVEL", default_value = "info")]
+    #[arg(long, global = true, env = "LOG_LEVEL", default_value = wecom_acq::defaults::LOG_LEVEL)]
     log_level: String,
     #[command(subcommand)]
     command: Command,

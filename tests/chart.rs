@@ -197,3 +197,90 @@ fn crds_cel_rules_refuse_a_link_without_members() {
             .is_ok()
     );
 }
+
+/// The value at a dotted key of `values.yaml`.
+fn value_at<'a>(values: &'a serde_yaml::Mapping, key: &str) -> &'a serde_yaml::Value {
+    let mut parts = key.split('.');
+    let first = parts.next().unwrap();
+    let mut value = values
+        .get(first)
+        .unwrap_or_else(|| panic!("values.yaml has no {key}"));
+    for part in parts {
+        value = value
+            .get(part)
+            .unwrap_or_else(|| panic!("values.yaml has no {key}"));
+    }
+    value
+}
+
+/// The chart's defaults are the controller's (`src/defaults.rs`): a user who installs the
+/// chart without values gets what `wecom-acq run --help` shows.
+#[test]
+fn chart_defaults_equal_the_controllers_defaults() {
+    use wecom_acq::defaults;
+
+    let values = values();
+    let text = |key: &str| {
+        value_at(&values, key)
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} is not a string"))
+            .to_string()
+    };
+    let number = |key: &str| {
+        value_at(&values, key)
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} is not a number"))
+    };
+    let durations = [
+        ("intervals.resync", defaults::RESYNC_INTERVAL),
+        ("intervals.customers", defaults::CUSTOMERS_INTERVAL),
+        ("intervals.statistics", defaults::STATISTICS_INTERVAL),
+        ("intervals.quota", defaults::QUOTA_INTERVAL),
+        ("callback.maxSkew", defaults::CALLBACK_MAX_SKEW),
+        ("callback.bodyTimeout", defaults::CALLBACK_BODY_TIMEOUT),
+    ];
+    for (key, default) in durations {
+        let chart = humantime::parse_duration(&text(key))
+            .unwrap_or_else(|e| panic!("{key} is not a duration: {e}"));
+        assert_eq!(
+            chart, default.value,
+            "{key} in values.yaml differs from src/defaults.rs ({})",
+            default.text
+        );
+    }
+    let port = |addr: &str| addr.parse::<std::net::SocketAddr>().unwrap().port();
+    assert_eq!(
+        number("metrics.port"),
+        u64::from(port(defaults::METRICS_ADDR))
+    );
+    assert_eq!(
+        number("callback.port"),
+        u64::from(port(defaults::CALLBACK_ADDR))
+    );
+    assert_eq!(
+        number("callback.maxConnections"),
+        defaults::CALLBACK_MAX_CONNECTIONS as u64
+    );
+    assert_eq!(
+        number("maxConcurrentReconciles"),
+        defaults::MAX_CONCURRENT_RECONCILES as u64
+    );
+    assert_eq!(text("leaderElection.leaseName"), defaults::LEASE_NAME);
+    assert_eq!(text("logLevel"), defaults::LOG_LEVEL);
+    assert_eq!(
+        value_at(&values, "allowedApiHosts"),
+        &serde_yaml::Value::Sequence(vec![defaults::WECOM_API_HOST.into()])
+    );
+    // The CRD's descriptions (doc comments, which cannot name a constant) say the
+    // client's defaults too.
+    let crd = fs::read_to_string(root().join("crds/wecomapps.acquisition.wecom.dev.yaml")).unwrap();
+    for said in [
+        format!("Defaults to {}", defaults::REQUESTS_PER_MINUTE),
+        defaults::WECOM_API_BASE_URL.to_string(),
+    ] {
+        assert!(
+            crd.contains(&said),
+            "the WeComApp CRD does not say {said:?}"
+        );
+    }
+}

@@ -9,25 +9,24 @@
 //! keep CI fast; the behaviour exercised (back-off, then convergence) is the same.
 //!
 //! Callbacks are off here (the simulator pushes nothing), so every repair comes from
-//! polling; [`harness::Env::start_with_callbacks`] points the simulator at the
+//! polling; [`process::Env::start_with_callbacks`] points the simulator at the
 //! controller's `--callback-addr` for the callback tests.
 #![cfg(unix)]
 
-#[path = "e2e/harness.rs"]
-mod harness;
 #[path = "e2e/soak.rs"]
 mod soak;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use harness::{
-    APP, Env, RESYNC, SLOW_FACTS, Scenario, annotation, condition, is_ready, link_id,
-    sim_links_named, wait_for,
-};
 use kube::api::DeleteParams;
 use reqwest::Method;
 use serde_json::{Value, json};
+use support::process::{
+    self, APP, Env, RESYNC, SLOW_FACTS, Scenario, annotation, condition, is_ready, link_id,
+};
+use support::{sim_links_named, wait_for};
 use wecom_acq::api::{CREATE_PENDING_ANNOTATION, LINK_ID_ANNOTATION};
 use wecom_acq::leader::CALLBACK_LEADER_LABEL;
 
@@ -68,7 +67,7 @@ fn numbers(value: &Value) -> Vec<u64> {
 
 /// Starts everything with the examples applied and both links Ready; `controller_flags`
 /// are added to `wecom-acq run`.
-async fn ready_world(ns: &str, controller_flags: &[&str]) -> (Env, harness::ControllerProcess) {
+async fn ready_world(ns: &str, controller_flags: &[&str]) -> (Env, process::ControllerProcess) {
     let env = Env::start(ns).await;
     let controller = env.spawn_controller(controller_flags);
     env.apply_examples().await;
@@ -167,12 +166,13 @@ async fn create_makes_ready_links_with_urls_counts_and_quota() {
 
     // Customers join through a channel: counted per channel on the customers cadence,
     // and the app's quota (A8) goes down, seen in the link's printer column.
-    env.sim_call(
-        Method::POST,
-        &format!("/_sim/links/{sales_id}/customers"),
-        Some(json!({"count": 2, "state": "wechat-moments"})),
-    )
-    .await;
+    env.admin
+        .request(
+            Method::POST,
+            &format!("/_sim/links/{sales_id}/customers"),
+            Some(json!({"count": 2, "state": "wechat-moments"})),
+        )
+        .await;
     let counted = Instant::now();
     wait_for(
         "customers 2 (wechat-moments), new customers 2 and quota 998 on sales",
@@ -288,15 +288,16 @@ async fn console_edit_is_corrected_on_the_next_pass_with_an_event() {
     let scenario = Scenario::start("console edit (drift)");
     let id = link_id(&env.link(SALES).await).unwrap();
 
-    env.sim_call(
-        Method::PATCH,
-        &format!("/_sim/links/{id}"),
-        Some(
-            json!({"link_name": "renamed in console", "skip_verify": false,
+    env.admin
+        .request(
+            Method::PATCH,
+            &format!("/_sim/links/{id}"),
+            Some(
+                json!({"link_name": "renamed in console", "skip_verify": false,
                     "range": {"user_list": ["wangwu"]}}),
-        ),
-    )
-    .await;
+            ),
+        )
+        .await;
     let edited = Instant::now();
     // The next pass (at most one resync later) puts the spec back with A4.
     let corrected = wait_for(
@@ -344,9 +345,11 @@ async fn console_delete_without_callbacks_is_recreated_within_one_poll() {
     let old_sales = link_id(&env.link(SALES).await).unwrap();
     let old_support = link_id(&env.link(SUPPORT).await).unwrap();
 
-    env.sim_call(Method::DELETE, &format!("/_sim/links/{old_sales}"), None)
+    env.admin
+        .request(Method::DELETE, &format!("/_sim/links/{old_sales}"), None)
         .await;
-    env.sim_call(Method::DELETE, &format!("/_sim/links/{old_support}"), None)
+    env.admin
+        .request(Method::DELETE, &format!("/_sim/links/{old_support}"), None)
         .await;
     let deleted = Instant::now();
 
@@ -412,7 +415,8 @@ async fn console_delete_with_callbacks_is_recreated_within_seconds() {
     let old_sales = link_id(&env.link(SALES).await).unwrap();
     let creates_before = env.sim_calls("create_link").await;
 
-    env.sim_call(Method::DELETE, &format!("/_sim/links/{old_sales}"), None)
+    env.admin
+        .request(Method::DELETE, &format!("/_sim/links/{old_sales}"), None)
         .await;
     let deleted = Instant::now();
     let links = env.links();
@@ -506,12 +510,9 @@ async fn deleting_the_object_deletes_or_orphans_the_remote_link() {
 /// marker and its A3 is in flight.
 async fn create_in_flight(env: &Env) {
     env.apply_app().await;
-    env.sim_call(
-        Method::POST,
-        "/_sim/faults",
-        Some(json!({"api": "create_link", "latency_ms": 1500, "times": 1})),
-    )
-    .await;
+    env.admin
+        .fault(json!({"api": "create_link", "latency_ms": 1500, "times": 1}))
+        .await;
     env.apply_link("link-sales.yaml").await;
     let links = env.links();
     wait_for(
@@ -656,7 +657,7 @@ async fn api_outage_backs_off_and_converges_after() {
     let scenario = Scenario::start("API answers 500 (12 s)");
     let old_id = link_id(&env.link(SALES).await).unwrap();
     let faults = env.kube.faults();
-    env.sim_call(Method::DELETE, "/_sim/calls", None).await;
+    env.admin.request(Method::DELETE, "/_sim/calls", None).await;
 
     // Every request answers 500, and the open watches are cut so the controller must
     // re-list through the outage.
@@ -665,7 +666,8 @@ async fn api_outage_backs_off_and_converges_after() {
     let outage_started = Instant::now();
     // Meanwhile the link is deleted in the console: the controller sees it by polling
     // WeCom but cannot write the create-pending marker, so it must not create anything.
-    env.sim_call(Method::DELETE, &format!("/_sim/links/{old_id}"), None)
+    env.admin
+        .request(Method::DELETE, &format!("/_sim/links/{old_id}"), None)
         .await;
     let links = env.links();
     // Our own writes fail too until the outage ends; retrying is how we see it end.
@@ -728,12 +730,9 @@ async fn sigterm_shuts_down_gracefully_with_exit_code_zero() {
     let scenario = Scenario::start("SIGTERM");
     // Catch a pass in the middle of a WeCom call: the next A2 is held for 1.5 s.
     let before = env.sim_calls("get").await;
-    env.sim_call(
-        Method::POST,
-        "/_sim/faults",
-        Some(json!({"api": "get", "latency_ms": 1500, "times": 1})),
-    )
-    .await;
+    env.admin
+        .fault(json!({"api": "get", "latency_ms": 1500, "times": 1}))
+        .await;
     wait_for("an A2 in flight", CONVERGE, || async {
         let calls = env.sim_calls("get").await;
         if calls > before {
@@ -856,7 +855,7 @@ async fn leader_election_standby_answers_probes_and_takes_over() {
         json!({"app": "wecom-acq", CALLBACK_LEADER_LABEL: "true"}),
     )
     .await;
-    let standby_ports = harness::Ports::free();
+    let standby_ports = process::Ports::free();
     let mut standby = env.spawn_controller_on(standby_ports, &flags);
     wait_probes_ok(&env, standby_ports.metrics).await;
     assert_eq!(callback_leader_label(&env, &standby_pod).await, None);
@@ -898,7 +897,7 @@ async fn leader_election_standby_answers_probes_and_takes_over() {
 
     // A replica still waiting for the Lease stops cleanly on SIGTERM.
     let waiting_pod = create_next_pod(&env, json!({"app": "wecom-acq"})).await;
-    let waiting_ports = harness::Ports::free();
+    let waiting_ports = process::Ports::free();
     let mut waiting = env.spawn_controller_on(waiting_ports, &flags);
     wait_probes_ok(&env, waiting_ports.metrics).await;
     waiting.sigterm();

@@ -40,10 +40,9 @@ pub type Response = http::Response<Full<Bytes>>;
 /// Largest body accepted: WeCom's callbacks are well under 2 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
 /// Default window for the `timestamp` of a callback (`--callback-max-skew`).
-pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(300);
-/// Default for how long a request body may take to arrive (`--callback-body-timeout`): a
-/// callback's 2 KiB arrive in one packet.
-pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_SKEW: Duration = crate::defaults::CALLBACK_MAX_SKEW.value;
+/// Default for how long a request body may take to arrive (`--callback-body-timeout`).
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = crate::defaults::CALLBACK_BODY_TIMEOUT.value;
 /// Most keys one replay generation holds (about 50 MB for both generations at most).
 pub const DEFAULT_REPLAY_CAPACITY: usize = 1_000_000;
 

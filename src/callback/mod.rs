@@ -32,7 +32,7 @@ pub use crate::http_server::{
     ConnectionLimits, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, serve_http1,
 };
 
-use crate::{controller::Triggers, reconcile::context::Context};
+use crate::reconcile::{context::Context, triggers::Triggers};
 
 /// Events accepted but not yet handled; beyond this the endpoint answers 503.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;

@@ -15,8 +15,12 @@ use kube::{
 
 use super::{
     app_usage::{links_using, waiting_message},
-    conditions::{self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, READY, THROTTLED, reason},
+    conditions::{
+        self, EXPIRY_WARNING_DAYS, LOW_BALANCE, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW,
+        READY, THROTTLED, reason,
+    },
     context::Context,
+    events::publish_transitions,
     link::{Error, finalizer_outcome},
     pacing, status_apply,
 };
@@ -31,11 +35,6 @@ use crate::{
     },
 };
 use kube::runtime::reflector::ObjectRef;
-
-/// Balance under which `QuotaLow` is set (WeCom's balance_low threshold).
-pub const LOW_BALANCE: u64 = 20;
-/// A batch expiring within this many days sets `QuotaExpiringSoon` (WeCom warns from 14).
-pub const EXPIRY_WARNING_DAYS: i64 = 14;
 
 /// The longest wait between two checks of an app that fails for an app-level reason.
 pub const APP_RECHECK_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -605,80 +604,6 @@ async fn traffic(
                 .saturating_sub(last.taken_at.elapsed())
                 .max(std::time::Duration::from_secs(1)),
         );
-    }
-}
-
-/// Events for quota transitions (QuotaLow, QuotaExhausted, QuotaRestored, QuotaExpiringSoon).
-pub async fn publish_transitions(
-    ctx: &Context,
-    app: &WeComApp,
-    old: &WeComAppStatus,
-    new: &WeComAppStatus,
-) {
-    let flipped_on = |type_: &str| {
-        conditions::is_true(&new.conditions, type_) && !conditions::is_true(&old.conditions, type_)
-    };
-    let message = |type_: &str| {
-        conditions::find(&new.conditions, type_)
-            .map(|c| c.message.clone())
-            .unwrap_or_default()
-    };
-    if flipped_on(QUOTA_EXHAUSTED) {
-        ctx.publish(
-            app,
-            EventType::Warning,
-            "QuotaExhausted",
-            "QuotaCheck",
-            message(QUOTA_EXHAUSTED),
-        )
-        .await;
-    } else if flipped_on(QUOTA_LOW) {
-        ctx.publish(
-            app,
-            EventType::Warning,
-            "QuotaLow",
-            "QuotaCheck",
-            message(QUOTA_LOW),
-        )
-        .await;
-    }
-    if conditions::is_true(&old.conditions, QUOTA_EXHAUSTED)
-        && !conditions::is_true(&new.conditions, QUOTA_EXHAUSTED)
-    {
-        ctx.publish(
-            app,
-            EventType::Normal,
-            "QuotaRestored",
-            "QuotaCheck",
-            message(QUOTA_EXHAUSTED),
-        )
-        .await;
-    }
-    if flipped_on(QUOTA_EXPIRING_SOON) {
-        ctx.publish(
-            app,
-            EventType::Warning,
-            "QuotaExpiringSoon",
-            "QuotaCheck",
-            message(QUOTA_EXPIRING_SOON),
-        )
-        .await;
-    }
-    let ready = |s: &WeComAppStatus| {
-        conditions::find(&s.conditions, READY).map(|c| (c.status.clone(), c.reason.clone()))
-    };
-    if ready(new) != ready(old)
-        && let Some(c) = conditions::find(&new.conditions, READY)
-        && c.status == "False"
-    {
-        ctx.publish(
-            app,
-            EventType::Warning,
-            &c.reason,
-            "CredentialsCheck",
-            c.message.clone(),
-        )
-        .await;
     }
 }
 

@@ -12,6 +12,11 @@ pub const QUOTA_EXPIRING_SOON: &str = "QuotaExpiringSoon";
 /// WeCom's rate limit closed one of the corp's APIs (45009, 45033).
 pub const THROTTLED: &str = "Throttled";
 
+/// Balance under which `QuotaLow` is set (WeCom's balance_low threshold).
+pub const LOW_BALANCE: u64 = 20;
+/// A batch expiring within this many days sets `QuotaExpiringSoon` (WeCom warns from 14).
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
 /// Reasons, shared with the ArgoCD health script and the docs.
 pub mod reason {
     /// Throttled=True: WeCom answered 45009 or 45033.

@@ -19,6 +19,7 @@ use kube::{
 
 use crate::{
     api::{AcquisitionLink, SecretKeyRef, WeComApp},
+    defaults,
     metrics::Metrics,
     wecom::{
         AllowedApiHosts,
@@ -28,13 +29,13 @@ use crate::{
     },
 };
 
-/// The WeCom API base URL when a WeComApp does not name one (the client's default).
-pub use crate::wecom::client::DEFAULT_BASE_URL as DEFAULT_API_BASE_URL;
-/// Request budget when a WeComApp does not set one: well under WeCom's 10,000/minute.
-pub use crate::wecom::client::DEFAULT_REQUESTS_PER_MINUTE;
 /// The limit of one WeCom request. An A3 that was interrupted may have been acted on up to
 /// this long after its create-pending marker was written.
-pub const WECOM_REQUEST_TIMEOUT: Duration = crate::wecom::client::DEFAULT_REQUEST_TIMEOUT;
+pub use crate::defaults::REQUEST_TIMEOUT as WECOM_REQUEST_TIMEOUT;
+/// Request budget when a WeComApp does not set one: well under WeCom's 10,000/minute.
+pub use crate::defaults::REQUESTS_PER_MINUTE as DEFAULT_REQUESTS_PER_MINUTE;
+/// The WeCom API base URL when a WeComApp does not name one (the client's default).
+pub use crate::defaults::WECOM_API_BASE_URL as DEFAULT_API_BASE_URL;
 
 /// How often slow-changing facts are refreshed.
 #[derive(Debug, Clone)]
@@ -58,12 +59,12 @@ pub struct Cadence {
 impl Default for Cadence {
     fn default() -> Self {
         Cadence {
-            resync: Duration::from_secs(300),
-            customers: Duration::from_secs(1800),
-            statistics: Duration::from_secs(3600),
-            quota: Duration::from_secs(600),
-            create_grace: Duration::from_secs(5),
-            statistics_days: 30,
+            resync: defaults::RESYNC_INTERVAL.value,
+            customers: defaults::CUSTOMERS_INTERVAL.value,
+            statistics: defaults::STATISTICS_INTERVAL.value,
+            quota: defaults::QUOTA_INTERVAL.value,
+            create_grace: defaults::CREATE_GRACE,
+            statistics_days: defaults::STATISTICS_DAYS,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// WeCom's official API host: the default, and the only host WeCom itself uses.
-pub const OFFICIAL_API_HOST: &str = "qyapi.weixin.qq.com";
+pub use crate::defaults::WECOM_API_HOST as OFFICIAL_API_HOST;
 
 /// One `host` or `host:port` rule.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -39,12 +39,11 @@ use super::types::{
     RemoteLink, StatisticRequest, StatisticResponse, TokenResponse, UpdateLinkRequest,
 };
 
-/// WeCom's public API endpoint.
-pub const DEFAULT_BASE_URL: &str = "https://qyapi.weixin.qq.com";
-/// Well under the published 10,000 calls per minute and corp, leaving room for other
-/// systems of the same corp.
-pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 600;
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The client's defaults, from [`crate::defaults`].
+pub use crate::defaults::{
+    REQUEST_TIMEOUT as DEFAULT_REQUEST_TIMEOUT, REQUESTS_PER_MINUTE as DEFAULT_REQUESTS_PER_MINUTE,
+    WECOM_API_BASE_URL as DEFAULT_BASE_URL,
+};
 /// A1 page size: WeCom's maximum.
 pub const LIST_LINK_PAGE_LIMIT: u32 = 100;
 /// A6 page size: WeCom's maximum.

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use wecom_acq::api::{AcquisitionLink, AcquisitionLinkSpec, DeletionPolicy};
 
-use super::harness::{APP, ControllerProcess, Env, is_ready, link_id};
+use crate::support::process::{APP, ControllerProcess, Env, is_ready, link_id};
 
 /// Members of the simulator's org chart the soak puts in ranges.
 const USERS: [&str; 5] = ["zhangsan", "lisi", "wangwu", "zhaoliu", "sunqi"];
@@ -271,12 +271,13 @@ pub async fn run(env: &Env, trials: usize, seed: u64, extra_flags: &[&str]) -> S
     let mut model = Model::default();
     env.apply_app().await;
     // Slow mutating calls widen the windows a kill can fall into.
-    env.sim_call(
-        reqwest::Method::POST,
-        "/_sim/faults",
-        Some(json!({"api": "create_link", "latency_ms": 40})),
-    )
-    .await;
+    env.admin
+        .request(
+            reqwest::Method::POST,
+            "/_sim/faults",
+            Some(json!({"api": "create_link", "latency_ms": 40})),
+        )
+        .await;
     let mut controller: ControllerProcess = env.spawn_controller(extra_flags);
     for trial in 0..trials {
         mutate(env, &mut model, &mut rng, trial).await;

@@ -1,13 +1,28 @@
-//! Shared test harness: a WeCom simulator, the kubesim Kubernetes API emulator with this
-//! project's CRDs, and (optionally) the controllers running in-process against both, plus
-//! helpers to apply Secrets, WeComApps and AcquisitionLinks, read the simulator's admin API,
-//! wait for a state with a timeout (polling, never sleeping for timing) and list Events.
+//! The test harness: a WeCom simulator, the kubesim Kubernetes API emulator with this
+//! project's CRDs, and the controllers against both, in one of two modes:
 //!
-//! Each test builds its own [`Env`], so tests run in parallel without sharing state.
+//! - in-process ([`Env`], this module): `controller::start_with` in the test's runtime,
+//!   optionally with the callback endpoint ([`Env::with_callbacks`]);
+//! - subprocess ([`process::Env`]): the real `wecom-acq run` binary, for the end-to-end
+//!   tests.
+//!
+//! Both wait with [`wait_for`]/[`wait_until`] (polling, never sleeping for timing) and read
+//! the simulator through one [`SimAdmin`]. Each test builds its own environment, so tests
+//! run in parallel without sharing state.
 #![allow(dead_code)]
 
+#[cfg(unix)]
+pub mod process;
+pub mod sim_admin;
+pub mod wait;
+
+// Not every test crate uses every helper.
+#[allow(unused_imports)]
+pub use sim_admin::{SimAdmin, sim_links_named};
+#[allow(unused_imports)]
+pub use wait::{POLL, WAIT, wait_for, wait_until};
+
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +33,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use wecom_acq::api::{
     AcquisitionLink, AcquisitionLinkSpec, AppRef, LinkRangeSpec, RECONCILE_REQUESTED_ANNOTATION,
@@ -33,10 +48,6 @@ use wecom_acq::wecom::AllowedApiHosts;
 
 /// The namespace every helper works in.
 pub const NS: &str = "default";
-/// How long a wait lasts before the test fails.
-pub const WAIT: Duration = Duration::from_secs(30);
-/// How often a wait polls.
-pub const POLL: Duration = Duration::from_millis(50);
 /// The key of the app secret in the Secrets the helpers make.
 pub const SECRET_KEY: &str = "secret";
 
@@ -82,25 +93,6 @@ pub fn init_tracing() {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-    }
-}
-
-/// Polls `check` every [`POLL`] until it yields a value; panics naming `what` after `WAIT`.
-pub async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -154,6 +146,14 @@ pub struct ControllerRun {
     pub running: Running,
     pub metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
+    /// The callback endpoint serving with these controllers, if the Env has one.
+    callbacks: Option<ServedCallbacks>,
+}
+
+/// The callback endpoint (`callback::serve_on`) of a running controller.
+struct ServedCallbacks {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl ControllerRun {
@@ -180,8 +180,18 @@ pub struct Env {
     pub sim: SimHandle,
     pub kube: KubeSimHandle,
     pub client: Client,
-    http: reqwest::Client,
+    /// The simulator's admin API.
+    pub admin: SimAdmin,
     controller: Option<ControllerRun>,
+    /// The callback port, bound before the simulator starts (it needs the URL); served
+    /// once the controllers start.
+    callback_port: Option<CallbackPort>,
+}
+
+struct CallbackPort {
+    /// `http://ADDR/callback`
+    base: String,
+    listener: Option<tokio::net::TcpListener>,
 }
 
 impl Env {
@@ -198,13 +208,52 @@ impl Env {
         let kube = kubesim::spawn(addr).await.expect("start kubesim");
         kube.install_crds().await.expect("install the CRDs");
         let client = kube.client().await;
+        let admin = SimAdmin::new(sim.base_url(), reqwest::Client::new());
         Env {
             sim,
             kube,
             client,
-            http: reqwest::Client::new(),
+            admin,
             controller: None,
+            callback_port: None,
         }
+    }
+
+    /// Like [`Env::with_sim_config`], with a callback endpoint on a loopback port that the
+    /// simulator pushes the callbacks of app `app` in [`NS`] to, signed with `token` and
+    /// `aes_key`. The endpoint serves once the controllers start.
+    pub async fn with_callbacks(app: &str, token: &str, aes_key: &str) -> Env {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the callback port");
+        let base = format!(
+            "http://{}/callback",
+            listener.local_addr().expect("callback port address")
+        );
+        let mut env = Self::with_sim_config(SimConfig {
+            callback: Some(sim::SimCallback {
+                url: format!("{base}/{NS}/{app}"),
+                token: token.into(),
+                aes_key: aes_key.into(),
+                third_party_suite_id: None,
+            }),
+            ..SimConfig::default()
+        })
+        .await;
+        env.callback_port = Some(CallbackPort {
+            base,
+            listener: Some(listener),
+        });
+        env
+    }
+
+    /// `http://ADDR/callback` of the callback endpoint ([`Env::with_callbacks`]).
+    pub fn callback_base(&self) -> &str {
+        &self
+            .callback_port
+            .as_ref()
+            .expect("an Env with callbacks")
+            .base
     }
 
     /// Simulator, emulator and the controllers with `cadence`.
@@ -262,6 +311,21 @@ impl Env {
                 let _ = stopped.await;
             },
         );
+        let callbacks = self
+            .callback_port
+            .as_mut()
+            .and_then(|port| port.listener.take())
+            .map(|listener| {
+                let (stop, stopped) = watch::channel(false);
+                let task = wecom_acq::callback::serve_on(
+                    listener,
+                    running.context.clone(),
+                    running.triggers.clone(),
+                    wecom_acq::callback::CallbackSettings::default(),
+                    stopped,
+                );
+                ServedCallbacks { stop, task }
+            });
         let mut ready = running.ready.clone();
         tokio::time::timeout(WAIT, ready.wait_for(|r| *r))
             .await
@@ -271,6 +335,7 @@ impl Env {
             running,
             metrics,
             stop: Some(stop),
+            callbacks,
         });
     }
 
@@ -281,6 +346,10 @@ impl Env {
         };
         if let Some(stop) = run.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(callbacks) = run.callbacks.take() {
+            let _ = callbacks.stop.send(true);
+            let _ = tokio::time::timeout(WAIT, callbacks.task).await;
         }
         tokio::time::timeout(WAIT, &mut run.running.task)
             .await
@@ -469,22 +538,23 @@ impl Env {
             + std::fmt::Debug,
     {
         let api: Api<K> = Api::namespaced(self.client.clone(), NS);
-        let mut last = None;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(Some(obj)) = api.get_opt(name).await {
+        let check = &check;
+        let api = &api;
+        let what = format!("{} {name}: {what}", K::kind(&()));
+        let last = std::sync::Mutex::new(None);
+        let last = &last;
+        wait_for(&what, WAIT, || async move {
+            let got = api.get_opt(name).await;
+            let mut last = last.lock().expect("last seen lock");
+            if let Ok(Some(obj)) = got {
                 if check(&obj) {
-                    return obj;
+                    return Ok(obj);
                 }
-                last = Some(obj);
+                *last = Some(obj);
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {WAIT:?} waiting for {} {name}: {what}; last seen: {last:#?}",
-                K::kind(&())
-            );
-            tokio::time::sleep(POLL).await;
-        }
+            Err(format!("{:#?}", *last))
+        })
+        .await
     }
 
     /// Waits until link `name` has condition `type_` with `status` and `reason`.
@@ -549,6 +619,38 @@ impl Env {
         app
     }
 
+    /// Waits until the controller's cache holds link `name` as the API does, so a reconcile
+    /// triggered now starts from its latest state (a pass on a stale copy gets a 409 on its
+    /// first guarded write and retries a second later).
+    pub async fn wait_link_cached(&self, name: &str) {
+        let run = self.controller();
+        wait_until(
+            &format!("the controller's cache of {name} up to date"),
+            || async {
+                let latest = self.links().get(name).await.ok()?;
+                let cached = run
+                    .running
+                    .context
+                    .link_store
+                    .get(&ObjectRef::new(name).within(NS))?;
+                (cached.metadata.resource_version == latest.metadata.resource_version).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// `wecom_acq_callbacks_total{result}` of the running controller.
+    pub fn callbacks_counted(&self, result: &str) -> u64 {
+        let needle = format!("wecom_acq_callbacks_total{{result=\"{result}\"}} ");
+        self.controller()
+            .metrics
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(&needle))
+            .map(|n| n.trim().parse().expect("a counter value"))
+            .unwrap_or(0)
+    }
+
     /// Waits until link `name` no longer exists.
     pub async fn wait_link_gone(&self, name: &str) {
         let api = self.links();
@@ -605,7 +707,7 @@ impl Env {
         .await
     }
 
-    // ---- the simulator's admin API ----------------------------------------------------------
+    // ---- the simulator's admin API ([`SimAdmin`]) ------------------------------------------
 
     /// Calls the simulator's admin API and returns the JSON answer; panics on a non-2xx.
     pub async fn sim_request(
@@ -614,83 +716,47 @@ impl Env {
         path: &str,
         body: Option<Value>,
     ) -> Value {
-        let url = format!("{}{path}", self.sim.base_url());
-        let mut request = self.http.request(method.clone(), &url);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("reach the simulator");
-        let status = response.status();
-        let value: Value = response.json().await.unwrap_or(Value::Null);
-        assert!(
-            status.is_success(),
-            "{method} {path} answered {status}: {value}"
-        );
-        value
+        self.admin.request(method, path, body).await
     }
 
     /// `GET /_sim/calls`: calls per API name plus `total`.
     pub async fn sim_calls(&self) -> Value {
-        self.sim_request(reqwest::Method::GET, "/_sim/calls", None)
-            .await
+        self.admin.calls().await
     }
 
     /// Calls of one API (`create_link`, `get`, ...) so far.
     pub async fn sim_call_count(&self, api: &str) -> u64 {
-        self.sim_calls().await[api].as_u64().unwrap_or(0)
+        self.admin.call_count(api).await
     }
 
     /// A3 + A4 + A5 calls so far.
     pub async fn mutating_calls(&self) -> u64 {
-        let calls = self.sim_calls().await;
-        ["create_link", "update_link", "delete_link"]
-            .iter()
-            .map(|api| calls[*api].as_u64().unwrap_or(0))
-            .sum()
+        self.admin.mutating_calls().await
     }
 
     /// `GET /_sim/state`.
     pub async fn sim_state(&self) -> Value {
-        self.sim_request(reqwest::Method::GET, "/_sim/state", None)
-            .await
+        self.admin.state().await
     }
 
     /// The links the simulator holds (`link_id`, `link_name`, `url`, `range`, ...).
     pub async fn sim_links(&self) -> Vec<Value> {
-        self.sim_state().await["links"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        self.admin.links().await
     }
 
     /// One link of the simulator by id.
     pub async fn sim_link(&self, link_id: &str) -> Option<Value> {
-        self.sim_links()
-            .await
-            .into_iter()
-            .find(|l| l["link_id"] == link_id)
+        self.admin.link(link_id).await
     }
 
     /// `POST /_sim/faults` with `spec`.
     pub async fn sim_fault(&self, spec: Value) {
-        self.sim_request(reqwest::Method::POST, "/_sim/faults", Some(spec))
-            .await;
+        self.admin.fault(spec).await
     }
 
     /// `PUT /_sim/quota` with one batch of `balance` expiring in a year.
     pub async fn sim_set_quota(&self, balance: u64) {
-        let now = self.sim_state().await["now"].as_i64().unwrap_or_default();
-        let batches = if balance == 0 {
-            json!([])
-        } else {
-            json!([{ "balance": balance, "expire_date": now + 365 * 86_400 }])
-        };
-        self.sim_request(
-            reqwest::Method::PUT,
-            "/_sim/quota",
-            Some(json!({ "batches": batches })),
-        )
-        .await;
+        self.admin.set_quota(balance).await
     }
 
     /// A WeCom client of the simulator's corp, for a test that acts as a person using
@@ -708,6 +774,10 @@ impl Drop for Env {
         if let Some(run) = self.controller.as_mut() {
             if let Some(stop) = run.stop.take() {
                 let _ = stop.send(());
+            }
+            if let Some(callbacks) = run.callbacks.take() {
+                let _ = callbacks.stop.send(true);
+                callbacks.task.abort();
             }
             run.running.task.abort();
         }

@@ -1,13 +1,12 @@
-//! The end-to-end harness: a WeCom simulator and a Kubernetes API emulator in-process, the
-//! real `wecom-acq run` binary as a subprocess pointed at both, the `examples/` YAML, and
-//! polling waits on what the controller writes.
+//! The harness's subprocess mode: a WeCom simulator and a Kubernetes API emulator
+//! in-process, the real `wecom-acq run` binary as a subprocess pointed at both, the
+//! `examples/` YAML, and polling waits on what the controller writes.
 //!
-//! Nothing here waits a fixed time: every wait polls a condition (every 50 ms) until a
+//! Nothing here waits a fixed time: every wait polls a condition ([`wait_for`]) until a
 //! deadline and fails with the last thing it saw. A controller process is killed when its
 //! guard is dropped, and the logs of every controller a test started are printed when the
 //! test fails.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -25,12 +24,12 @@ use wecom_acq::api::{AcquisitionLink, WeComApp};
 use wecom_acq::kubesim::{self, KubeSimHandle};
 use wecom_acq::sim::{self, SimCallback, SimConfig, SimHandle};
 
+use super::{POLL, SimAdmin, wait_for};
+
 /// How often the controller under test observes each link (`--resync-interval`).
 pub const RESYNC: Duration = Duration::from_secs(2);
 /// `--customers-interval`, `--statistics-interval` and `--quota-interval`.
 pub const SLOW_FACTS: Duration = Duration::from_secs(5);
-/// Poll period of every wait.
-const POLL: Duration = Duration::from_millis(50);
 
 /// The name of the WeComApp in `examples/wecomapp.yaml`.
 pub const APP: &str = "wecom";
@@ -127,26 +126,6 @@ impl Drop for Scenario {
     }
 }
 
-/// Polls `check` every 50 ms until it returns `Ok`, or panics after `timeout` with what
-/// it was waiting for and the last observation (`Err` carries it).
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match check().await {
-            Ok(value) => return value,
-            Err(last) => last,
-        };
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// One test's world: simulator, emulator, namespace, a scratch directory for the
 /// kubeconfig and the controller logs.
 pub struct Env {
@@ -156,6 +135,8 @@ pub struct Env {
     pub client: Client,
     pub ports: Ports,
     pub http: reqwest::Client,
+    /// The simulator's admin API.
+    pub admin: SimAdmin,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
     logs: Mutex<Vec<PathBuf>>,
@@ -208,16 +189,19 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         kube.write_kubeconfig(&kubeconfig).unwrap();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let admin = SimAdmin::new(sim.base_url(), http.clone());
         Env {
             ns: ns.to_string(),
             sim,
             kube,
             client,
             ports,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
+            http,
+            admin,
             dir,
             kubeconfig,
             logs: Mutex::new(Vec::new()),
@@ -408,38 +392,17 @@ impl Env {
 
     /// `GET /_sim/state` of the simulator.
     pub async fn sim_state(&self) -> Value {
-        self.sim_call(reqwest::Method::GET, "/_sim/state", None)
-            .await
-    }
-
-    /// Calls the simulator's admin API and returns the JSON answer; a non-2xx answer fails
-    /// the test.
-    pub async fn sim_call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Value {
-        let url = format!("{}{path}", self.sim.base_url());
-        let mut request = self.http.request(method.clone(), &url);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        assert!(status.is_success(), "{method} {path}: {status} {text}");
-        serde_json::from_str(&text).unwrap_or(Value::Null)
+        self.admin.state().await
     }
 
     /// The simulator's links with this link_name.
     pub async fn sim_links_named(&self, link_name: &str) -> Vec<Value> {
-        sim_links_named(&self.sim_state().await, link_name)
+        self.admin.links_named(link_name).await
     }
 
     /// How many calls of one API the simulator has answered (`create_link`, ...).
     pub async fn sim_calls(&self, api: &str) -> u64 {
-        self.sim_state().await["calls"][api].as_u64().unwrap_or(0)
+        self.admin.call_count(api).await
     }
 
     /// GET on the controller's health/metrics listener: (status, body), or an error text.
@@ -496,20 +459,6 @@ impl Drop for Env {
 #[allow(dead_code, reason = "for the callback tests")]
 fn callback_url(ports: &Ports, ns: &str, app: &str) -> String {
     format!("http://{}/callback/{ns}/{app}", ports.callback)
-}
-
-/// The simulator's links with this link_name, from a `/_sim/state` dump.
-pub fn sim_links_named(state: &Value, link_name: &str) -> Vec<Value> {
-    state["links"]
-        .as_array()
-        .map(|links| {
-            links
-                .iter()
-                .filter(|l| l["link_name"] == link_name)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 pub fn condition<'a>(link: &'a AcquisitionLink, type_: &str) -> Option<&'a Condition> {
