@@ -16,9 +16,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use wecom_acq::api::{
-    AcquisitionLink, AcquisitionLinkSpec, AcquisitionLinkStatus, AppRef, LinkRangeSpec,
-};
+use wecom_acq::api::{AcquisitionLink, AcquisitionLinkSpec, AcquisitionLinkStatus};
 use wecom_acq::kubesim::{self, KubeSim, KubeSimHandle};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -37,22 +35,7 @@ async fn start_with(builder: KubeSim) -> (KubeSimHandle, Client) {
 fn link(name: &str, link_name: &str) -> AcquisitionLink {
     AcquisitionLink::new(
         name,
-        AcquisitionLinkSpec {
-            app_ref: AppRef { name: "app".into() },
-            link_name: link_name.into(),
-            range: LinkRangeSpec {
-                user_list: vec!["zhangsan".into()],
-                department_list: vec![],
-            },
-            skip_verify: true,
-            priority_option: None,
-            mark_source: None,
-            channels: vec![],
-            deletion_policy: Default::default(),
-            on_remote_delete: Default::default(),
-            management_policy: Default::default(),
-            link_id: None,
-        },
+        AcquisitionLinkSpec::new("app", link_name, vec!["zhangsan".into()]),
     )
 }
 

@@ -112,6 +112,28 @@ pub struct AcquisitionLinkSpec {
     pub management_policy: ManagementPolicy,
 }
 
+impl AcquisitionLinkSpec {
+    /// A spec with the defaults of everything but the app, the name and the members.
+    pub fn new(app: &str, link_name: &str, users: Vec<String>) -> Self {
+        AcquisitionLinkSpec {
+            app_ref: AppRef { name: app.into() },
+            link_name: link_name.into(),
+            range: LinkRangeSpec {
+                user_list: users,
+                department_list: vec![],
+            },
+            skip_verify: true,
+            priority_option: None,
+            mark_source: None,
+            channels: vec![],
+            deletion_policy: Default::default(),
+            on_remote_delete: Default::default(),
+            management_policy: Default::default(),
+            link_id: None,
+        }
+    }
+}
+
 /// Whether the controller may write the WeCom link or only read it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum ManagementPolicy {

@@ -347,25 +347,13 @@ pub fn retry_delay(failures: u32, jitter: f64) -> std::time::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AppRef, LinkRangeSpec, PriorityOptionSpec};
+    use crate::api::{LinkRangeSpec, PriorityOptionSpec};
 
     fn spec() -> AcquisitionLinkSpec {
-        AcquisitionLinkSpec {
-            app_ref: AppRef { name: "app".into() },
-            link_name: "Sales".into(),
-            range: LinkRangeSpec {
-                user_list: vec!["lisi".into(), "zhangsan".into()],
-                department_list: vec![2],
-            },
-            skip_verify: true,
-            priority_option: None,
-            mark_source: None,
-            channels: vec![],
-            deletion_policy: Default::default(),
-            on_remote_delete: Default::default(),
-            management_policy: Default::default(),
-            link_id: None,
-        }
+        let mut spec =
+            AcquisitionLinkSpec::new("app", "Sales", vec!["lisi".into(), "zhangsan".into()]);
+        spec.range.department_list = vec![2];
+        spec
     }
 
     fn remote_matching(desired: &DesiredLink) -> RemoteLink {

@@ -36,8 +36,8 @@ use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 
 use wecom_acq::api::{
-    AcquisitionLink, AcquisitionLinkSpec, AppRef, LinkRangeSpec, RECONCILE_REQUESTED_ANNOTATION,
-    SecretKeyRef, WeComApp, WeComAppSpec,
+    AcquisitionLink, AcquisitionLinkSpec, RECONCILE_REQUESTED_ANNOTATION, SecretKeyRef, WeComApp,
+    WeComAppSpec,
 };
 use wecom_acq::controller::{self, Running};
 use wecom_acq::kubesim::{self, FaultControl, KubeSimHandle};
@@ -123,22 +123,11 @@ pub fn app_condition(app: &WeComApp, type_: &str) -> Option<(String, String, Str
 
 /// An AcquisitionLink spec with the defaults of the CRD.
 pub fn link_spec(app: &str, link_name: &str, users: &[&str]) -> AcquisitionLinkSpec {
-    AcquisitionLinkSpec {
-        app_ref: AppRef { name: app.into() },
-        link_name: link_name.into(),
-        range: LinkRangeSpec {
-            user_list: users.iter().map(|u| u.to_string()).collect(),
-            department_list: vec![],
-        },
-        skip_verify: true,
-        priority_option: None,
-        mark_source: None,
-        channels: vec![],
-        deletion_policy: Default::default(),
-        on_remote_delete: Default::default(),
-        management_policy: Default::default(),
-        link_id: None,
-    }
+    AcquisitionLinkSpec::new(
+        app,
+        link_name,
+        users.iter().map(|u| u.to_string()).collect(),
+    )
 }
 
 /// The controllers of one `controller::start`, and the way to stop them.

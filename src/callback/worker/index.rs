@@ -102,7 +102,7 @@ impl LinkIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AcquisitionLinkSpec, AcquisitionLinkStatus, AppRef, LinkRangeSpec};
+    use crate::api::{AcquisitionLinkSpec, AcquisitionLinkStatus};
 
     fn link(
         name: &str,
@@ -112,22 +112,7 @@ mod tests {
     ) -> Arc<AcquisitionLink> {
         let mut link = AcquisitionLink::new(
             name,
-            AcquisitionLinkSpec {
-                app_ref: AppRef { name: app.into() },
-                link_name: name.into(),
-                range: LinkRangeSpec {
-                    user_list: vec!["zhangsan".into()],
-                    department_list: vec![],
-                },
-                skip_verify: true,
-                priority_option: None,
-                mark_source: None,
-                channels: vec![],
-                deletion_policy: Default::default(),
-                on_remote_delete: Default::default(),
-                management_policy: Default::default(),
-                link_id: None,
-            },
+            AcquisitionLinkSpec::new(app, name, vec!["zhangsan".into()]),
         );
         link.metadata.namespace = Some("ns".into());
         link.status = status_id.map(|id| AcquisitionLinkStatus {
