@@ -99,6 +99,7 @@ impl World {
                 }),
                 api_base_url: Some(wecom.base_url()),
                 requests_per_minute: None,
+                suite: None,
             },
         );
         Api::<WeComApp>::namespaced(client.clone(), NS)

@@ -229,6 +229,10 @@ mod stub {
             None => {}
         }
         match api {
+            // The suite's service APIs have their own client (tests/suite.rs).
+            Api::GetSuiteToken | Api::GetPermanentCode | Api::GetCorpToken => {
+                wecom(48002, json!({}))
+            }
             Api::GetToken => {
                 if query.get("corpsecret") != Some(&stub.secret) {
                     return wecom(40001, json!({}));
