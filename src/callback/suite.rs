@@ -199,11 +199,9 @@ impl SuiteEndpoint {
             *response.status_mut() = StatusCode::OK;
             return response;
         }
-        let key = self.replays.key(&[
-            namespace.as_bytes(),
-            suite.as_bytes(),
-            plain.as_bytes(),
-        ]);
+        let key = self
+            .replays
+            .key(&[namespace.as_bytes(), suite.as_bytes(), plain.as_bytes()]);
         if !self.replays.insert_all_new(&[key]) {
             return answer(StatusCode::OK, "success");
         }
@@ -445,7 +443,10 @@ async fn apply_secret(
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
-            labels: Some(BTreeMap::from([(SUITE_LABEL.to_string(), suite.to_string())])),
+            labels: Some(BTreeMap::from([(
+                SUITE_LABEL.to_string(),
+                suite.to_string(),
+            )])),
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".into()),
@@ -499,7 +500,11 @@ async fn apply_app(
     });
     let api: Api<crate::api::WeComApp> = Api::namespaced(ctx.kube.clone(), namespace);
     if let Err(err) = api
-        .patch(name, &PatchParams::apply(SUITE_FIELD_MANAGER), &Patch::Apply(&app))
+        .patch(
+            name,
+            &PatchParams::apply(SUITE_FIELD_MANAGER),
+            &Patch::Apply(&app),
+        )
         .await
     {
         tracing::warn!(%namespace, app = name, error = %err, "could not apply the WeComApp of an authorised corp; an existing one is used as it is");
@@ -513,9 +518,11 @@ async fn wake(ctx: &Context, triggers: &Triggers, namespace: &str, app: &str) {
         .send(ObjectRef::new(app).within(namespace))
         .await;
     for link in ctx.link_store.state() {
-        if link.metadata.namespace.as_deref() == Some(namespace) && link.spec.app_ref.name == app
-        {
-            let _ = triggers.links.send(ObjectRef::from_obj(link.as_ref())).await;
+        if link.metadata.namespace.as_deref() == Some(namespace) && link.spec.app_ref.name == app {
+            let _ = triggers
+                .links
+                .send(ObjectRef::from_obj(link.as_ref()))
+                .await;
         }
     }
 }

@@ -323,7 +323,10 @@ impl AppClients {
         };
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&app.spec.corp_id, &base_url, rpm, &secret).hash(&mut hasher);
-        suite.as_ref().map(|s| Arc::as_ptr(s) as usize).hash(&mut hasher);
+        suite
+            .as_ref()
+            .map(|s| Arc::as_ptr(s) as usize)
+            .hash(&mut hasher);
         let fingerprint = hasher.finish();
         let mut clients = self.clients.lock().map_err(|_| AppError::Invalid {
             namespace: namespace.clone(),
@@ -340,18 +343,21 @@ impl AppClients {
         let token_source = suite.map(|suite| {
             Arc::new(SuiteCorpTokens(suite)) as Arc<dyn crate::wecom::CorpTokenSource>
         });
-        let client = WeComClient::with_token_source(ClientConfig {
-            base_url,
-            corp_id: app.spec.corp_id.clone(),
-            secret: Secret::new(secret),
-            requests_per_minute: rpm,
-            retry: RetryPolicy::default(),
-            request_timeout: WECOM_REQUEST_TIMEOUT,
-            observer: Some(self.metrics.clone()),
-            scheduler: Some(self.scheduler(&app.spec.corp_id)),
-            app_key: format!("{namespace}/{name}"),
-            limits: self.limits,
-        }, token_source)
+        let client = WeComClient::with_token_source(
+            ClientConfig {
+                base_url,
+                corp_id: app.spec.corp_id.clone(),
+                secret: Secret::new(secret),
+                requests_per_minute: rpm,
+                retry: RetryPolicy::default(),
+                request_timeout: WECOM_REQUEST_TIMEOUT,
+                observer: Some(self.metrics.clone()),
+                scheduler: Some(self.scheduler(&app.spec.corp_id)),
+                app_key: format!("{namespace}/{name}"),
+                limits: self.limits,
+            },
+            token_source,
+        )
         .map_err(|e| AppError::Invalid {
             namespace: namespace.clone(),
             name: name.clone(),

@@ -281,8 +281,8 @@ impl SimHandle {
             self.ticker.take(),
             self.suite_pusher.take(),
         ]
-            .into_iter()
-            .flatten()
+        .into_iter()
+        .flatten()
         {
             task.abort();
         }

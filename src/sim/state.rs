@@ -303,8 +303,8 @@ pub struct SimState {
     suite_outlet: Option<tokio::sync::mpsc::UnboundedSender<SuiteDelivery>>,
 }
 
-use crate::wecom::unix_now as real_unix_now;
 use super::suite::{SuiteDelivery, SuiteProvider, SuiteSpec};
+use crate::wecom::unix_now as real_unix_now;
 
 fn random_alnum(len: usize) -> String {
     rand::thread_rng()

@@ -251,9 +251,11 @@ impl SuiteProvider {
                 "invalid suite_ticket: unknown, or older than 30 minutes",
             ));
         }
-        self.suite_tokens.retain(|_, expires| *expires > now - 86_400);
+        self.suite_tokens
+            .retain(|_, expires| *expires > now - 86_400);
         let token = random_text(64);
-        self.suite_tokens.insert(token.clone(), now + self.token_ttl);
+        self.suite_tokens
+            .insert(token.clone(), now + self.token_ttl);
         Ok(json!({ "suite_access_token": token, "expires_in": self.token_ttl }))
     }
 
@@ -317,8 +319,10 @@ impl SuiteProvider {
 }
 
 /// Delivers suite callbacks in order, until the channel closes.
-pub(crate) fn spawn_suite_pusher()
--> anyhow::Result<(mpsc::UnboundedSender<SuiteDelivery>, tokio::task::JoinHandle<()>)> {
+pub(crate) fn spawn_suite_pusher() -> anyhow::Result<(
+    mpsc::UnboundedSender<SuiteDelivery>,
+    tokio::task::JoinHandle<()>,
+)> {
     let client = reqwest::Client::builder()
         .timeout(super::push::DELIVERY_TIMEOUT)
         .build()
@@ -330,4 +334,118 @@ pub(crate) fn spawn_suite_pusher()
         }
     });
     Ok((tx, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn provider() -> SuiteProvider {
+        let spec = SuiteSpec {
+            suite_id: "wwsuite".into(),
+            suite_secret: "suite-secret".into(),
+            token: "Token1".into(),
+            encoding_aes_key: "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR".into(),
+            callback_url: "http://127.0.0.1:9/suite/ns/s".into(),
+        };
+        let mut suite = SuiteProvider::new(spec, 7200, None, NOW).unwrap();
+        suite.tick(NOW);
+        suite
+    }
+
+    fn ticket_request(suite: &SuiteProvider, ticket: &str) -> Value {
+        json!({"suite_id": suite.suite_id, "suite_secret": "suite-secret", "suite_ticket": ticket})
+    }
+
+    fn errcode(result: Result<Value, ApiFailure>) -> i64 {
+        result.map(|_| 0).unwrap_or_else(|f| f.errcode)
+    }
+
+    #[test]
+    fn tickets_come_every_ten_minutes_and_last_thirty() {
+        let mut suite = provider();
+        let first = suite.tickets[0].0.clone();
+        suite.tick(NOW + TICKET_EVERY_SECS - 1);
+        assert_eq!(suite.tickets.len(), 1, "not due yet");
+        suite.tick(NOW + TICKET_EVERY_SECS);
+        assert_eq!(suite.tickets.len(), 2);
+        let request = ticket_request(&suite, &first);
+        assert_eq!(
+            errcode(suite.get_suite_token(&request, NOW + TICKET_VALID_SECS - 1)),
+            0
+        );
+        assert_eq!(
+            errcode(suite.get_suite_token(&request, NOW + TICKET_VALID_SECS)),
+            codes::INVALID_SUITE_TICKET
+        );
+        let mut wrong = request.clone();
+        wrong["suite_secret"] = json!("nope");
+        assert_eq!(
+            errcode(suite.get_suite_token(&wrong, NOW)),
+            codes::INVALID_SUITE_SECRET
+        );
+    }
+
+    #[test]
+    fn an_auth_code_works_once_within_ten_minutes_and_cancel_voids_the_code() {
+        let mut suite = provider();
+        let ticket = suite.tickets[0].0.clone();
+        let token = suite
+            .get_suite_token(&ticket_request(&suite, &ticket), NOW)
+            .unwrap()["suite_access_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let code = suite.authorise(NOW)["auth_code"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let late = suite.authorise(NOW)["auth_code"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let body = json!({"auth_code": code});
+        let granted = suite
+            .get_permanent_code(Some(&token), &body, "wwcorp", NOW + 1)
+            .unwrap();
+        assert_eq!(granted["auth_corp_info"]["corpid"], "wwcorp");
+        assert_eq!(
+            errcode(suite.get_permanent_code(Some(&token), &body, "wwcorp", NOW + 2)),
+            codes::INVALID_AUTH_CODE,
+            "used already"
+        );
+        assert_eq!(
+            errcode(suite.get_permanent_code(
+                Some(&token),
+                &json!({"auth_code": late}),
+                "wwcorp",
+                NOW + AUTH_CODE_VALID_SECS
+            )),
+            codes::INVALID_AUTH_CODE,
+            "expired"
+        );
+        let corp = json!({"auth_corpid": "wwcorp", "permanent_code": granted["permanent_code"]});
+        assert!(
+            suite
+                .check_corp_token_request(Some(&token), &corp, "wwcorp", NOW + 3)
+                .is_ok()
+        );
+        assert!(suite.cancel("wwcorp", NOW + 4));
+        assert_eq!(
+            suite
+                .check_corp_token_request(Some(&token), &corp, "wwcorp", NOW + 5)
+                .unwrap_err()
+                .errcode,
+            codes::INVALID_PERMANENT_CODE
+        );
+        assert_eq!(
+            suite
+                .check_corp_token_request(Some(&token), &corp, "wwcorp", NOW + 7200)
+                .unwrap_err()
+                .errcode,
+            codes::SUITE_TOKEN_EXPIRED
+        );
+    }
 }

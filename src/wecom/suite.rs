@@ -125,7 +125,10 @@ impl SuiteClient {
             return Err("the suite id is empty".into());
         }
         if config.suite_secret.expose().is_empty() {
-            return Err(format!("the suite secret of suite {} is empty", config.suite_id));
+            return Err(format!(
+                "the suite secret of suite {} is empty",
+                config.suite_id
+            ));
         }
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
@@ -370,7 +373,10 @@ pub struct MemoryTicket(std::sync::Mutex<Option<Secret>>);
 
 impl MemoryTicket {
     pub fn set(&self, ticket: Secret) {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ticket);
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ticket);
     }
 }
 

@@ -208,7 +208,10 @@ mod tests {
                 info,
                 timestamp: 1_700_000_000,
             };
-            assert_eq!(parse_suite_event(&render_suite_event(&event)).unwrap(), event);
+            assert_eq!(
+                parse_suite_event(&render_suite_event(&event)).unwrap(),
+                event
+            );
         }
     }
 
