@@ -26,6 +26,8 @@ use wecom_acq::api::{
     WeComSuite, WeComSuiteSpec, authorised_app_name, ticket_secret_name,
 };
 use wecom_acq::callback::{self, CallbackSettings};
+use wecom_acq::metrics::CallbackEventLabels;
+use wecom_acq::sim::{SimCallback, SimConfig};
 
 const SUITE: &str = "acme";
 const SUITE_ID: &str = "wwacmesuite01";
@@ -117,14 +119,25 @@ fn suite_object(sim_base_url: &str) -> WeComSuite {
 async fn an_authorised_corp_gets_links_until_it_cancels() {
     // Current-thread runtime: every task of the controller logs into the capture.
     let (captured, _guard) = Captured::install(tracing::Level::TRACE);
-    let mut env = Env::without_controller().await;
-    env.start_controller(fast_cadence()).await;
     // A port of our own for the callbacks, kept across the restart (WeCom's URL is fixed).
     let addr = TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
         .local_addr()
         .unwrap();
+    let suite_url = format!("http://{addr}/suite/{NS}/{SUITE}");
+    // The corp's customer-acquisition events come to the suite's URL too.
+    let mut env = Env::with_sim_config(SimConfig {
+        callback: Some(SimCallback {
+            url: suite_url.clone(),
+            token: CALLBACK_TOKEN.into(),
+            aes_key: AES_KEY.into(),
+            third_party_suite_id: Some(SUITE_ID.into()),
+        }),
+        ..SimConfig::default()
+    })
+    .await;
+    env.start_controller(fast_cadence()).await;
     let endpoint = serve_callbacks(&env, addr).await;
 
     env.apply_secret(
@@ -143,7 +156,7 @@ async fn an_authorised_corp_gets_links_until_it_cancels() {
         .unwrap();
 
     // WeCom starts pushing tickets once the suite's callback URL is set.
-    configure_sim_suite(&env, &format!("http://{addr}/suite/{NS}/{SUITE}")).await;
+    configure_sim_suite(&env, &suite_url).await;
     let ticket_secret = ticket_secret_name(SUITE);
     let mut tickets = vec![wait_secret_value(&env, &ticket_secret, SUITE_TICKET_KEY).await];
     let suite = env
@@ -189,6 +202,25 @@ async fn an_authorised_corp_gets_links_until_it_cancels() {
     let link = env.wait_link_ready(LINK).await;
     let link_id = link.status.unwrap().link_id.unwrap();
     assert!(env.sim_link(&link_id).await.is_some(), "made in WeCom");
+    // A customer added through the link: the event reaches the app's event handling.
+    env.sim_request(
+        Method::POST,
+        &format!("/_sim/links/{link_id}/customers"),
+        Some(json!({"count": 1})),
+    )
+    .await;
+    let added = env
+        .controller()
+        .metrics
+        .callback_events
+        .get_or_create(&CallbackEventLabels {
+            change_type: "add_external_contact".into(),
+        })
+        .clone();
+    wait_until("the corp's event handled", || async {
+        (added.get() == 1).then_some(())
+    })
+    .await;
 
     // Restart: the new controller has no ticket, token or code in memory.
     endpoint.stop().await;

@@ -165,8 +165,11 @@ pub fn serve_on(
         max_connections: settings.max_connections,
     };
     // Suite instruction callbacks (`/suite/{namespace}/{suite}`) share the port.
-    let (suites, suite_events) =
-        suite::SuiteEndpoint::new(context.clone(), settings.endpoint.max_skew);
+    let (suites, suite_events) = suite::SuiteEndpoint::new(
+        context.clone(),
+        Some(queue.clone()),
+        settings.endpoint.max_skew,
+    );
     let suite_worker = suite::spawn_worker(context.clone(), suite_triggers, suite_events);
     let endpoint = CallbackEndpoint::new(directory, queue, &context.metrics, settings.endpoint);
     let handler = move |request: http::Request<hyper::body::Incoming>| {

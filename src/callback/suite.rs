@@ -19,6 +19,10 @@
 //!   the app says `Ready=False, AuthorizationCancelled` and no link writes.
 //! - `change_auth`: the app gets a pass.
 //!
+//! Customer-acquisition events of an authorised corp (third-party envelope with
+//! `AuthCorpId` and `ChangeType`) arrive on the same URL: they are handed to the app
+//! event queue as the corp's WeComApp's own callbacks would be.
+//!
 //! Nothing here logs a ticket, an AuthCode, a permanent code or a token.
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,7 +39,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::endpoint::Response;
+use super::endpoint::{InboundEvent, Response};
 use super::replay::ReplayGuard;
 use crate::api::{
     AUTH_CANCELLED_KEY, AuthorisedCorp, PERMANENT_CODE_KEY, SUITE_LABEL, SUITE_TICKET_KEY,
@@ -44,6 +48,7 @@ use crate::api::{
 use crate::controller::Triggers;
 use crate::reconcile::context::Context;
 use crate::wecom::crypto::{CallbackCrypto, extract_encrypt};
+use crate::wecom::event::parse_event;
 use crate::wecom::suite_event::{SuiteEvent, SuiteInfo, parse_suite_event};
 use crate::wecom::{Secret, unix_now};
 
@@ -72,6 +77,9 @@ pub struct SuiteEndpoint {
     keys: Mutex<HashMap<(String, String), Arc<SuiteKeys>>>,
     replays: ReplayGuard,
     queue: mpsc::Sender<SuiteInbound>,
+    /// Where customer-acquisition events of an authorised corp go (the app endpoint's
+    /// queue); `None` drops them (polling stays the backup).
+    app_events: Option<mpsc::Sender<InboundEvent>>,
     max_skew: Option<Duration>,
 }
 
@@ -111,6 +119,7 @@ impl SuiteEndpoint {
     /// The endpoint and the receiving end of its queue (for [`spawn_worker`]).
     pub fn new(
         context: Arc<Context>,
+        app_events: Option<mpsc::Sender<InboundEvent>>,
         max_skew: Option<Duration>,
     ) -> (Arc<Self>, mpsc::Receiver<SuiteInbound>) {
         let (queue, events) = mpsc::channel(QUEUE_CAPACITY);
@@ -119,6 +128,7 @@ impl SuiteEndpoint {
             keys: Mutex::new(HashMap::new()),
             replays: ReplayGuard::new(Duration::from_secs(600), 100_000),
             queue,
+            app_events,
             max_skew,
         };
         (Arc::new(endpoint), events)
@@ -206,6 +216,10 @@ impl SuiteEndpoint {
             return answer(StatusCode::OK, "success");
         }
         let event = match parse_suite_event(&plain) {
+            Ok(SuiteEvent {
+                info: SuiteInfo::Other { .. },
+                ..
+            }) => return self.forward(namespace, &suite, &plain, key),
             Ok(event) => event,
             Err(err) => {
                 tracing::warn!(%namespace, %suite, error = %err, "suite callback is not a suite event");
@@ -219,6 +233,32 @@ impl SuiteEndpoint {
             event,
         };
         match self.queue.try_send(inbound) {
+            Ok(()) => answer(StatusCode::OK, "success"),
+            Err(_) => {
+                self.replays.forget(&[key]);
+                answer(StatusCode::SERVICE_UNAVAILABLE, "")
+            }
+        }
+    }
+
+    /// A customer-acquisition event of an authorised corp: to the queue of the corp's app.
+    fn forward(
+        &self,
+        namespace: String,
+        suite: &str,
+        plain: &str,
+        key: super::replay::ReplayKey,
+    ) -> Response {
+        let (Some(queue), Ok(event)) = (&self.app_events, parse_event(plain)) else {
+            return answer(StatusCode::OK, "success");
+        };
+        let inbound = InboundEvent {
+            app: authorised_app_name(suite, &event.corp_id),
+            namespace,
+            event,
+            received_at: Instant::now(),
+        };
+        match queue.try_send(inbound) {
             Ok(()) => answer(StatusCode::OK, "success"),
             Err(_) => {
                 self.replays.forget(&[key]);
