@@ -78,6 +78,61 @@ async fn wait_secret_value(env: &Env, name: &str, key: &str) -> String {
     .await
 }
 
+/// Writes the suite, its Secrets, the app and the link as the cluster holds them into
+/// files (spec and data only) and runs `wecom-acq plan` on them; stdout and stderr.
+async fn plan_from_cluster(env: &Env, app: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = |kind: &str, api_version: &str, name: &str, body: (&str, Value)| {
+        let mut object = json!({
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": { "name": name, "namespace": NS },
+        });
+        object[body.0] = body.1;
+        serde_yaml::to_string(&object).unwrap()
+    };
+    let mut docs = Vec::new();
+    for name in [
+        "acme-suite".to_string(),
+        ticket_secret_name(SUITE),
+        app.to_string(),
+    ] {
+        let secret = env.secrets().get(&name).await.unwrap();
+        docs.push(clean("Secret", "v1", &name, ("data", json!(secret.data))));
+    }
+    let api = "acquisition.wecom.dev/v1alpha1";
+    let suites: Api<WeComSuite> = Api::namespaced(env.client.clone(), NS);
+    let suite = suites.get(SUITE).await.unwrap();
+    docs.push(clean("WeComSuite", api, SUITE, ("spec", json!(suite.spec))));
+    docs.push(clean(
+        "WeComApp",
+        api,
+        app,
+        ("spec", json!(env.get_app(app).await.spec)),
+    ));
+    docs.push(clean(
+        "AcquisitionLink",
+        api,
+        LINK,
+        ("spec", json!(env.get_link(LINK).await.spec)),
+    ));
+    let file = dir.path().join("all.yaml");
+    std::fs::write(&file, docs.join("---\n")).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wecom-acq"))
+        .arg("plan")
+        .arg("-f")
+        .arg(&file)
+        .env("RUST_LOG", "wecom_acq=debug")
+        .output()
+        .await
+        .unwrap();
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// `PUT /_sim/suite`: the simulator's suite, its callbacks sent to `callback_url`.
 async fn configure_sim_suite(env: &Env, callback_url: &str) {
     env.sim_request(
@@ -221,6 +276,17 @@ async fn an_authorised_corp_gets_links_until_it_cancels() {
         (added.get() == 1).then_some(())
     })
     .await;
+
+    // `plan` from files (the suite, its Secret, the ticket and permanent-code Secrets
+    // exported from the cluster): the link is in line, through get_corp_token.
+    let plan = plan_from_cluster(&env, &app_name).await;
+    assert!(
+        plan.contains("Plan: 0 to create, 0 to update, 1 unchanged."),
+        "{plan}"
+    );
+    for secret in [SUITE_SECRET, permanent_code.as_str(), tickets[0].as_str()] {
+        assert!(!plan.contains(secret), "plan printed a credential:\n{plan}");
+    }
 
     // Restart: the new controller has no ticket, token or code in memory.
     endpoint.stop().await;

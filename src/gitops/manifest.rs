@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::schema::{self, SchemaViolation};
-use crate::api::{AcquisitionLink, WeComApp};
+use crate::api::{AcquisitionLink, WeComApp, WeComSuite};
 use crate::reconcile::plan;
 use crate::wecom::client::Secret;
 
@@ -98,6 +98,8 @@ impl std::error::Error for ManifestError {}
 pub struct Manifests {
     pub secrets: BTreeMap<(String, String), Loaded<SecretValues>>,
     pub apps: BTreeMap<(String, String), Loaded<WeComApp>>,
+    /// The suites the suite-backed apps name.
+    pub suites: BTreeMap<(String, String), Loaded<WeComSuite>>,
     /// In file order.
     pub links: Vec<Loaded<AcquisitionLink>>,
     /// Documents of other kinds: `(where, kind)`.
@@ -285,7 +287,7 @@ fn add_document(
     };
     let expected_version = match kind.as_str() {
         "Secret" => "v1",
-        "WeComApp" | "AcquisitionLink" => API_VERSION,
+        "WeComApp" | "AcquisitionLink" | "WeComSuite" => API_VERSION,
         _ => {
             manifests.skipped.push((origin, kind));
             return;
@@ -311,6 +313,7 @@ fn add_document(
     let duplicate_of = match kind.as_str() {
         "Secret" => manifests.secrets.get(&map_key).map(|l| l.origin.clone()),
         "WeComApp" => manifests.apps.get(&map_key).map(|l| l.origin.clone()),
+        "WeComSuite" => manifests.suites.get(&map_key).map(|l| l.origin.clone()),
         _ => manifests
             .links
             .iter()
@@ -339,6 +342,26 @@ fn add_document(
             }
             Err((field, message)) => errors.push(error(Some(key), Some(&field), message)),
         },
+        "WeComSuite" => {
+            let schema = schema::open_api_schema(&WeComSuite::crd());
+            match typed::<WeComSuite>(&schema, json, &namespace) {
+                (Some(object), problems) if problems.is_empty() => {
+                    manifests.suites.insert(
+                        map_key,
+                        Loaded {
+                            origin,
+                            key,
+                            object,
+                        },
+                    );
+                }
+                (_, problems) => errors.extend(
+                    problems
+                        .into_iter()
+                        .map(|(field, message)| error(Some(key.clone()), Some(&field), message)),
+                ),
+            }
+        }
         "WeComApp" => {
             let schema = schema::open_api_schema(&WeComApp::crd());
             match typed::<WeComApp>(&schema, json, &namespace) {
