@@ -343,43 +343,23 @@ fn add_document(
             Err((field, message)) => errors.push(error(Some(key), Some(&field), message)),
         },
         "WeComSuite" => {
-            let schema = schema::open_api_schema(&WeComSuite::crd());
-            match typed::<WeComSuite>(&schema, json, &namespace) {
-                (Some(object), problems) if problems.is_empty() => {
-                    manifests.suites.insert(
-                        map_key,
-                        Loaded {
-                            origin,
-                            key,
-                            object,
-                        },
-                    );
-                }
-                (_, problems) => errors.extend(
-                    problems
-                        .into_iter()
-                        .map(|(field, message)| error(Some(key.clone()), Some(&field), message)),
-                ),
+            if let Some(object) = checked::<WeComSuite>(json, &namespace, &key, &error, errors) {
+                let loaded = Loaded {
+                    origin,
+                    key,
+                    object,
+                };
+                manifests.suites.insert(map_key, loaded);
             }
         }
         "WeComApp" => {
-            let schema = schema::open_api_schema(&WeComApp::crd());
-            match typed::<WeComApp>(&schema, json, &namespace) {
-                (Some(object), problems) if problems.is_empty() => {
-                    manifests.apps.insert(
-                        map_key,
-                        Loaded {
-                            origin,
-                            key,
-                            object,
-                        },
-                    );
-                }
-                (_, problems) => errors.extend(
-                    problems
-                        .into_iter()
-                        .map(|(field, message)| error(Some(key.clone()), Some(&field), message)),
-                ),
+            if let Some(object) = checked::<WeComApp>(json, &namespace, &key, &error, errors) {
+                let loaded = Loaded {
+                    origin,
+                    key,
+                    object,
+                };
+                manifests.apps.insert(map_key, loaded);
             }
         }
         _ => {
@@ -414,6 +394,28 @@ fn add_document(
 
 /// The schema check, then the typed read (with the field path of a serde error): the
 /// object when it could be read, and every problem found.
+/// `json` as a `K` when its CRD's schema accepts it; else the problems join `errors`.
+fn checked<K: DeserializeOwned + kube::ResourceExt + CustomResourceExt>(
+    json: Value,
+    namespace: &str,
+    key: &ObjectKey,
+    error: &dyn Fn(Option<ObjectKey>, Option<&str>, String) -> ManifestError,
+    errors: &mut Vec<ManifestError>,
+) -> Option<K> {
+    let schema = schema::open_api_schema(&K::crd());
+    match typed::<K>(&schema, json, namespace) {
+        (Some(object), problems) if problems.is_empty() => Some(object),
+        (_, problems) => {
+            errors.extend(
+                problems
+                    .into_iter()
+                    .map(|(field, message)| error(Some(key.clone()), Some(&field), message)),
+            );
+            None
+        }
+    }
+}
+
 fn typed<T: DeserializeOwned + kube::ResourceExt>(
     schema: &Value,
     json: Value,
