@@ -394,12 +394,15 @@ fn add_document(
 
 /// The schema check, then the typed read (with the field path of a serde error): the
 /// object when it could be read, and every problem found.
+/// Builds the error of one field of one object of the file being read.
+type ErrorAt<'a> = dyn Fn(Option<ObjectKey>, Option<&str>, String) -> ManifestError + 'a;
+
 /// `json` as a `K` when its CRD's schema accepts it; else the problems join `errors`.
 fn checked<K: DeserializeOwned + kube::ResourceExt + CustomResourceExt>(
     json: Value,
     namespace: &str,
     key: &ObjectKey,
-    error: &dyn Fn(Option<ObjectKey>, Option<&str>, String) -> ManifestError,
+    error: &ErrorAt<'_>,
     errors: &mut Vec<ManifestError>,
 ) -> Option<K> {
     let schema = schema::open_api_schema(&K::crd());
