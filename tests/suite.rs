@@ -31,6 +31,8 @@ use wecom_acq::sim::{SimCallback, SimConfig};
 
 const SUITE: &str = "acme";
 const SUITE_ID: &str = "wwacmesuite01";
+/// A custom-developed (代开发) app template's id.
+const TEMPLATE_ID: &str = "dkacmetemplate01";
 const SUITE_SECRET: &str = "acme-suite-secret-value-7f3a";
 const CALLBACK_TOKEN: &str = "AcmeCallbackToken42";
 const AES_KEY: &str = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR";
@@ -134,12 +136,12 @@ async fn plan_from_cluster(env: &Env, app: &str) -> String {
 }
 
 /// `PUT /_sim/suite`: the simulator's suite, its callbacks sent to `callback_url`.
-async fn configure_sim_suite(env: &Env, callback_url: &str) {
+async fn configure_sim_suite(env: &Env, suite_id: &str, callback_url: &str) {
     env.sim_request(
         Method::PUT,
         "/_sim/suite",
         Some(json!({
-            "suite_id": SUITE_ID,
+            "suite_id": suite_id,
             "suite_secret": SUITE_SECRET,
             "token": CALLBACK_TOKEN,
             "encoding_aes_key": AES_KEY,
@@ -149,7 +151,7 @@ async fn configure_sim_suite(env: &Env, callback_url: &str) {
     .await;
 }
 
-fn suite_object(sim_base_url: &str) -> WeComSuite {
+fn suite_object(suite_id: &str, sim_base_url: &str) -> WeComSuite {
     let key = |key: &str| SecretKeyRef {
         name: "acme-suite".into(),
         key: key.into(),
@@ -157,7 +159,7 @@ fn suite_object(sim_base_url: &str) -> WeComSuite {
     WeComSuite::new(
         SUITE,
         WeComSuiteSpec {
-            suite_id: SUITE_ID.into(),
+            suite_id: suite_id.into(),
             secret_ref: key("suiteSecret"),
             callback: CallbackSpec {
                 token_ref: key("token"),
@@ -172,6 +174,18 @@ fn suite_object(sim_base_url: &str) -> WeComSuite {
 
 #[tokio::test]
 async fn an_authorised_corp_gets_links_until_it_cancels() {
+    authorised_corp_scenario(SUITE_ID).await;
+}
+
+/// The same for a custom-developed app template: the permanent code is the app's secret,
+/// used with gettoken (no get_corp_token).
+#[tokio::test]
+async fn a_custom_developed_app_gets_links_until_it_cancels() {
+    authorised_corp_scenario(TEMPLATE_ID).await;
+}
+
+async fn authorised_corp_scenario(suite_id: &str) {
+    let third_party = !suite_id.starts_with("dk");
     // Current-thread runtime: every task of the controller logs into the capture.
     let (captured, _guard) = Captured::install(tracing::Level::TRACE);
     // A port of our own for the callbacks, kept across the restart (WeCom's URL is fixed).
@@ -187,7 +201,7 @@ async fn an_authorised_corp_gets_links_until_it_cancels() {
             url: suite_url.clone(),
             token: CALLBACK_TOKEN.into(),
             aes_key: AES_KEY.into(),
-            third_party_suite_id: Some(SUITE_ID.into()),
+            third_party_suite_id: Some(suite_id.into()),
         }),
         ..SimConfig::default()
     })
@@ -206,12 +220,15 @@ async fn an_authorised_corp_gets_links_until_it_cancels() {
     .await;
     let suites: Api<WeComSuite> = Api::namespaced(env.client.clone(), NS);
     suites
-        .create(&PostParams::default(), &suite_object(&env.sim.base_url()))
+        .create(
+            &PostParams::default(),
+            &suite_object(suite_id, &env.sim.base_url()),
+        )
         .await
         .unwrap();
 
     // WeCom starts pushing tickets once the suite's callback URL is set.
-    configure_sim_suite(&env, &suite_url).await;
+    configure_sim_suite(&env, suite_id, &suite_url).await;
     let ticket_secret = ticket_secret_name(SUITE);
     let mut tickets = vec![wait_secret_value(&env, &ticket_secret, SUITE_TICKET_KEY).await];
     let suite = env
@@ -239,17 +256,22 @@ async fn an_authorised_corp_gets_links_until_it_cancels() {
     let permanent_code = wait_secret_value(&env, &app_name, PERMANENT_CODE_KEY).await;
     let app = env.wait_app_ready(&app_name).await;
     assert_eq!(app.spec.corp_id, wecom_acq::sim::DEFAULT_CORP_ID);
-    assert_eq!(
-        app.spec.suite.as_ref().map(|s| s.name.as_str()),
-        Some(SUITE)
-    );
     assert_eq!(env.sim_call_count("get_permanent_code").await, 1);
-    assert_eq!(
-        env.sim_call_count("gettoken").await,
-        0,
-        "no app secret is used"
-    );
-    assert!(env.sim_call_count("get_corp_token").await >= 1);
+    if third_party {
+        assert_eq!(
+            app.spec.suite.as_ref().map(|s| s.name.as_str()),
+            Some(SUITE)
+        );
+        assert_eq!(env.sim_call_count("gettoken").await, 0, "no app secret");
+        assert!(env.sim_call_count("get_corp_token").await >= 1);
+    } else {
+        assert_eq!(
+            app.spec.suite, None,
+            "an ordinary app: the code is its secret"
+        );
+        assert_eq!(env.sim_call_count("get_corp_token").await, 0);
+        assert!(env.sim_call_count("gettoken").await >= 1);
+    }
 
     // A link under the authorised corp's app.
     env.apply_link(LINK, link_spec(&app_name, "春季活动", &["zhangsan"]))
@@ -291,7 +313,13 @@ async fn an_authorised_corp_gets_links_until_it_cancels() {
     // Restart: the new controller has no ticket, token or code in memory.
     endpoint.stop().await;
     env.stop_controller().await;
-    let suite_tokens = env.sim_call_count("get_suite_token").await;
+    // A suite asks its token with the stored ticket; a custom-developed app gettoken.
+    let token_api = if third_party {
+        "get_suite_token"
+    } else {
+        "gettoken"
+    };
+    let tokens_before = env.sim_call_count(token_api).await;
     env.start_controller(fast_cadence()).await;
     let endpoint = serve_callbacks(&env, addr).await;
     env.patch_link_spec(LINK, json!({"range": {"userList": ["zhangsan", "lisi"]}}))
@@ -300,8 +328,8 @@ async fn an_authorised_corp_gets_links_until_it_cancels() {
     let in_wecom = env.sim_link(&link_id).await.unwrap();
     assert_eq!(in_wecom["range"]["user_list"], json!(["lisi", "zhangsan"]));
     assert!(
-        env.sim_call_count("get_suite_token").await > suite_tokens,
-        "the new controller asked a suite token with the stored ticket"
+        env.sim_call_count(token_api).await > tokens_before,
+        "the new controller asked a token with what its Secrets hold"
     );
     assert_eq!(
         env.sim_call_count("get_permanent_code").await,
@@ -433,7 +461,7 @@ async fn an_authorised_corp_gets_links_until_it_cancels() {
 async fn the_simulator_refuses_what_wecom_refuses() {
     let env = Env::without_controller().await;
     // Nobody listens: the test reads the codes, not the callbacks.
-    configure_sim_suite(&env, "http://127.0.0.1:9/suite/default/acme").await;
+    configure_sim_suite(&env, SUITE_ID, "http://127.0.0.1:9/suite/default/acme").await;
     let http = reqwest::Client::new();
     let call = |path: &str, token: Option<&str>, body: Value| {
         let mut url = format!("{}{path}", env.sim.base_url());

@@ -13,7 +13,8 @@
 //! - `create_auth` / `reset_permanent_code`: `v2/get_permanent_code`, the code written to
 //!   the Secret `{suite}-{corp}` (key `permanentCode`), and the WeComApp `{suite}-{corp}`
 //!   applied (corpId, secretRef, suite): a WeComApp of that name made by someone else is
-//!   referenced as it is when its fields conflict.
+//!   referenced as it is when its fields conflict. For a custom-developed template (suite
+//!   id `dk...`) the app has no `suite`: the permanent code is its secret, with gettoken.
 //! - `cancel_auth`: the corp's Secret keeps only `authCancelledAt` (the permanent code is
 //!   void and deleted), the app's client is dropped, and the app and its links get a pass:
 //!   the app says `Ready=False, AuthorizationCancelled` and no link writes.
@@ -520,8 +521,12 @@ async fn apply_app(
     let mut spec = json!({
         "corpId": corp_id,
         "secretRef": { "name": name, "key": PERMANENT_CODE_KEY },
-        "suite": { "name": suite },
     });
+    // A custom-developed (代开发) template's permanent code is the app's secret, used
+    // with gettoken; a third-party suite's gives tokens through get_corp_token.
+    if !is_custom_developed(&found.spec.suite_id) {
+        spec["suite"] = json!({ "name": suite });
+    }
     if let Some(url) = &found.spec.api_base_url {
         spec["apiBaseUrl"] = json!(url);
     }
@@ -549,6 +554,11 @@ async fn apply_app(
     {
         tracing::warn!(%namespace, app = name, error = %err, "could not apply the WeComApp of an authorised corp; an existing one is used as it is");
     }
+}
+
+/// Custom-developed app templates have ids starting with `dk` (path/97162).
+pub fn is_custom_developed(suite_id: &str) -> bool {
+    suite_id.starts_with("dk")
 }
 
 /// Gives the app and its links a pass now.

@@ -298,7 +298,7 @@ impl AppClients {
             .read_secret(&namespace, &app.spec.secret_ref, &name)
             .await
         {
-            Err(AppError::SecretKeyMissing { .. }) if app.spec.suite.is_some() => {
+            Err(AppError::SecretKeyMissing { .. }) => {
                 return Err(self.cancelled_or_missing(app).await);
             }
             other => other?,
@@ -375,7 +375,9 @@ impl AppClients {
         Ok(client)
     }
 
-    /// Why the permanent-code Secret of a suite app has no code: the corp cancelled (the
+    /// Why an app's Secret has no secret: a corp that cancelled its authorisation of a
+    /// suite (the controller wrote when), or the key is just missing. The permanent-code
+    /// Secret of a suite app: the corp cancelled (the
     /// controller wrote when), or the key is just missing.
     async fn cancelled_or_missing(&self, app: &WeComApp) -> AppError {
         let namespace = app.namespace().unwrap_or_default();
@@ -394,6 +396,7 @@ impl AppClients {
                     .suite
                     .as_ref()
                     .map(|s| s.name.clone())
+                    .or_else(|| app.labels().get(crate::api::SUITE_LABEL).cloned())
                     .unwrap_or_default(),
                 at,
             },

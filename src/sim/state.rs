@@ -595,6 +595,15 @@ impl SimState {
                 "corpid is not the simulated corp's (see the simulator's startup banner)",
             ));
         }
+        // A custom-developed app: its secret is the permanent code of the corp's
+        // authorisation, and its tokens die with the authorisation.
+        if self
+            .suite
+            .as_ref()
+            .is_some_and(|suite| suite.is_custom_app_secret(secret))
+        {
+            return Ok(self.issue_suite_token(now));
+        }
         if secret != self.settings.secret {
             return Err(ApiFailure::new(
                 codes::INVALID_CREDENTIAL,
@@ -660,23 +669,28 @@ impl SimState {
             Api::GetPermanentCode => suite.get_permanent_code(token, &body, &corp_id, now),
             _ => {
                 suite.check_corp_token_request(token, &body, &corp_id, now)?;
-                self.tokens.retain(|_, t| t.expires_at > now - 86_400);
-                let token = random_alnum(64);
-                let ttl = self.settings.token_ttl.as_secs().max(1);
-                self.tokens.insert(
-                    token.clone(),
-                    IssuedToken {
-                        expires_at: now + ttl as i64,
-                        forced_expired: false,
-                        via_suite: true,
-                    },
-                );
-                Ok(to_value(TokenResponse {
-                    access_token: token,
-                    expires_in: ttl,
-                }))
+                Ok(self.issue_suite_token(now))
             }
         }
+    }
+
+    /// A corp token obtained through the suite's authorisation (void once it is cancelled).
+    fn issue_suite_token(&mut self, now: i64) -> Value {
+        self.tokens.retain(|_, t| t.expires_at > now - 86_400);
+        let token = random_alnum(64);
+        let ttl = self.settings.token_ttl.as_secs().max(1);
+        self.tokens.insert(
+            token.clone(),
+            IssuedToken {
+                expires_at: now + ttl as i64,
+                forced_expired: false,
+                via_suite: true,
+            },
+        );
+        to_value(TokenResponse {
+            access_token: token,
+            expires_in: ttl,
+        })
     }
 
     /// `PUT /_sim/suite`: configures the suite and pushes its first ticket.

@@ -160,6 +160,12 @@ impl SuiteProvider {
         was
     }
 
+    /// Whether `secret` is the permanent code of a custom-developed template (suite id
+    /// `dk...`): that code is the app's secret for gettoken.
+    pub(crate) fn is_custom_app_secret(&self, secret: &str) -> bool {
+        self.suite_id.starts_with("dk") && self.permanent_code.as_deref() == Some(secret)
+    }
+
     pub(crate) fn authorised(&self) -> bool {
         self.permanent_code.is_some()
     }
