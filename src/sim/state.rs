@@ -602,7 +602,7 @@ impl SimState {
             .as_ref()
             .is_some_and(|suite| suite.is_custom_app_secret(secret))
         {
-            return Ok(self.issue_suite_token(now));
+            return Ok(self.issue_token(now, true).1);
         }
         if secret != self.settings.secret {
             return Err(ApiFailure::new(
@@ -621,23 +621,9 @@ impl SimState {
                 expires_in: (t.expires_at - now) as u64,
             }));
         }
-        // WeCom forgets long-dead tokens (they then answer 40014); keeps the map small.
-        self.tokens.retain(|_, t| t.expires_at > now - 86_400);
-        let token = random_alnum(64);
-        let ttl = self.settings.token_ttl.as_secs().max(1);
-        self.tokens.insert(
-            token.clone(),
-            IssuedToken {
-                expires_at: now + ttl as i64,
-                forced_expired: false,
-                via_suite: false,
-            },
-        );
-        self.current_token = Some(token.clone());
-        Ok(to_value(TokenResponse {
-            access_token: token,
-            expires_in: ttl,
-        }))
+        let (token, answer) = self.issue_token(now, false);
+        self.current_token = Some(token);
+        Ok(answer)
     }
 
     /// The suite's service APIs (POST, JSON body, `suite_access_token` in the query).
@@ -669,13 +655,15 @@ impl SimState {
             Api::GetPermanentCode => suite.get_permanent_code(token, &body, &corp_id, now),
             _ => {
                 suite.check_corp_token_request(token, &body, &corp_id, now)?;
-                Ok(self.issue_suite_token(now))
+                Ok(self.issue_token(now, true).1)
             }
         }
     }
 
-    /// A corp token obtained through the suite's authorisation (void once it is cancelled).
-    fn issue_suite_token(&mut self, now: i64) -> Value {
+    /// A new access token of the corp and gettoken's answer; `via_suite`: obtained
+    /// through the suite's authorisation (void once it is cancelled).
+    fn issue_token(&mut self, now: i64, via_suite: bool) -> (String, Value) {
+        // WeCom forgets long-dead tokens (they then answer 40014); keeps the map small.
         self.tokens.retain(|_, t| t.expires_at > now - 86_400);
         let token = random_alnum(64);
         let ttl = self.settings.token_ttl.as_secs().max(1);
@@ -684,13 +672,14 @@ impl SimState {
             IssuedToken {
                 expires_at: now + ttl as i64,
                 forced_expired: false,
-                via_suite: true,
+                via_suite,
             },
         );
-        to_value(TokenResponse {
-            access_token: token,
+        let answer = to_value(TokenResponse {
+            access_token: token.clone(),
             expires_in: ttl,
-        })
+        });
+        (token, answer)
     }
 
     /// `PUT /_sim/suite`: configures the suite and pushes its first ticket.
