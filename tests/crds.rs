@@ -12,7 +12,7 @@ use kube::CustomResourceExt;
 use kube_cel::Validator;
 use serde_json::{Value, json};
 use wecom_acq::api::{
-    AcquisitionLink, DeletionPolicy, RemoteDeletePolicy, WeComApp, crd_files, crd_yaml,
+    AcquisitionLink, DeletionPolicy, RemoteDeletePolicy, WeComApp, WeComSuite, crd_files, crd_yaml,
     write_crd_files,
 };
 
@@ -62,7 +62,8 @@ fn crd_files_are_named_per_kind() {
         names,
         [
             "wecomapps.acquisition.wecom.dev.yaml",
-            "acquisitionlinks.acquisition.wecom.dev.yaml"
+            "acquisitionlinks.acquisition.wecom.dev.yaml",
+            "wecomsuites.acquisition.wecom.dev.yaml"
         ]
     );
 }
@@ -90,7 +91,8 @@ fn crd_subcommand_prints_both_crds() {
         names,
         [
             "wecomapps.acquisition.wecom.dev",
-            "acquisitionlinks.acquisition.wecom.dev"
+            "acquisitionlinks.acquisition.wecom.dev",
+            "wecomsuites.acquisition.wecom.dev"
         ]
     );
 }
@@ -243,6 +245,7 @@ fn every_property_has_a_description() {
     for (kind, schema) in [
         ("AcquisitionLink", schema_of::<AcquisitionLink>()),
         ("WeComApp", schema_of::<WeComApp>()),
+        ("WeComSuite", schema_of::<WeComSuite>()),
     ] {
         let root = schema["description"].as_str().unwrap_or_default();
         assert!(

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use log_capture::Captured;
 use serde_json::{Value, json};
+use wecom_acq::wecom::suite::{MemoryTicket, SuiteClient, SuiteConfig};
 use wecom_acq::wecom::types::{CreateLinkRequest, LinkRange, UpdateLinkRequest};
 use wecom_acq::wecom::{
     Api, CallObserver, ClientConfig, ClientConfigError, RetryPolicy, Secret, WeComClient,
@@ -160,6 +161,23 @@ mod stub {
         axum::Json(body).into_response()
     }
 
+    /// A suite's service APIs: get_suite_token with the stub's secret gives
+    /// `{prefix}suite`; everything else is refused with an errmsg that echoes every
+    /// credential of the request (the client must scrub them).
+    fn suite_service(
+        stub: &Stub,
+        api: Api,
+        query: &HashMap<String, String>,
+        body: &Value,
+    ) -> Response {
+        if api == Api::GetSuiteToken && body["suite_secret"] == json!(stub.secret) {
+            let token = format!("{}suite", stub.token_prefix);
+            return wecom(0, json!({"suite_access_token": token, "expires_in": 7200}));
+        }
+        let echoed = format!("invalid request {body} from url ?{query:?}");
+        axum::Json(json!({"errcode": 40084, "errmsg": echoed})).into_response()
+    }
+
     async fn handle(
         State(stub): State<Arc<Stub>>,
         method: Method,
@@ -189,6 +207,13 @@ mod stub {
             return wecom(40058, json!({}));
         }
         let token = stub.current_token();
+        let service = matches!(
+            api,
+            Api::GetSuiteToken | Api::GetPermanentCode | Api::GetCorpToken
+        );
+        if service {
+            return suite_service(&stub, api, &query, &body);
+        }
         if api != Api::GetToken {
             let given = query.get("access_token");
             match given {
@@ -229,6 +254,9 @@ mod stub {
             None => {}
         }
         match api {
+            Api::GetSuiteToken | Api::GetPermanentCode | Api::GetCorpToken => {
+                suite_service(&stub, api, &query, &body)
+            }
             Api::GetToken => {
                 if query.get("corpsecret") != Some(&stub.secret) {
                     return wecom(40001, json!({}));
@@ -879,6 +907,45 @@ async fn neither_secret_nor_token_appears_in_errors_or_logs() {
     stub.script(Api::Quota, [Reply::ErrcodeEchoingCredentials(40058)]);
     errors.push(client.quota().await.unwrap_err());
 
+    // A suite on the same stub: every refusal echoes the suite secret, the ticket, the
+    // AuthCode, the permanent code and the suite token it was sent.
+    const TICKET: &str = "KnownSuiteTicket-0c4d81";
+    const AUTH_CODE: &str = "KnownAuthCode-93be27";
+    const PERMANENT_CODE: &str = "KnownPermanentCode-2a7f55";
+    const WRONG_SUITE_SECRET: &str = "KnownWrongSuiteSecret-6e01";
+    let tickets = Arc::new(MemoryTicket::default());
+    tickets.set(Secret::new(TICKET));
+    let suite_config = SuiteConfig {
+        base_url: base.clone(),
+        suite_id: "wwsuite".into(),
+        suite_secret: Secret::new(KNOWN_SECRET),
+        request_timeout: Duration::from_secs(1),
+    };
+    let suite = SuiteClient::new(suite_config.clone(), tickets.clone()).unwrap();
+    errors.push(
+        suite
+            .permanent_code(&Secret::new(AUTH_CODE))
+            .await
+            .unwrap_err(),
+    );
+    errors.push(
+        suite
+            .corp_token("wwcorp", &Secret::new(PERMANENT_CODE))
+            .await
+            .unwrap_err(),
+    );
+    let wrong = SuiteConfig {
+        suite_secret: Secret::new(WRONG_SUITE_SECRET),
+        ..suite_config
+    };
+    let wrong = SuiteClient::new(wrong, tickets).unwrap();
+    errors.push(
+        wrong
+            .corp_token("wwcorp", &Secret::new(PERMANENT_CODE))
+            .await
+            .unwrap_err(),
+    );
+
     // Connection refused with the token in the URL.
     stub.shut_down().await;
     errors.push(client.quota().await.unwrap_err());
@@ -892,17 +959,28 @@ async fn neither_secret_nor_token_appears_in_errors_or_logs() {
             "not_json",
             "timeout",
             "40058",
+            "40084",
+            "40084",
+            "40084",
             "transport"
         ]
     );
     for error in &errors {
         for text in [error.to_string(), format!("{error:?}")] {
-            for secret in [KNOWN_SECRET, &token, TOKEN_PREFIX] {
+            for secret in [
+                KNOWN_SECRET,
+                &token,
+                TOKEN_PREFIX,
+                TICKET,
+                AUTH_CODE,
+                PERMANENT_CODE,
+                WRONG_SUITE_SECRET,
+            ] {
                 assert!(!text.contains(secret), "{secret} leaked in: {text}");
             }
         }
     }
-    for transport in [&errors[0], &errors[5]] {
+    for transport in [&errors[0], &errors[8]] {
         let text = transport.to_string();
         assert!(text.contains("127.0.0.1"), "names the host: {text}");
     }
@@ -913,7 +991,14 @@ async fn neither_secret_nor_token_appears_in_errors_or_logs() {
 
     let logs = captured.text();
     assert!(logs.contains("WeCom request"), "the capture works: {logs}");
-    for secret in [KNOWN_SECRET, TOKEN_PREFIX] {
+    for secret in [
+        KNOWN_SECRET,
+        TOKEN_PREFIX,
+        TICKET,
+        AUTH_CODE,
+        PERMANENT_CODE,
+        WRONG_SUITE_SECRET,
+    ] {
         assert!(
             !logs.contains(secret),
             "{secret} leaked in the logs:\n{logs}"

@@ -56,6 +56,13 @@ pub struct WeComAppSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = REQUESTS_PER_MINUTE_MAX))]
     pub requests_per_minute: Option<u32>,
+    /// Set for a corp that authorised a third-party suite: `corpId` is the authorised
+    /// corp, `secretRef` the Secret key of its permanent code, and tokens come from the
+    /// suite's get_corp_token instead of gettoken. The controller makes such apps itself
+    /// on `create_auth`. A custom-developed (代开发) app needs no suite: its permanent
+    /// code is its secret, with gettoken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite: Option<super::SuiteAppRef>,
 }
 
 /// Callback (指令回调) settings of an app.

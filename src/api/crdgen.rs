@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use super::{AcquisitionLink, WeComApp};
+use super::{AcquisitionLink, WeComApp, WeComSuite};
 
 /// First line of every file in `crds/`.
 const GENERATED_HEADER: &str =
@@ -40,16 +40,17 @@ pub struct CrdFile {
     pub yaml: String,
 }
 
-/// Both CRDs, in a stable order (WeComApp first: links refer to apps).
-pub fn crds() -> [CustomResourceDefinition; 2] {
-    [WeComApp::crd(), AcquisitionLink::crd()]
+/// The CRDs, in a stable order (WeComApp first: links refer to apps; WeComSuite last,
+/// for service providers only).
+pub fn crds() -> [CustomResourceDefinition; 3] {
+    [WeComApp::crd(), AcquisitionLink::crd(), WeComSuite::crd()]
 }
 
 /// Both CRDs without their CEL rules (`x-kubernetes-validations`), for API servers older
 /// than v1.25: there the field is unknown, and client-side validation (kubectl, Helm)
 /// refuses the CRD. The schema limits stay, and the controller repeats the CEL checks
 /// itself (`reconcile::plan::validate`), reporting violations as `InvalidSpec` in status.
-pub fn crds_without_cel() -> [CustomResourceDefinition; 2] {
+pub fn crds_without_cel() -> [CustomResourceDefinition; 3] {
     crds().map(|crd| {
         let mut value = serde_json::to_value(&crd).unwrap_or_default();
         strip_cel(&mut value);
@@ -86,7 +87,7 @@ pub fn crd_yaml_without_cel() -> Result<String, CrdGenError> {
     yaml_stream(crds_without_cel())
 }
 
-fn yaml_stream(crds: [CustomResourceDefinition; 2]) -> Result<String, CrdGenError> {
+fn yaml_stream(crds: [CustomResourceDefinition; 3]) -> Result<String, CrdGenError> {
     let mut out = String::new();
     for crd in crds {
         out.push_str("---\n");

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod crdgen;
 pub mod link;
+pub mod suite;
 
 pub use app::*;
 pub use crdgen::{
@@ -11,6 +12,7 @@ pub use crdgen::{
     write_crd_files,
 };
 pub use link::*;
+pub use suite::*;
 
 pub const GROUP: &str = "acquisition.wecom.dev";
 

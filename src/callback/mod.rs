@@ -15,6 +15,7 @@
 pub mod directory;
 pub mod endpoint;
 pub mod replay;
+pub mod suite;
 pub mod worker;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -151,6 +152,7 @@ pub fn serve_on(
         directory.spawn_refresher(stop.clone()),
         stopping.clone(),
     ));
+    let suite_triggers = triggers.clone();
     // The worker ends only once the endpoint stopped (every sender gone): one that ends
     // before, or panics outside the per-event boundary, is reported so /healthz fails.
     let worker = tokio::spawn(liveness.clone().supervise(
@@ -162,13 +164,31 @@ pub fn serve_on(
         header_read_timeout: settings.header_read_timeout,
         max_connections: settings.max_connections,
     };
+    // Suite instruction callbacks (`/suite/{namespace}/{suite}`) share the port.
+    let (suites, suite_events) = suite::SuiteEndpoint::new(
+        context.clone(),
+        Some(queue.clone()),
+        settings.endpoint.max_skew,
+    );
+    let suite_worker = suite::spawn_worker(context.clone(), suite_triggers, suite_events);
     let endpoint = CallbackEndpoint::new(directory, queue, &context.metrics, settings.endpoint);
+    let handler = move |request: http::Request<hyper::body::Incoming>| {
+        let endpoint = endpoint.clone();
+        let suites = suites.clone();
+        async move {
+            if suite::SuiteEndpoint::serves(request.uri().path()) {
+                suites.handle(request).await
+            } else {
+                endpoint.handle(request).await
+            }
+        }
+    };
     let mut stop = stop;
     tokio::spawn(async move {
         let served = liveness
             .supervise(
                 "the callback endpoint",
-                serve_endpoint_with(listener, endpoint, limits, async move {
+                serve_http1(listener, handler, limits, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 }),
                 stopping,
@@ -178,6 +198,7 @@ pub fn serve_on(
             tracing::error!(error = %err, "the callback endpoint stopped serving");
         }
         refresher.abort();
+        suite_worker.abort();
         let _ = worker.await;
     })
 }

@@ -17,7 +17,7 @@ use super::manifest::{Loaded, Manifests, ObjectKey, Origin};
 use crate::api::{AcquisitionLink, ChannelUrl, ManagementPolicy, WeComApp};
 use crate::reconcile::context::{DEFAULT_API_BASE_URL, DEFAULT_REQUESTS_PER_MINUTE};
 use crate::reconcile::plan::{self, DesiredLink, FieldChange};
-use crate::wecom::client::{ClientConfig, WeComClient};
+use crate::wecom::client::{ClientConfig, Secret, WeComClient};
 use crate::wecom::retry::RetryPolicy;
 use crate::wecom::types::{CreateLinkRequest, RemoteLink, UpdateLinkRequest};
 
@@ -277,45 +277,116 @@ pub(crate) fn client_for(
     connection: &Connection,
 ) -> Result<(WeComClient, String), String> {
     let namespace = app.key.namespace.clone();
-    let reference = &app.object.spec.secret_ref;
-    let secret = manifests
-        .secrets
-        .get(&(namespace.clone(), reference.name.clone()))
-        .ok_or_else(|| {
-            format!(
-                "Secret {namespace}/{} (spec.secretRef of {}) is not in the files: add it with -f",
-                reference.name, app.key
-            )
-        })?;
-    let value = secret.object.values.get(&reference.key).ok_or_else(|| {
-        format!(
-            "Secret {namespace}/{} ({}) has no key {:?}, which spec.secretRef of {} names",
-            reference.name, secret.origin, reference.key, app.key
-        )
-    })?;
+    let what = format!("spec.secretRef of {}", app.key);
+    let value = secret_in_files(manifests, &namespace, &app.object.spec.secret_ref, &what)?;
     let base_url = connection
         .api_base_url
         .clone()
         .or_else(|| app.object.spec.api_base_url.clone())
         .unwrap_or_else(|| DEFAULT_API_BASE_URL.to_string());
-    let client = WeComClient::new(ClientConfig {
-        base_url: base_url.clone(),
-        corp_id: app.object.spec.corp_id.clone(),
-        secret: value.clone(),
-        requests_per_minute: app
-            .object
-            .spec
-            .requests_per_minute
-            .unwrap_or(DEFAULT_REQUESTS_PER_MINUTE),
-        retry: connection.retry.clone(),
-        request_timeout: Duration::from_secs(10),
-        observer: None,
-        scheduler: None,
-        app_key: app.key.to_string(),
-        limits: Default::default(),
-    })
+    let token_source = match &app.object.spec.suite {
+        Some(suite) => Some(suite_tokens(manifests, app, &suite.name, &base_url)?),
+        None => None,
+    };
+    let client = WeComClient::with_token_source(
+        ClientConfig {
+            base_url: base_url.clone(),
+            corp_id: app.object.spec.corp_id.clone(),
+            secret: value.clone(),
+            requests_per_minute: app
+                .object
+                .spec
+                .requests_per_minute
+                .unwrap_or(DEFAULT_REQUESTS_PER_MINUTE),
+            retry: connection.retry.clone(),
+            request_timeout: Duration::from_secs(10),
+            observer: None,
+            scheduler: None,
+            app_key: app.key.to_string(),
+            limits: Default::default(),
+        },
+        token_source,
+    )
     .map_err(|e| format!("{} ({}): {e}", app.key, app.origin))?;
     Ok((client, base_url))
+}
+
+/// One key of a Secret in the files; `what` says who names it.
+fn secret_in_files(
+    manifests: &Manifests,
+    namespace: &str,
+    reference: &crate::api::SecretKeyRef,
+    what: &str,
+) -> Result<Secret, String> {
+    let secret = manifests
+        .secrets
+        .get(&(namespace.to_string(), reference.name.clone()))
+        .ok_or_else(|| {
+            format!(
+                "Secret {namespace}/{} ({what}) is not in the files: add it with -f",
+                reference.name
+            )
+        })?;
+    secret
+        .object
+        .values
+        .get(&reference.key)
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "Secret {namespace}/{} ({}) has no key {:?}, which {what} names",
+                reference.name, secret.origin, reference.key
+            )
+        })
+}
+
+/// The corp tokens of a suite-backed app from the files: the WeComSuite, its Secret, and
+/// the suite's ticket Secret (`{suite}-suite-ticket`, as the controller keeps it; a ticket
+/// is good for 30 minutes). Costs one get_suite_token and one get_corp_token per run.
+fn suite_tokens(
+    manifests: &Manifests,
+    app: &Loaded<WeComApp>,
+    suite: &str,
+    base_url: &str,
+) -> Result<std::sync::Arc<dyn crate::wecom::CorpTokenSource>, String> {
+    let namespace = app.key.namespace.clone();
+    let found = manifests
+        .suites
+        .get(&(namespace.clone(), suite.to_string()))
+        .ok_or_else(|| {
+            format!(
+                "WeComSuite {namespace}/{suite} (spec.suite of {}) is not in the files: add it with -f",
+                app.key
+            )
+        })?;
+    let what = format!("spec.secretRef of WeComSuite {namespace}/{suite}");
+    let suite_secret =
+        secret_in_files(manifests, &namespace, &found.object.spec.secret_ref, &what)?;
+    let ticket_ref = crate::api::SecretKeyRef {
+        name: crate::api::ticket_secret_name(suite),
+        key: crate::api::SUITE_TICKET_KEY.into(),
+    };
+    let ticket = secret_in_files(
+        manifests,
+        &namespace,
+        &ticket_ref,
+        "the suite ticket the controller stores; export it with kubectl get secret -o yaml",
+    )?;
+    let tickets = std::sync::Arc::new(crate::wecom::suite::MemoryTicket::default());
+    tickets.set(ticket);
+    let client = crate::wecom::suite::SuiteClient::new(
+        crate::wecom::suite::SuiteConfig {
+            base_url: base_url.to_string(),
+            suite_id: found.object.spec.suite_id.clone(),
+            suite_secret,
+            request_timeout: Duration::from_secs(10),
+        },
+        tickets,
+    )
+    .map_err(|e| format!("WeComSuite {namespace}/{suite} ({}): {e}", found.origin))?;
+    Ok(std::sync::Arc::new(crate::wecom::suite::SuiteCorpTokens(
+        std::sync::Arc::new(client),
+    )))
 }
 
 /// The decision for one link: match by `spec.linkId`, else by name, then diff.

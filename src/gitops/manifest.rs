@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::schema::{self, SchemaViolation};
-use crate::api::{AcquisitionLink, WeComApp};
+use crate::api::{AcquisitionLink, WeComApp, WeComSuite};
 use crate::reconcile::plan;
 use crate::wecom::client::Secret;
 
@@ -98,6 +98,8 @@ impl std::error::Error for ManifestError {}
 pub struct Manifests {
     pub secrets: BTreeMap<(String, String), Loaded<SecretValues>>,
     pub apps: BTreeMap<(String, String), Loaded<WeComApp>>,
+    /// The suites the suite-backed apps name.
+    pub suites: BTreeMap<(String, String), Loaded<WeComSuite>>,
     /// In file order.
     pub links: Vec<Loaded<AcquisitionLink>>,
     /// Documents of other kinds: `(where, kind)`.
@@ -285,7 +287,7 @@ fn add_document(
     };
     let expected_version = match kind.as_str() {
         "Secret" => "v1",
-        "WeComApp" | "AcquisitionLink" => API_VERSION,
+        "WeComApp" | "AcquisitionLink" | "WeComSuite" => API_VERSION,
         _ => {
             manifests.skipped.push((origin, kind));
             return;
@@ -311,6 +313,7 @@ fn add_document(
     let duplicate_of = match kind.as_str() {
         "Secret" => manifests.secrets.get(&map_key).map(|l| l.origin.clone()),
         "WeComApp" => manifests.apps.get(&map_key).map(|l| l.origin.clone()),
+        "WeComSuite" => manifests.suites.get(&map_key).map(|l| l.origin.clone()),
         _ => manifests
             .links
             .iter()
@@ -339,24 +342,24 @@ fn add_document(
             }
             Err((field, message)) => errors.push(error(Some(key), Some(&field), message)),
         },
+        "WeComSuite" => {
+            if let Some(object) = checked::<WeComSuite>(json, &namespace, &key, &error, errors) {
+                let loaded = Loaded {
+                    origin,
+                    key,
+                    object,
+                };
+                manifests.suites.insert(map_key, loaded);
+            }
+        }
         "WeComApp" => {
-            let schema = schema::open_api_schema(&WeComApp::crd());
-            match typed::<WeComApp>(&schema, json, &namespace) {
-                (Some(object), problems) if problems.is_empty() => {
-                    manifests.apps.insert(
-                        map_key,
-                        Loaded {
-                            origin,
-                            key,
-                            object,
-                        },
-                    );
-                }
-                (_, problems) => errors.extend(
-                    problems
-                        .into_iter()
-                        .map(|(field, message)| error(Some(key.clone()), Some(&field), message)),
-                ),
+            if let Some(object) = checked::<WeComApp>(json, &namespace, &key, &error, errors) {
+                let loaded = Loaded {
+                    origin,
+                    key,
+                    object,
+                };
+                manifests.apps.insert(map_key, loaded);
             }
         }
         _ => {
@@ -391,6 +394,31 @@ fn add_document(
 
 /// The schema check, then the typed read (with the field path of a serde error): the
 /// object when it could be read, and every problem found.
+/// Builds the error of one field of one object of the file being read.
+type ErrorAt<'a> = dyn Fn(Option<ObjectKey>, Option<&str>, String) -> ManifestError + 'a;
+
+/// `json` as a `K` when its CRD's schema accepts it; else the problems join `errors`.
+fn checked<K: DeserializeOwned + kube::ResourceExt + CustomResourceExt>(
+    json: Value,
+    namespace: &str,
+    key: &ObjectKey,
+    error: &ErrorAt<'_>,
+    errors: &mut Vec<ManifestError>,
+) -> Option<K> {
+    let schema = schema::open_api_schema(&K::crd());
+    match typed::<K>(&schema, json, namespace) {
+        (Some(object), problems) if problems.is_empty() => Some(object),
+        (_, problems) => {
+            errors.extend(
+                problems
+                    .into_iter()
+                    .map(|(field, message)| error(Some(key.clone()), Some(&field), message)),
+            );
+            None
+        }
+    }
+}
+
 fn typed<T: DeserializeOwned + kube::ResourceExt>(
     schema: &Value,
     json: Value,

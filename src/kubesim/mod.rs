@@ -273,6 +273,7 @@ users:
         for crd in [
             crate::api::WeComApp::crd(),
             crate::api::AcquisitionLink::crd(),
+            crate::api::WeComSuite::crd(),
         ] {
             let name = crd.metadata.name.clone().unwrap_or_default();
             match api.create(&kube::api::PostParams::default(), &crd).await {

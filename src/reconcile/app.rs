@@ -307,6 +307,9 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
                 super::context::AppError::SecretNotFound { .. }
                 | super::context::AppError::SecretKeyMissing { .. } => reason::SECRET_NOT_FOUND,
                 super::context::AppError::ApiHostNotAllowed { .. } => reason::API_HOST_NOT_ALLOWED,
+                super::context::AppError::AuthorizationCancelled { .. } => {
+                    reason::AUTHORIZATION_CANCELLED
+                }
                 _ => reason::CREDENTIALS_INVALID,
             };
             conditions::set(

@@ -52,6 +52,8 @@ pub mod reason {
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     /// The app's apiBaseUrl names a host not in `--allowed-api-hosts`.
     pub const API_HOST_NOT_ALLOWED: &str = "ApiHostNotAllowed";
+    /// The corp cancelled its authorisation of the app's suite (cancel_auth).
+    pub const AUTHORIZATION_CANCELLED: &str = "AuthorizationCancelled";
     pub const BALANCE_OK: &str = "BalanceOk";
     pub const BALANCE_LOW: &str = "BalanceLow";
     pub const BALANCE_EXHAUSTED: &str = "BalanceExhausted";

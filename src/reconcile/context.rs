@@ -18,7 +18,7 @@ use kube::{
 };
 
 use crate::{
-    api::{AcquisitionLink, SecretKeyRef, WeComApp},
+    api::{AcquisitionLink, SecretKeyRef, WeComApp, WeComSuite},
     defaults,
     metrics::Metrics,
     wecom::{
@@ -26,6 +26,7 @@ use crate::{
         client::{ClientConfig, Secret, WeComClient},
         retry::RetryPolicy,
         scheduler::{BlockObserver, CorpLimits, CorpScheduler},
+        suite::{SuiteClient, SuiteConfig, SuiteCorpTokens, TicketSource},
     },
 };
 
@@ -104,12 +105,36 @@ pub enum AppError {
         host: String,
         allowed: String,
     },
+    #[error(
+        "WeComApp {namespace}/{name}: corp {corp_id} cancelled its authorisation of suite \
+         {suite} (cancel_auth at {at}); no WeCom call is made for this app or its links \
+         until the corp authorises the suite again"
+    )]
+    AuthorizationCancelled {
+        namespace: String,
+        name: String,
+        corp_id: String,
+        suite: String,
+        at: String,
+    },
+    #[error("WeComApp {namespace}/{name}: WeComSuite {namespace}/{suite}: {message}")]
+    Suite {
+        namespace: String,
+        name: String,
+        suite: String,
+        message: String,
+    },
     #[error("reading Secret {namespace}/{name}: {source}")]
     Kube {
         namespace: String,
         name: String,
         source: kube::Error,
     },
+}
+
+struct CachedSuite {
+    fingerprint: u64,
+    client: Arc<SuiteClient>,
 }
 
 struct CachedClient {
@@ -126,6 +151,8 @@ pub struct AppClients {
     kube: kube::Client,
     metrics: Arc<Metrics>,
     clients: Mutex<HashMap<(String, String), CachedClient>>,
+    /// One client (and suite token) per WeComSuite, shared by its corps' apps.
+    suites: Mutex<HashMap<(String, String), CachedSuite>>,
     /// Per corpId. Never dropped: a scheduler holds a few counters, and forgetting one
     /// would forget what the corp has sent this hour.
     schedulers: Mutex<HashMap<String, Arc<CorpScheduler>>>,
@@ -145,6 +172,7 @@ impl AppClients {
             kube,
             metrics,
             clients: Mutex::new(HashMap::new()),
+            suites: Mutex::new(HashMap::new()),
             schedulers: Mutex::new(HashMap::new()),
             limits: CorpLimits::default(),
             block_notices: Mutex::new(None),
@@ -267,9 +295,15 @@ impl AppClients {
         {
             return Ok(cached.client.clone());
         }
-        let secret = self
+        let secret = match self
             .read_secret(&namespace, &app.spec.secret_ref, &name)
-            .await?;
+            .await
+        {
+            Err(AppError::SecretKeyMissing { .. }) => {
+                return Err(self.cancelled_or_missing(app).await);
+            }
+            other => other?,
+        };
         if secret.is_empty() {
             return Err(AppError::Invalid {
                 namespace,
@@ -284,8 +318,16 @@ impl AppClients {
             .spec
             .requests_per_minute
             .unwrap_or(DEFAULT_REQUESTS_PER_MINUTE);
+        let suite = match &app.spec.suite {
+            Some(suite) => Some(self.suite_client(&namespace, &name, &suite.name).await?),
+            None => None,
+        };
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&app.spec.corp_id, &base_url, rpm, &secret).hash(&mut hasher);
+        suite
+            .as_ref()
+            .map(|s| Arc::as_ptr(s) as usize)
+            .hash(&mut hasher);
         let fingerprint = hasher.finish();
         let mut clients = self.clients.lock().map_err(|_| AppError::Invalid {
             namespace: namespace.clone(),
@@ -299,18 +341,24 @@ impl AppClients {
             cached.generation = app.metadata.generation;
             return Ok(cached.client.clone());
         }
-        let client = WeComClient::new(ClientConfig {
-            base_url,
-            corp_id: app.spec.corp_id.clone(),
-            secret: Secret::new(secret),
-            requests_per_minute: rpm,
-            retry: RetryPolicy::default(),
-            request_timeout: WECOM_REQUEST_TIMEOUT,
-            observer: Some(self.metrics.clone()),
-            scheduler: Some(self.scheduler(&app.spec.corp_id)),
-            app_key: format!("{namespace}/{name}"),
-            limits: self.limits,
-        })
+        let token_source = suite.map(|suite| {
+            Arc::new(SuiteCorpTokens(suite)) as Arc<dyn crate::wecom::CorpTokenSource>
+        });
+        let client = WeComClient::with_token_source(
+            ClientConfig {
+                base_url,
+                corp_id: app.spec.corp_id.clone(),
+                secret: Secret::new(secret),
+                requests_per_minute: rpm,
+                retry: RetryPolicy::default(),
+                request_timeout: WECOM_REQUEST_TIMEOUT,
+                observer: Some(self.metrics.clone()),
+                scheduler: Some(self.scheduler(&app.spec.corp_id)),
+                app_key: format!("{namespace}/{name}"),
+                limits: self.limits,
+            },
+            token_source,
+        )
         .map_err(|e| AppError::Invalid {
             namespace: namespace.clone(),
             name: name.clone(),
@@ -326,6 +374,121 @@ impl AppClients {
             },
         );
         Ok(client)
+    }
+
+    /// Why an app's Secret has no secret: a corp that cancelled its authorisation of a
+    /// suite (the controller wrote when), or the key is just missing. The permanent-code
+    /// Secret of a suite app: the corp cancelled (the
+    /// controller wrote when), or the key is just missing.
+    async fn cancelled_or_missing(&self, app: &WeComApp) -> AppError {
+        let namespace = app.namespace().unwrap_or_default();
+        let name = app.name_any();
+        let reference = SecretKeyRef {
+            name: app.spec.secret_ref.name.clone(),
+            key: crate::api::AUTH_CANCELLED_KEY.into(),
+        };
+        match self.read_secret(&namespace, &reference, &name).await {
+            Ok(at) => AppError::AuthorizationCancelled {
+                namespace,
+                name,
+                corp_id: app.spec.corp_id.clone(),
+                suite: app
+                    .spec
+                    .suite
+                    .as_ref()
+                    .map(|s| s.name.clone())
+                    .or_else(|| app.labels().get(crate::api::SUITE_LABEL).cloned())
+                    .unwrap_or_default(),
+                at,
+            },
+            Err(_) => AppError::SecretKeyMissing {
+                namespace,
+                name: app.spec.secret_ref.name.clone(),
+                key: app.spec.secret_ref.key.clone(),
+                app: name,
+            },
+        }
+    }
+
+    /// The client of WeComSuite `namespace/suite`, built or reused (its suite token is
+    /// shared by every corp's app). `app` names the asking app in errors.
+    pub async fn suite_client(
+        &self,
+        namespace: &str,
+        app: &str,
+        suite: &str,
+    ) -> Result<Arc<SuiteClient>, AppError> {
+        let failed = |message: String| AppError::Suite {
+            namespace: namespace.into(),
+            name: app.into(),
+            suite: suite.into(),
+            message,
+        };
+        let suites: Api<WeComSuite> = Api::namespaced(self.kube.clone(), namespace);
+        let found = suites
+            .get_opt(suite)
+            .await
+            .map_err(|e| failed(format!("cannot be read: {e}")))?
+            .ok_or_else(|| failed("not found: create it or fix spec.suite.name".into()))?;
+        let base_url = found
+            .spec
+            .api_base_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_API_BASE_URL.to_string());
+        self.allowed_hosts.check(&base_url).map_err(|refused| {
+            failed(format!(
+                "spec.apiBaseUrl names host {}, which the controller may not call (allowed: {})",
+                refused.host, self.allowed_hosts
+            ))
+        })?;
+        let secret = self
+            .read_secret(namespace, &found.spec.secret_ref, suite)
+            .await?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&found.spec.suite_id, &base_url, &secret).hash(&mut hasher);
+        let fingerprint = hasher.finish();
+        let key = (namespace.to_string(), suite.to_string());
+        let mut cache = self
+            .suites
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(cached) = cache.get(&key)
+            && cached.fingerprint == fingerprint
+        {
+            return Ok(cached.client.clone());
+        }
+        let tickets = Arc::new(KubeTicket {
+            kube: self.kube.clone(),
+            namespace: namespace.to_string(),
+            name: crate::api::ticket_secret_name(suite),
+        });
+        let client = SuiteClient::new(
+            SuiteConfig {
+                base_url,
+                suite_id: found.spec.suite_id.clone(),
+                suite_secret: Secret::new(secret),
+                request_timeout: WECOM_REQUEST_TIMEOUT,
+            },
+            tickets,
+        )
+        .map(Arc::new)
+        .map_err(failed)?;
+        cache.insert(
+            key,
+            CachedSuite {
+                fingerprint,
+                client: client.clone(),
+            },
+        );
+        Ok(client)
+    }
+
+    /// Drops the client of app `namespace/name` (its token too): the next use reads the
+    /// Secret again. Called when a corp cancels or re-authorises a suite.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.remove(&(namespace.to_string(), name.to_string()));
+        }
     }
 
     /// The client last built for `app`, however old: what the deletion of a link uses when
@@ -349,6 +512,31 @@ impl AppClients {
             apps.get(&ObjectRef::new(name).within(namespace)).is_some()
         });
         before - clients.len()
+    }
+}
+
+/// The latest suite_ticket, read by name from the suite's ticket Secret when the suite
+/// token is refreshed (so a restart or a new leader finds it).
+struct KubeTicket {
+    kube: kube::Client,
+    namespace: String,
+    name: String,
+}
+
+impl TicketSource for KubeTicket {
+    fn latest(&self) -> futures::future::BoxFuture<'_, Result<Option<Secret>, String>> {
+        Box::pin(async move {
+            let api: Api<KubeSecret> = Api::namespaced(self.kube.clone(), &self.namespace);
+            let secret = api
+                .get_opt(&self.name)
+                .await
+                .map_err(|e| format!("reading Secret {}/{}: {e}", self.namespace, self.name))?;
+            Ok(secret
+                .and_then(|s| s.data)
+                .and_then(|mut data| data.remove(crate::api::SUITE_TICKET_KEY))
+                .map(|bytes| Secret::new(String::from_utf8_lossy(&bytes.0).trim().to_string()))
+                .filter(|ticket| !ticket.expose().is_empty()))
+        })
     }
 }
 

@@ -193,3 +193,27 @@ pub(crate) async fn delete_calls(State(shared): State<Arc<Shared>>) -> Response 
 pub(crate) async fn get_state(State(shared): State<Arc<Shared>>) -> Response {
     run(&shared, Method::GET, "/_sim/state", |s| Ok(s.dump()))
 }
+
+pub(crate) async fn put_suite(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Response {
+    run(&shared, Method::PUT, "/_sim/suite", |s| {
+        s.configure_suite(body::<super::suite::SuiteSpec>(&bytes, "PUT /_sim/suite")?)
+    })
+}
+
+pub(crate) async fn post_suite_ticket(State(shared): State<Arc<Shared>>) -> Response {
+    run(&shared, Method::POST, "/_sim/suite/ticket", |s| {
+        s.push_suite_ticket()
+    })
+}
+
+pub(crate) async fn post_suite_auth(State(shared): State<Arc<Shared>>) -> Response {
+    run(&shared, Method::POST, "/_sim/suite/auth", |s| {
+        s.authorise_suite()
+    })
+}
+
+pub(crate) async fn delete_suite_auth(State(shared): State<Arc<Shared>>) -> Response {
+    run(&shared, Method::DELETE, "/_sim/suite/auth", |s| {
+        s.cancel_suite_auth()
+    })
+}

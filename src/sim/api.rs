@@ -20,6 +20,7 @@ pub(crate) fn parse_query(raw: Option<&str>) -> CallQuery {
     for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match k.as_ref() {
             "access_token" => q.access_token = Some(v.into_owned()),
+            "suite_access_token" => q.suite_access_token = Some(v.into_owned()),
             "corpid" => q.corpid = Some(v.into_owned()),
             "corpsecret" => q.corpsecret = Some(v.into_owned()),
             _ => {}

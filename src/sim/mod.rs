@@ -89,6 +89,10 @@
 //! | `POST /_sim/clock` | `{"advance_secs":86400}` | moves the simulator's clock forward (token expiry, statistics, quota, and the frequency-limit windows and blocks) |
 //! | `GET /_sim/calls`, `DELETE /_sim/calls` | | calls per API (`gettoken`, `list_link`, `get`, `create_link`, `update_link`, `delete_link`, `customer`, `statistic`, `customer_acquisition_quota`) plus `total`; reset |
 //! | `GET /_sim/state` | | links, customers, statistics, quota, org, faults, calls |
+//! | `PUT /_sim/suite` | `{"suite_id":"wwsuite","suite_secret":"s","token":"T","encoding_aes_key":"<43>","callback_url":"http://..."}` | configures a third-party suite ([`suite`]) and pushes its first `suite_ticket` (then one every 10 minutes of the simulator's clock) |
+//! | `POST /_sim/suite/ticket` | | pushes a new `suite_ticket` now |
+//! | `POST /_sim/suite/auth` | | the corp authorises the suite: pushes `create_auth` with a new AuthCode (answered too) |
+//! | `DELETE /_sim/suite/auth` | | the corp cancels: pushes `cancel_auth`; its permanent code and suite-issued tokens stop working |
 //!
 //! `wecom-acq simulate --org-file org.json` starts with an org chart in the `PUT /_sim/org`
 //! shape instead of the built-in one.
@@ -112,6 +116,7 @@ pub mod push;
 pub mod quota;
 pub mod rate;
 pub mod state;
+pub mod suite;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -245,6 +250,7 @@ pub struct SimHandle {
     server: JoinHandle<()>,
     pusher: Option<JoinHandle<()>>,
     ticker: Option<JoinHandle<()>>,
+    suite_pusher: Option<JoinHandle<()>>,
 }
 
 impl SimHandle {
@@ -270,9 +276,13 @@ impl SimHandle {
         {
             self.server.abort();
         }
-        for task in [self.pusher.take(), self.ticker.take()]
-            .into_iter()
-            .flatten()
+        for task in [
+            self.pusher.take(),
+            self.ticker.take(),
+            self.suite_pusher.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             task.abort();
         }
@@ -302,13 +312,15 @@ pub async fn spawn(config: SimConfig, addr: SocketAddr) -> anyhow::Result<SimHan
         }
         None => (None, None),
     };
+    let (suite_outlet, suite_pusher) = suite::spawn_suite_pusher()?;
+    let mut state = SimState::new(settings, config.org, config.quota, now);
+    state.set_suite_outlet(suite_outlet);
     let shared = Arc::new(Shared {
-        state: Mutex::new(SimState::new(settings, config.org, config.quota, now)),
+        state: Mutex::new(state),
         events,
     });
-    let ticker = pusher
-        .as_ref()
-        .map(|_| spawn_ticker(Arc::downgrade(&shared)));
+    // Also the suite's clock: a ticket every 10 minutes once a suite is configured.
+    let ticker = Some(spawn_ticker(Arc::downgrade(&shared)));
     let app = router(shared);
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -325,6 +337,7 @@ pub async fn spawn(config: SimConfig, addr: SocketAddr) -> anyhow::Result<SimHan
         server,
         pusher,
         ticker,
+        suite_pusher: Some(suite_pusher),
     })
 }
 
@@ -386,6 +399,12 @@ fn router(shared: Arc<Shared>) -> Router {
             get(admin::get_calls).delete(admin::delete_calls),
         )
         .route("/_sim/state", get(admin::get_state))
+        .route("/_sim/suite", put(admin::put_suite))
+        .route("/_sim/suite/ticket", post(admin::post_suite_ticket))
+        .route(
+            "/_sim/suite/auth",
+            post(admin::post_suite_auth).delete(admin::delete_suite_auth),
+        )
         .fallback(not_found)
         .with_state(shared)
 }

@@ -27,9 +27,9 @@ pub const RETRY_DELAYS: [Duration; 3] = [
 pub const AGENT_ID: &str = "1000002";
 
 /// One event, ready to POST.
-struct Delivery {
-    url: String,
-    body: String,
+pub(crate) struct Delivery {
+    pub(crate) url: String,
+    pub(crate) body: String,
 }
 
 /// Encrypts and signs events for one receiver.
@@ -130,7 +130,7 @@ pub(crate) fn spawn_pusher(
     let handle = tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
             match sealer.seal(&event) {
-                Ok(delivery) => deliver(&client, &delivery, &event).await,
+                Ok(delivery) => deliver(&client, &delivery, event.change.change_type()).await,
                 Err(err) => tracing::warn!(
                     change = event.change.change_type(),
                     error = %err,
@@ -142,8 +142,8 @@ pub(crate) fn spawn_pusher(
     Ok((tx, handle))
 }
 
-async fn deliver(client: &reqwest::Client, delivery: &Delivery, event: &SimEvent) {
-    let change = event.change.change_type();
+/// POSTs one sealed callback, retrying as WeCom does; `change` names it in log lines.
+pub(crate) async fn deliver(client: &reqwest::Client, delivery: &Delivery, change: &str) {
     for attempt in 0..=RETRY_DELAYS.len() {
         if attempt > 0 {
             tokio::time::sleep(RETRY_DELAYS[attempt - 1]).await;
@@ -177,14 +177,14 @@ async fn deliver(client: &reqwest::Client, delivery: &Delivery, event: &SimEvent
 }
 
 /// A random numeric nonce, as WeCom sends.
-fn nonce() -> String {
+pub(crate) fn nonce() -> String {
     rand::thread_rng()
         .gen_range(100_000_000u64..10_000_000_000)
         .to_string()
 }
 
 /// `url` with the signature query appended (keeping any query it already has).
-fn signed_url(
+pub(crate) fn signed_url(
     base: &str,
     msg_signature: &str,
     timestamp: &str,

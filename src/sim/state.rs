@@ -126,6 +126,8 @@ struct IssuedToken {
     expires_at: i64,
     /// Set by `POST /_sim/tokens/expire`: the token answers 42001 from then on.
     forced_expired: bool,
+    /// Obtained by the suite with get_corp_token: void once the corp cancels.
+    via_suite: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -267,6 +269,7 @@ pub struct Admission {
 #[derive(Debug, Clone, Default)]
 pub struct CallQuery {
     pub access_token: Option<String>,
+    pub suite_access_token: Option<String>,
     pub corpid: Option<String>,
     pub corpsecret: Option<String>,
 }
@@ -294,8 +297,13 @@ pub struct SimState {
     /// Seconds `POST /_sim/clock` moved the clock forward: added to the rate clock too.
     advanced: Duration,
     outbox: Vec<SimEvent>,
+    /// The third-party suite configured with `PUT /_sim/suite`.
+    suite: Option<SuiteProvider>,
+    /// Where the suite's callbacks go (set by [`super::spawn`]).
+    suite_outlet: Option<tokio::sync::mpsc::UnboundedSender<SuiteDelivery>>,
 }
 
+use super::suite::{SuiteDelivery, SuiteProvider, SuiteSpec};
 use crate::wecom::unix_now as real_unix_now;
 
 fn random_alnum(len: usize) -> String {
@@ -370,7 +378,17 @@ impl SimState {
             started: Instant::now(),
             advanced: Duration::ZERO,
             outbox: Vec::new(),
+            suite: None,
+            suite_outlet: None,
         }
+    }
+
+    /// Where the suite's callbacks are handed for delivery.
+    pub(crate) fn set_suite_outlet(
+        &mut self,
+        outlet: tokio::sync::mpsc::UnboundedSender<SuiteDelivery>,
+    ) {
+        self.suite_outlet = Some(outlet);
     }
 
     /// The simulator's clock (unix seconds).
@@ -389,6 +407,9 @@ impl SimState {
         let now = self.now();
         let signals = self.quota.advance_to(now);
         self.emit_quota(signals, now);
+        if let Some(suite) = &mut self.suite {
+            suite.tick(now);
+        }
         now
     }
 
@@ -517,6 +538,12 @@ impl SimState {
         if api == Api::GetToken {
             return self.gettoken(is_get, query, now);
         }
+        if matches!(
+            api,
+            Api::GetSuiteToken | Api::GetPermanentCode | Api::GetCorpToken
+        ) {
+            return self.service_call(api, is_get, query, body, now);
+        }
         self.check_token(query.access_token.as_deref(), now)?;
         if is_get != api.is_get() {
             let want = if api.is_get() { "GET" } else { "POST" };
@@ -527,6 +554,9 @@ impl SimState {
         }
         let answer = match api {
             Api::GetToken => return self.gettoken(is_get, query, now),
+            Api::GetSuiteToken | Api::GetPermanentCode | Api::GetCorpToken => {
+                return self.service_call(api, is_get, query, body, now);
+            }
             Api::ListLink => to_value(self.list_link(parse_body(body)?)?),
             Api::GetLink => to_value(self.get_link(parse_body(body)?)?),
             Api::CreateLink => to_value(self.create_link(parse_body(body)?, now)?),
@@ -565,6 +595,15 @@ impl SimState {
                 "corpid is not the simulated corp's (see the simulator's startup banner)",
             ));
         }
+        // A custom-developed app: its secret is the permanent code of the corp's
+        // authorisation, and its tokens die with the authorisation.
+        if self
+            .suite
+            .as_ref()
+            .is_some_and(|suite| suite.is_custom_app_secret(secret))
+        {
+            return Ok(self.issue_token(now, true).1);
+        }
         if secret != self.settings.secret {
             return Err(ApiFailure::new(
                 codes::INVALID_CREDENTIAL,
@@ -582,6 +621,48 @@ impl SimState {
                 expires_in: (t.expires_at - now) as u64,
             }));
         }
+        let (token, answer) = self.issue_token(now, false);
+        self.current_token = Some(token);
+        Ok(answer)
+    }
+
+    /// The suite's service APIs (POST, JSON body, `suite_access_token` in the query).
+    fn service_call(
+        &mut self,
+        api: Api,
+        is_get: bool,
+        query: &CallQuery,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Value, ApiFailure> {
+        if is_get {
+            return Err(ApiFailure::invalid(format!(
+                "{} must be called with HTTP POST",
+                api.name()
+            )));
+        }
+        let corp_id = self.settings.corp_id.clone();
+        let Some(suite) = &mut self.suite else {
+            return Err(ApiFailure::new(
+                codes::INVALID_SUITE_ID,
+                "no suite is configured in the simulator (PUT /_sim/suite)",
+            ));
+        };
+        let body: Value = parse_body(body)?;
+        let token = query.suite_access_token.as_deref();
+        match api {
+            Api::GetSuiteToken => suite.get_suite_token(&body, now),
+            Api::GetPermanentCode => suite.get_permanent_code(token, &body, &corp_id, now),
+            _ => {
+                suite.check_corp_token_request(token, &body, &corp_id, now)?;
+                Ok(self.issue_token(now, true).1)
+            }
+        }
+    }
+
+    /// A new access token of the corp and gettoken's answer; `via_suite`: obtained
+    /// through the suite's authorisation (void once it is cancelled).
+    fn issue_token(&mut self, now: i64, via_suite: bool) -> (String, Value) {
         // WeCom forgets long-dead tokens (they then answer 40014); keeps the map small.
         self.tokens.retain(|_, t| t.expires_at > now - 86_400);
         let token = random_alnum(64);
@@ -591,13 +672,60 @@ impl SimState {
             IssuedToken {
                 expires_at: now + ttl as i64,
                 forced_expired: false,
+                via_suite,
             },
         );
-        self.current_token = Some(token.clone());
-        Ok(to_value(TokenResponse {
-            access_token: token,
+        let answer = to_value(TokenResponse {
+            access_token: token.clone(),
             expires_in: ttl,
-        }))
+        });
+        (token, answer)
+    }
+
+    /// `PUT /_sim/suite`: configures the suite and pushes its first ticket.
+    pub fn configure_suite(&mut self, spec: SuiteSpec) -> Result<Value, AdminError> {
+        let now = self.now();
+        let ttl = i64::try_from(self.settings.token_ttl.as_secs()).unwrap_or(7200);
+        let mut suite = SuiteProvider::new(spec, ttl, self.suite_outlet.clone(), now)
+            .map_err(|e| AdminError::BadRequest(format!("{e:#}")))?;
+        suite.tick(now);
+        let answer = serde_json::json!({ "suite_id": suite.suite_id() });
+        self.suite = Some(suite);
+        Ok(answer)
+    }
+
+    fn suite_mut(&mut self) -> Result<&mut SuiteProvider, AdminError> {
+        self.suite
+            .as_mut()
+            .ok_or_else(|| AdminError::NotFound("no suite configured: PUT /_sim/suite".into()))
+    }
+
+    /// `POST /_sim/suite/ticket`: pushes a new suite_ticket now.
+    pub fn push_suite_ticket(&mut self) -> Result<Value, AdminError> {
+        let now = self.now();
+        self.suite_mut()?.push_ticket(now);
+        Ok(serde_json::json!({ "pushed": "suite_ticket" }))
+    }
+
+    /// `POST /_sim/suite/auth`: the simulated corp authorises the suite (`create_auth`).
+    pub fn authorise_suite(&mut self) -> Result<Value, AdminError> {
+        let now = self.now();
+        Ok(self.suite_mut()?.authorise(now))
+    }
+
+    /// `DELETE /_sim/suite/auth`: the corp cancels (`cancel_auth`); the permanent code and
+    /// every corp token the suite obtained stop working.
+    pub fn cancel_suite_auth(&mut self) -> Result<Value, AdminError> {
+        let now = self.now();
+        let corp_id = self.settings.corp_id.clone();
+        let was = self.suite_mut()?.cancel(&corp_id, now);
+        self.tokens.retain(|_, t| !t.via_suite);
+        Ok(serde_json::json!({ "cancelled": was }))
+    }
+
+    /// Whether the simulated corp has authorised the suite.
+    pub fn suite_authorised(&self) -> bool {
+        self.suite.as_ref().is_some_and(SuiteProvider::authorised)
     }
 
     fn check_token(&self, token: Option<&str>, now: i64) -> Result<(), ApiFailure> {

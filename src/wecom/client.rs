@@ -106,6 +106,16 @@ pub trait CallObserver: Send + Sync {
     fn on_deferred(&self, _api: Api, _blocked: bool) {}
 }
 
+/// Where a client's access token comes from when it is not gettoken: a third-party suite
+/// asks `get_corp_token` with the corp's permanent code (the client's secret).
+pub trait CorpTokenSource: Send + Sync {
+    fn corp_token<'a>(
+        &'a self,
+        corp_id: &'a str,
+        permanent_code: &'a Secret,
+    ) -> futures::future::BoxFuture<'a, Result<TokenResponse, WeComError>>;
+}
+
 /// Everything one app's client needs.
 #[derive(Clone)]
 pub struct ClientConfig {
@@ -200,6 +210,8 @@ struct Inner {
     scheduler: Arc<CorpScheduler>,
     app: AppSlot,
     tokens: TokenCache,
+    /// `Some` for an app of a third-party suite: tokens come from get_corp_token.
+    token_source: Option<Arc<dyn CorpTokenSource>>,
 }
 
 impl fmt::Debug for WeComClient {
@@ -230,6 +242,15 @@ impl SendFailure {
 
 impl WeComClient {
     pub fn new(config: ClientConfig) -> Result<Self, ClientConfigError> {
+        Self::with_token_source(config, None)
+    }
+
+    /// A client whose tokens come from `source` (a suite's get_corp_token, with
+    /// `config.secret` as the permanent code) instead of gettoken.
+    pub fn with_token_source(
+        config: ClientConfig,
+        token_source: Option<Arc<dyn CorpTokenSource>>,
+    ) -> Result<Self, ClientConfigError> {
         let base =
             url::Url::parse(config.base_url.trim()).map_err(|e| ClientConfigError::BaseUrl {
                 url: redact::scrub(&config.base_url),
@@ -287,6 +308,7 @@ impl WeComClient {
                 scheduler,
                 app,
                 tokens: TokenCache::default(),
+                token_source,
             }),
         })
     }
@@ -500,6 +522,15 @@ impl WeComClient {
         self.inner
             .tokens
             .get_or_refresh(|| async {
+                if let Some(source) = &self.inner.token_source {
+                    let result = source
+                        .corp_token(&self.inner.corp_id, &self.inner.secret)
+                        .await;
+                    if let Some(observer) = &self.inner.observer {
+                        observer.on_token_refresh(result.is_ok());
+                    }
+                    return result;
+                }
                 let result = with_retries(&self.inner.retry, Api::GetToken, |attempt| async move {
                     self.send::<(), TokenResponse>(Api::GetToken, None, None, attempt, None)
                         .await

@@ -27,10 +27,16 @@ pub enum Api {
     Statistic,
     /// A8
     Quota,
+    /// A third-party suite's token (`suite_access_token`), from the suite secret and ticket.
+    GetSuiteToken,
+    /// A suite exchanges a `create_auth` AuthCode for the corp's permanent code (v2).
+    GetPermanentCode,
+    /// A suite's access token for one authorised corp, from its permanent code.
+    GetCorpToken,
 }
 
 impl Api {
-    pub const ALL: [Api; 9] = [
+    pub const ALL: [Api; 12] = [
         Api::GetToken,
         Api::ListLink,
         Api::GetLink,
@@ -40,6 +46,9 @@ impl Api {
         Api::Customer,
         Api::Statistic,
         Api::Quota,
+        Api::GetSuiteToken,
+        Api::GetPermanentCode,
+        Api::GetCorpToken,
     ];
 
     /// Path below the base URL, without the query string.
@@ -54,6 +63,9 @@ impl Api {
             Api::Customer => "/cgi-bin/externalcontact/customer_acquisition/customer",
             Api::Statistic => "/cgi-bin/externalcontact/customer_acquisition/statistic",
             Api::Quota => "/cgi-bin/externalcontact/customer_acquisition_quota",
+            Api::GetSuiteToken => "/cgi-bin/service/get_suite_token",
+            Api::GetPermanentCode => "/cgi-bin/service/v2/get_permanent_code",
+            Api::GetCorpToken => "/cgi-bin/service/get_corp_token",
         }
     }
 
@@ -102,6 +114,20 @@ pub mod codes {
     pub const IP_NOT_TRUSTED: i64 = 60020;
     pub const NO_EXTERNAL_CONTACT: i64 = 84061;
     pub const INVALID_LINK_ID: i64 = 301002;
+    /// A `create_auth` AuthCode that is unknown, used already or past its 10 minutes.
+    pub const INVALID_AUTH_CODE: i64 = 40078;
+    /// get_suite_token with a suite secret that does not match the suite id.
+    pub const INVALID_SUITE_SECRET: i64 = 40080;
+    /// A suite_access_token WeCom does not know (or revoked).
+    pub const INVALID_SUITE_TOKEN: i64 = 40082;
+    /// get_suite_token with an unknown suite id.
+    pub const INVALID_SUITE_ID: i64 = 40083;
+    /// A permanent code WeCom does not know: never issued, or the corp cancelled.
+    pub const INVALID_PERMANENT_CODE: i64 = 40084;
+    /// A suite_ticket that is not the suite's, or older than 30 minutes.
+    pub const INVALID_SUITE_TICKET: i64 = 40085;
+    /// A suite_access_token past its expires_in.
+    pub const SUITE_TOKEN_EXPIRED: i64 = 42009;
 }
 
 /// What a caller should do about an error.
@@ -152,6 +178,17 @@ pub fn describe(errcode: i64) -> &'static str {
         IP_NOT_TRUSTED => "the caller's IP is not in the app's trusted IP list",
         NO_EXTERNAL_CONTACT => "no external-contact relationship",
         INVALID_LINK_ID => "invalid or unknown link id",
+        INVALID_AUTH_CODE => "the AuthCode is unknown, used already or older than 10 minutes",
+        INVALID_SUITE_SECRET => "the suite secret was refused (check the WeComSuite's Secret)",
+        INVALID_SUITE_TOKEN => "suite access token invalid",
+        INVALID_SUITE_ID => "unknown suite id",
+        INVALID_PERMANENT_CODE => {
+            "the permanent code was refused: the corp cancelled the authorisation, or the code was reset"
+        }
+        INVALID_SUITE_TICKET => {
+            "the suite ticket was refused (older than 30 minutes, or another suite's): wait for WeCom's next push, or refresh the ticket in the WeCom admin console"
+        }
+        SUITE_TOKEN_EXPIRED => "suite access token expired",
         _ => "unrecognised WeCom error",
     }
 }
@@ -224,6 +261,12 @@ pub enum WeComError {
         retry_after_ms: u64,
         blocked: bool,
     },
+    /// A suite's token cannot be asked for: no suite_ticket has arrived on the suite's
+    /// callback yet (WeCom pushes one every 10 minutes).
+    #[error(
+        "WeCom {api} was not sent: suite {suite_id} has received no suite_ticket yet; WeCom pushes one every 10 minutes to the suite's callback URL (or refresh it in the WeCom admin console)"
+    )]
+    NoSuiteTicket { api: Api, suite_id: String },
     /// Retries ran out on a retryable error; `last` is the final one.
     #[error("WeCom {api} still failing after {attempts} attempts: {last}")]
     RetriesExhausted {
@@ -277,6 +320,7 @@ impl WeComError {
             | WeComError::Pagination { api, .. }
             | WeComError::NotSent { api }
             | WeComError::Deferred { api, .. }
+            | WeComError::NoSuiteTicket { api, .. }
             | WeComError::RetriesExhausted { api, .. } => *api,
         }
     }
@@ -300,6 +344,8 @@ impl WeComError {
             WeComError::Transport { .. } | WeComError::Timeout { .. } => ErrorClass::Retryable,
             // Nothing reached WeCom; a later pass sends it when the budget has room.
             WeComError::NotSent { .. } | WeComError::Deferred { .. } => ErrorClass::Retryable,
+            // Comes with the next push; asking again at once would find none either.
+            WeComError::NoSuiteTicket { .. } => ErrorClass::Terminal,
             // The server at apiBaseUrl misbehaves: asking again at once would get the same
             // answer. Terminal here; the reconcilers come back on their own cadence.
             WeComError::Decode { .. }
@@ -315,7 +361,9 @@ impl WeComError {
     /// or the request was never sent.
     pub fn certainly_not_acted_on(&self) -> bool {
         match self {
-            WeComError::NotSent { .. } | WeComError::Deferred { .. } => true,
+            WeComError::NotSent { .. }
+            | WeComError::Deferred { .. }
+            | WeComError::NoSuiteTicket { .. } => true,
             WeComError::RetriesExhausted { last, .. } => last.certainly_not_acted_on(),
             other => other.errcode().is_some(),
         }
@@ -369,6 +417,7 @@ impl WeComError {
             WeComError::NotSent { .. } => "not_sent".into(),
             WeComError::Deferred { blocked: true, .. } => "blocked".into(),
             WeComError::Deferred { .. } => "deferred".into(),
+            WeComError::NoSuiteTicket { .. } => "no_suite_ticket".into(),
             WeComError::RetriesExhausted { last, .. } => last.metric_label(),
         }
     }

@@ -10,11 +10,15 @@ pub mod event;
 pub mod redact;
 pub mod retry;
 pub mod scheduler;
+pub mod suite;
+pub mod suite_event;
 pub mod token;
 pub mod types;
 
 pub use allowed_hosts::AllowedApiHosts;
-pub use client::{CallObserver, ClientConfig, ClientConfigError, Secret, WeComClient};
+pub use client::{
+    CallObserver, ClientConfig, ClientConfigError, CorpTokenSource, Secret, WeComClient,
+};
 pub use error::{Api, ErrorClass, WeComError};
 pub use retry::RetryPolicy;
 

@@ -404,6 +404,7 @@ impl Env {
                 callback: None,
                 api_base_url: Some(self.sim.base_url()),
                 requests_per_minute: None,
+                suite: None,
             },
         )
     }

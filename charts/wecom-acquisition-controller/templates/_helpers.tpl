@@ -75,6 +75,17 @@ to WeCom and fight over status; one port cannot serve both listeners.
 - apiGroups: ["acquisition.wecom.dev"]
   resources: ["acquisitionlinks", "wecomapps"]
   verbs: ["get", "list", "watch", "patch", "update"]
+{{- /* A corp that authorises a WeComSuite gets a WeComApp (server-side apply). */}}
+- apiGroups: ["acquisition.wecom.dev"]
+  resources: ["wecomapps"]
+  verbs: ["create"]
+{{- /* Suites are read by name when their callbacks arrive; never listed. */}}
+- apiGroups: ["acquisition.wecom.dev"]
+  resources: ["wecomsuites"]
+  verbs: ["get"]
+- apiGroups: ["acquisition.wecom.dev"]
+  resources: ["wecomsuites/status"]
+  verbs: ["get", "patch"]
 - apiGroups: ["acquisition.wecom.dev"]
   resources: ["acquisitionlinks/status", "wecomapps/status"]
   verbs: ["get", "patch", "update"]
@@ -87,6 +98,11 @@ would hand the controller every Secret of every watched namespace. */}}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+{{- /* A suite's latest ticket and its corps' permanent codes are written by name
+(server-side apply), still never listed or watched. */}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
