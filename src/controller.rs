@@ -263,6 +263,7 @@ pub fn start_with(
     let (link_reader, link_writer) = reflector::store();
     let (app_reader, app_writer) = reflector::store();
     let seen_versions = Arc::new(SeenVersions::default());
+    let (urgent_tx, urgent_rx) = mpsc::channel::<ObjectRef<AcquisitionLink>>(URGENT_QUEUE);
     let link_stream = watcher(links_api, watcher::Config::default())
         .default_backoff()
         .modify(trim_for_cache)
@@ -270,12 +271,17 @@ pub fn start_with(
         .applied_objects()
         .inspect_ok({
             let seen = seen_versions.clone();
+            let urgent = urgent_tx.clone();
             move |link: &AcquisitionLink| {
                 if let (Some(uid), Some(version)) = (
                     link.metadata.uid.as_deref(),
                     link.metadata.resource_version.as_deref(),
                 ) {
                     seen.note(uid, version);
+                }
+                if link::wants_urgent_pass(link) {
+                    // Full: the controller's own queue still has the pass.
+                    let _ = urgent.try_send(ObjectRef::from_obj(link));
                 }
             }
         })
@@ -329,6 +335,7 @@ pub fn start_with(
         polls: Default::default(),
         urgent: Default::default(),
         seen_versions: seen_versions.clone(),
+        pass_locks: Default::default(),
         slots: Arc::new(PassSlots::new(options.concurrency())),
         sweeps: Default::default(),
         poll_intervals: Default::default(),
@@ -339,6 +346,12 @@ pub fn start_with(
         hook: options.pass_hook.clone(),
         panics: Default::default(),
     };
+    let lane = tokio::spawn(urgent_lane(
+        urgent_rx,
+        link_reader.clone(),
+        context.clone(),
+        guard.clone(),
+    ));
     let (ready_tx, ready_rx) = watch::channel(false);
     let shutdown: BoxFuture<'static, ()> = Box::pin(shutdown);
     let shutdown = futures::future::FutureExt::shared(shutdown);
@@ -377,7 +390,21 @@ pub fn start_with(
                     .collect::<Vec<_>>()
             },
         )
-        .reconcile_on(tokio_stream_from(link_trigger_rx))
+        .reconcile_on(tokio_stream_from(link_trigger_rx).inspect({
+            // A pass a callback asked for (a link deleted in WeCom) is urgent too; other
+            // triggers (links waiting for quota, sweeps) keep their place in the queue.
+            let context = context.clone();
+            move |link: &ObjectRef<AcquisitionLink>| {
+                let key = format!(
+                    "{}/{}",
+                    link.namespace.as_deref().unwrap_or_default(),
+                    link.name
+                );
+                if context.urgent.is_marked(&key) {
+                    let _ = urgent_tx.try_send(link.clone());
+                }
+            }
+        }))
         .graceful_shutdown_on(shutdown.clone())
         .run(
             {
@@ -451,6 +478,7 @@ pub fn start_with(
         }
         pump.abort();
         block_relay.abort();
+        lane.abort();
     });
     Running {
         context,
@@ -460,6 +488,62 @@ pub fn start_with(
         },
         ready: ready_rx,
         task,
+    }
+}
+
+/// How many objects may wait for the urgent lane; more go through the controller's queue.
+const URGENT_QUEUE: usize = 1024;
+/// How many urgent passes run at once, beside the controller's own.
+const URGENT_PASSES: usize = 16;
+
+/// The urgent lane: passes a person is waiting for (an edit, a deletion, a requested pass,
+/// a pause toggled, a callback's report) run here as soon as the watch shows them, instead
+/// of behind every pass already in the controller's queue (thousands while a large set of
+/// links converges: kube's queue is first come, first served). The controller still runs
+/// its own pass for the same change later; `PassLocks` keeps the two apart, and that
+/// second pass finds the work done and asks WeCom nothing. A failed urgent pass is left to
+/// the controller's, with its back-off.
+async fn urgent_lane(
+    mut requests: mpsc::Receiver<ObjectRef<AcquisitionLink>>,
+    store: reflector::Store<AcquisitionLink>,
+    ctx: Arc<Context>,
+    guard: PassGuard,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(URGENT_PASSES));
+    let waiting: Arc<std::sync::Mutex<std::collections::HashSet<ObjectRef<AcquisitionLink>>>> =
+        Default::default();
+    fn lock<T>(set: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        set.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    while let Some(object) = requests.recv().await {
+        if !lock(&waiting).insert(object.clone()) {
+            continue;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let (store, ctx, guard, waiting) =
+            (store.clone(), ctx.clone(), guard.clone(), waiting.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            // A change that comes during this pass queues another (it waits for this one).
+            lock(&waiting).remove(&object);
+            let key = format!(
+                "{}/{}",
+                object.namespace.as_deref().unwrap_or_default(),
+                object.name
+            );
+            let Some(link) = store.get(&object) else {
+                return;
+            };
+            if !link::wants_urgent_pass(&link) && !ctx.urgent.is_marked(&key) {
+                return;
+            }
+            if let Err(err) = guard.pass(&LINKS, link, ctx, link::reconcile_urgent).await {
+                tracing::debug!(link = %key, %err, "urgent pass failed; the controller's pass retries it");
+            }
+        });
     }
 }
 

@@ -1,7 +1,8 @@
 //! The WeCom traffic scheduler seen from outside: apps of one corp share one budget, WeCom's
 //! rate limit closes an API without a retry storm, a restart sends no burst, a new link costs
-//! no call beyond its A3, the poll interval stretches to fit the budget and says so, and an
-//! edit made while the cache lags behind the watch is not lost.
+//! no call beyond its A3, the poll interval stretches to fit the budget and says so, an
+//! edit made while the cache lags behind the watch is not lost, and an edit overtakes the
+//! passes already queued.
 //!
 //! Against the WeCom simulator and kubesim (tests/support).
 
@@ -270,4 +271,62 @@ async fn an_edit_the_cache_has_not_caught_up_with_is_acted_on() {
     let link_id = after.status.and_then(|s| s.link_id).unwrap();
     let remote = env.sim_link(&link_id).await.unwrap_or_default();
     assert_eq!(remote["range"]["user_list"], json!(["lisi"]), "{remote}");
+}
+
+/// Sixty new links, made while the controller was down, queue for two reconcile slots
+/// behind a slow A3 when it starts; an edit of a link made before them is a person's and
+/// does not wait for them: it reaches WeCom while most of the creates are still queued
+/// (kube's queue alone runs it after all of them).
+#[tokio::test]
+async fn an_edit_overtakes_the_passes_already_queued() {
+    let options = || wecom_acq::controller::StartOptions {
+        allowed_api_hosts: AllowedApiHosts::loopback(),
+        concurrency: 2,
+        ..Default::default()
+    };
+    let mut env = Env::without_controller().await;
+    env.start_controller_with(None, hourly(), options()).await;
+    env.apply_app_with_secret("app").await;
+    env.apply_link("first", link_spec("app", "First", &["zhangsan"]))
+        .await;
+    env.wait_link_condition("first", "Ready", "True", "Available")
+        .await;
+    env.stop_controller().await;
+    const QUEUED: u64 = 60;
+    for i in 0..QUEUED {
+        env.apply_link(
+            &format!("q{i:02}"),
+            link_spec("app", &format!("Q{i}"), &["zhangsan"]),
+        )
+        .await;
+    }
+    env.sim_fault(json!({ "api": "create_link", "latency_ms": 100 }))
+        .await;
+    env.start_controller_with(None, hourly(), options()).await;
+    wait_until("the creates under way", || async {
+        (env.sim_call_count("create_link").await >= 2).then_some(())
+    })
+    .await;
+    let edited = env
+        .patch_link_spec("first", json!({"range": {"userList": ["lisi"]}}))
+        .await;
+    let generation = edited.metadata.generation;
+    env.wait_for::<wecom_acq::api::AcquisitionLink>("first", "the edit applied", |l| {
+        l.status.as_ref().and_then(|s| s.observed_generation) == generation
+    })
+    .await;
+    let created = env.sim_call_count("create_link").await.saturating_sub(1);
+    assert!(
+        created < QUEUED / 2,
+        "the edit waited for {created} of the {QUEUED} queued creates"
+    );
+    let link_id = env
+        .get_link("first")
+        .await
+        .status
+        .and_then(|s| s.link_id)
+        .unwrap();
+    let remote = env.sim_link(&link_id).await.unwrap_or_default();
+    assert_eq!(remote["range"]["user_list"], json!(["lisi"]), "{remote}");
+    env.stop_controller().await;
 }

@@ -586,6 +586,8 @@ pub struct Context {
     pub urgent: super::traffic::Urgent,
     /// The newest resourceVersion the watch delivered per link UID.
     pub seen_versions: Arc<super::traffic::SeenVersions>,
+    /// One pass at a time per object, across the controller and the urgent lane.
+    pub pass_locks: super::traffic::PassLocks,
     /// Each app's share of the reconcile slots.
     pub slots: Arc<super::traffic::PassSlots>,
     /// One shared A1 listing per app.

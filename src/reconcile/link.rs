@@ -136,6 +136,14 @@ fn at_rest(ctx: &Context, link: &AcquisitionLink) -> Action {
 
 /// What started this pass, for the class of its WeCom requests.
 fn pass_cause(link: &AcquisitionLink, ctx: &Context) -> PassCause {
+    PassCause {
+        callback: ctx.urgent.take(&object_key(link)),
+        ..object_cause(link)
+    }
+}
+
+/// What the object itself says it needs (everything but a callback's mark).
+fn object_cause(link: &AcquisitionLink) -> PassCause {
     let status = link.status.as_ref();
     let observed = status.and_then(|s| s.observed_generation);
     let requested = link.annotations().get(RECONCILE_REQUESTED_ANNOTATION);
@@ -144,10 +152,17 @@ fn pass_cause(link: &AcquisitionLink, ctx: &Context) -> PassCause {
         requested: requested.is_some()
             && requested != status.and_then(|s| s.last_handled_reconcile_at.as_ref()),
         deleting: link.metadata.deletion_timestamp.is_some(),
-        callback: ctx.urgent.take(&object_key(link)),
+        callback: false,
         pause_changed: observed.is_some() && is_paused(link) != shows_paused(link),
         creating: known_link_id(link).is_none() || create_marker(link).is_some(),
     }
+}
+
+/// True when a person is waiting for a pass of this object (an edit, a deletion, a
+/// requested pass, a pause toggled): the controller runs it on the urgent lane instead of
+/// behind the passes already queued.
+pub fn wants_urgent_pass(link: &AcquisitionLink) -> bool {
+    pacing::pass_priority(object_cause(link)) == Priority::Now
 }
 
 /// Status says the link is paused (Synced=False, reason Paused).
@@ -197,13 +212,36 @@ fn slot_wait() -> Duration {
 
 /// Entry point for the controller.
 pub async fn reconcile(link: Arc<AcquisitionLink>, ctx: Arc<Context>) -> Result<Action, Error> {
+    run_pass(link, ctx, false).await
+}
+
+/// Entry point for the urgent lane: the same pass, outside the app's share of the
+/// controller's slots (the lane has its own bound).
+pub async fn reconcile_urgent(
+    link: Arc<AcquisitionLink>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    run_pass(link, ctx, true).await
+}
+
+async fn run_pass(
+    link: Arc<AcquisitionLink>,
+    ctx: Arc<Context>,
+    urgent: bool,
+) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let namespace = link.namespace().unwrap_or_default();
     let api: Api<AcquisitionLink> = Api::namespaced(ctx.kube.clone(), &namespace);
     let name = link.name_any();
-    let apps = ctx.app_store.state().len();
-    let Some(_slot) = ctx.slots.enter(&app_key(&link), apps) else {
-        return Ok(Action::requeue(slot_wait()));
+    let _one_at_a_time = ctx.pass_locks.hold(&object_key(&link)).await;
+    let _slot = if urgent {
+        None
+    } else {
+        let apps = ctx.app_store.state().len();
+        match ctx.slots.enter(&app_key(&link), apps) {
+            Some(slot) => Some(slot),
+            None => return Ok(Action::requeue(slot_wait())),
+        }
     };
     let Some(link) = newest(link, &api, &ctx).await? else {
         return Ok(Action::await_change());

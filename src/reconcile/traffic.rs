@@ -81,6 +81,11 @@ impl Urgent {
     pub fn take(&self, key: &str) -> bool {
         lock(&self.0).remove(key)
     }
+
+    /// Whether `key` is marked, leaving the mark for the pass.
+    pub fn is_marked(&self, key: &str) -> bool {
+        lock(&self.0).contains(key)
+    }
 }
 
 /// When each link's next poll is due (Unix milliseconds), per `namespace/name`.
@@ -136,6 +141,50 @@ impl PassSlots {
 
     pub fn total(&self) -> usize {
         self.total
+    }
+}
+
+/// One pass at a time per object. kube's controller runs one pass per object, but passes
+/// a person is waiting for also run on the urgent lane beside it (see
+/// `controller::urgent_lane`); the two take this lock, so they never act on one object at
+/// once. An entry lives only while someone holds or waits for it.
+#[derive(Debug, Default)]
+pub struct PassLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl PassLocks {
+    pub async fn hold(&self, key: &str) -> PassLock<'_> {
+        let entry = lock(&self.0).entry(key.to_string()).or_default().clone();
+        let guard = entry.lock_owned().await;
+        PassLock {
+            locks: self,
+            key: key.to_string(),
+            guard: Some(guard),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
+}
+
+pub struct PassLock<'a> {
+    locks: &'a PassLocks,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for PassLock<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut map = lock(&self.locks.0);
+        // Only the map holds it: nobody waits (a waiter clones the entry under this lock).
+        if map
+            .get(&self.key)
+            .is_some_and(|e| Arc::strong_count(e) == 1)
+        {
+            map.remove(&self.key);
+        }
     }
 }
 
@@ -238,6 +287,28 @@ mod tests {
         let all: Vec<_> = (0..8).filter_map(|_| slots.enter("ns/a", 1)).collect();
         assert_eq!(all.len(), 8);
         assert!(slots.enter("ns/b", 100).is_some());
+    }
+
+    #[tokio::test]
+    async fn one_pass_at_a_time_per_object_and_no_entry_left_behind() {
+        let locks = Arc::new(PassLocks::default());
+        let first = locks.hold("ns/a").await;
+        let other = locks.hold("ns/b").await;
+        let waiting = tokio::spawn({
+            let locks = locks.clone();
+            async move {
+                let _second = locks.hold("ns/a").await;
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "the second pass waits for the first"
+        );
+        drop(first);
+        waiting.await.unwrap();
+        drop(other);
+        assert_eq!(locks.len(), 0);
     }
 
     #[test]

@@ -189,6 +189,16 @@ fn check_cursor(cursor: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// The `Content-Type` of `response` as it goes into an error.
+pub fn response_content_type(response: &reqwest::Response) -> String {
+    shown_content_type(
+        response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+    )
+}
+
 /// The answer's `Content-Type` as it goes into an error: printable ASCII, shortened.
 pub fn shown_content_type(header: Option<&[u8]>) -> String {
     match header {

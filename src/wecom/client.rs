@@ -641,12 +641,7 @@ impl WeComClient {
             .await
             .map_err(|e| self.transport_failure(api, token, e))?;
         let status = response.status();
-        let content_type = answer::shown_content_type(
-            response
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .map(|v| v.as_bytes()),
-        );
+        let content_type = answer::response_content_type(&response);
         if status != reqwest::StatusCode::OK {
             // A 5xx may come from a gateway after WeCom acted; a 429 or 4xx did not act.
             return Err(SendFailure {

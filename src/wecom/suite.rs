@@ -299,12 +299,7 @@ impl SuiteClient {
             }
         })?;
         let status = response.status();
-        let content_type = answer::shown_content_type(
-            response
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .map(|v| v.as_bytes()),
-        );
+        let content_type = answer::response_content_type(&response);
         if status != reqwest::StatusCode::OK {
             return Err(WeComError::Http {
                 api,

@@ -601,8 +601,11 @@ impl Env {
         wait_until(
             &format!("the controller's cache to hold WeComApp {name} Ready"),
             || async {
-                (run.running.context.app(NS, name)?.resource_version() == app.resource_version())
-                    .then_some(())
+                // At least the version seen Ready: the reconciler may write again at once
+                // (the quota, applied apart), and the cache then moves past it.
+                let cached = run.running.context.app(NS, name)?.resource_version();
+                let version = |v: Option<String>| v.and_then(|v| v.parse::<u64>().ok());
+                (version(cached) >= version(app.resource_version())).then_some(())
             },
         )
         .await;
