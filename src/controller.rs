@@ -336,6 +336,7 @@ pub fn start_with(
         urgent: Default::default(),
         seen_versions: seen_versions.clone(),
         pass_locks: Default::default(),
+        held_off: Default::default(),
         slots: Arc::new(PassSlots::new(options.concurrency())),
         sweeps: Default::default(),
         poll_intervals: Default::default(),

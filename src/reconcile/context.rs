@@ -588,6 +588,8 @@ pub struct Context {
     pub seen_versions: Arc<super::traffic::SeenVersions>,
     /// One pass at a time per object, across the controller and the urgent lane.
     pub pass_locks: super::traffic::PassLocks,
+    /// Objects whose last pass failed, and until when the same cause waits.
+    pub held_off: super::traffic::HeldOff,
     /// Each app's share of the reconcile slots.
     pub slots: Arc<super::traffic::PassSlots>,
     /// One shared A1 listing per app.

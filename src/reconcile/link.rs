@@ -246,6 +246,14 @@ async fn run_pass(
     let Some(link) = newest(link, &api, &ctx).await? else {
         return Ok(Action::await_change());
     };
+    // A pass for what the last failed pass was about waits out its back-off.
+    let object = link.clone();
+    let cause = cause_of(&link);
+    if let Some(left) = ctx.held_off.remaining(&object_key(&link), cause) {
+        return Ok(Action::requeue(left));
+    }
+    // This pass runs; one that fails below holds the next off again.
+    ctx.held_off.release(&object_key(&link));
     let link = match ensure_finalizer(link, &api, &ctx).await {
         Ok(link) => link,
         Err(kube::Error::Api(status)) if status.code == 409 => {
@@ -277,8 +285,12 @@ async fn run_pass(
             Ok(_) => {
                 failures.remove(&key);
             }
-            Err(_) => *failures.entry(key).or_default() += 1,
+            Err(_) => *failures.entry(key.clone()).or_default() += 1,
         }
+    }
+    if let Err(err) = &result {
+        ctx.held_off
+            .hold(&key, cause, retry_delay(&object, err, &ctx));
     }
     let label = match &result {
         Ok(_) => "ok",
@@ -360,13 +372,23 @@ pub(super) fn finalizer_outcome(
 /// thing failing (status cannot be written), from memory, so an outage still backs off.
 pub fn error_policy(link: Arc<AcquisitionLink>, error: &Error, ctx: Arc<Context>) -> Action {
     if let Error::WeCom(err) = error
+        && err.retry_after().is_some()
+    {
+        tracing::debug!(link = %link.name_any(), %err, "WeCom request deferred");
+    } else {
+        tracing::warn!(link = %link.name_any(), namespace = ?link.namespace(), %error, "reconcile failed");
+    }
+    Action::requeue(retry_delay(&link, error, &ctx))
+}
+
+/// When a failed pass may be tried again.
+fn retry_delay(link: &AcquisitionLink, error: &Error, ctx: &Context) -> Duration {
+    if let Error::WeCom(err) = error
         && let Some(after) = err.retry_after()
     {
         // Not sent: the corp's budget or WeCom's rate limit says when.
-        tracing::debug!(link = %link.name_any(), %err, "WeCom request deferred");
-        return Action::requeue(after);
+        return after;
     }
-    tracing::warn!(link = %link.name_any(), namespace = ?link.namespace(), %error, "reconcile failed");
     let key = format!(
         "{}/{}",
         link.namespace().unwrap_or_default(),
@@ -380,7 +402,21 @@ pub fn error_policy(link: Arc<AcquisitionLink>, error: &Error, ctx: Arc<Context>
         .unwrap_or(0);
     let in_status = link.status.as_ref().and_then(|s| s.failures).unwrap_or(0) + 1;
     let failures = in_status.max(in_memory);
-    Action::requeue(plan::retry_delay(failures, jitter()))
+    plan::retry_delay(failures, jitter())
+}
+
+/// What a person asked of the object, as one number: a failed pass holds off later passes
+/// for the same one (see `HeldOff`), not for a new edit or request.
+fn cause_of(link: &AcquisitionLink) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    link.metadata.generation.hash(&mut hash);
+    link.metadata.deletion_timestamp.is_some().hash(&mut hash);
+    let annotations = link.annotations();
+    for key in [RECONCILE_REQUESTED_ANNOTATION, PAUSED_ANNOTATION] {
+        annotations.get(key).hash(&mut hash);
+    }
+    hash.finish()
 }
 
 /// One pass's view of the object and the status it is building.
@@ -914,8 +950,11 @@ async fn wecom_failure(mut pass: Pass<'_>, err: WeComError) -> Result<Action, Er
                 pass.set(READY, false, reason::RETRYABLE_ERROR, message.clone());
             }
             pass.set(SYNCED, false, reason::RETRYABLE_ERROR, message);
+            let (ctx, link) = (pass.ctx, pass.link);
             pass.write_status().await?;
-            Ok(Action::requeue(plan::retry_delay(failures, jitter())))
+            let delay = plan::retry_delay(failures, jitter());
+            ctx.held_off.hold(&object_key(link), cause_of(link), delay);
+            Ok(Action::requeue(delay))
         }
         ErrorClass::Terminal => {
             let reason = terminal_reason(&err);

@@ -144,6 +144,33 @@ impl PassSlots {
     }
 }
 
+/// Objects whose last pass failed, with what had caused it and until when the next may
+/// not try again: a pass for the same cause (the urgent lane's and the controller's for
+/// one edit, or the lane's again on the failure's own status write) waits out the
+/// back-off instead of asking WeCom again at once. A new cause (another edit, a requested
+/// pass) runs at once.
+#[derive(Debug, Default)]
+pub struct HeldOff(Mutex<HashMap<String, (u64, Instant)>>);
+
+impl HeldOff {
+    /// How long a pass for `cause` of `key` must still wait.
+    pub fn remaining(&self, key: &str, cause: u64) -> Option<Duration> {
+        let held = lock(&self.0);
+        let (held_cause, until) = held.get(key)?;
+        (*held_cause == cause)
+            .then(|| until.saturating_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
+    }
+
+    pub fn hold(&self, key: &str, cause: u64, delay: Duration) {
+        lock(&self.0).insert(key.to_string(), (cause, Instant::now() + delay));
+    }
+
+    pub fn release(&self, key: &str) {
+        lock(&self.0).remove(key);
+    }
+}
+
 /// One pass at a time per object. kube's controller runs one pass per object, but passes
 /// a person is waiting for also run on the urgent lane beside it (see
 /// `controller::urgent_lane`); the two take this lock, so they never act on one object at
@@ -287,6 +314,22 @@ mod tests {
         let all: Vec<_> = (0..8).filter_map(|_| slots.enter("ns/a", 1)).collect();
         assert_eq!(all.len(), 8);
         assert!(slots.enter("ns/b", 100).is_some());
+    }
+
+    #[test]
+    fn a_failed_cause_waits_and_a_new_cause_does_not() {
+        let held = HeldOff::default();
+        held.hold("ns/a", 7, Duration::from_secs(60));
+        assert!(
+            held.remaining("ns/a", 7)
+                .is_some_and(|d| d > Duration::from_secs(59))
+        );
+        assert_eq!(held.remaining("ns/a", 8), None, "another edit runs at once");
+        assert_eq!(held.remaining("ns/b", 7), None);
+        held.release("ns/a");
+        assert_eq!(held.remaining("ns/a", 7), None);
+        held.hold("ns/a", 7, Duration::ZERO);
+        assert_eq!(held.remaining("ns/a", 7), None, "the back-off has passed");
     }
 
     #[tokio::test]
