@@ -13,7 +13,8 @@
 //!   object holds a new link);
 //! - the calls sent in the first minute after a restart, per API, against the budget.
 //!
-//! `cargo bench --bench scale`; `SCALE_SIZES=1000` (comma-separated) picks the sizes.
+//! `cargo bench --bench scale`; `SCALE_SIZES=1000` (comma-separated) picks the sizes;
+//! `SCALE_LOG_DIR=DIR` keeps the first controller's log there.
 #![cfg(unix)]
 
 #[path = "../tests/support/mod.rs"]
@@ -294,6 +295,9 @@ async fn run(n: usize) {
 
     // Restart: the first minute's calls against the budget.
     let rss = peak_rss_mib(pid);
+    if let Ok(dir) = std::env::var("SCALE_LOG_DIR") {
+        let _ = std::fs::write(format!("{dir}/scale-{n}-controller.log"), controller.log());
+    }
     controller.sigkill();
     env.admin
         .request(reqwest::Method::DELETE, "/_sim/calls", None)

@@ -9,7 +9,7 @@ use kube::{
     Api, Client, ResourceExt,
     runtime::{
         Controller, WatchStreamExt,
-        events::{Recorder, Reporter},
+        events::Reporter,
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -29,7 +29,9 @@ use crate::{
     reconcile::{
         app, conditions,
         context::{AppClients, Cadence, Context},
-        link, plan, status_apply,
+        link, plan,
+        recorder::Recorder,
+        status_apply,
         traffic::{PassSlots, SeenVersions},
     },
     wecom::AllowedApiHosts,
@@ -321,7 +323,11 @@ pub fn start_with(
             options.allowed_api_hosts.clone(),
         )
         .with_corp_limits(options.corp_limits.unwrap_or_default()),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(
+            client.clone(),
+            &reporter.controller,
+            reporter.instance.clone(),
+        ),
         metrics,
         cadence,
         app_store: app_reader.clone(),

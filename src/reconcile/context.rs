@@ -12,11 +12,12 @@ use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{
-        events::{Event, EventType, Recorder},
+        events::EventType,
         reflector::{ObjectRef, Store},
     },
 };
 
+use super::recorder::Note;
 use crate::{
     api::{AcquisitionLink, SecretKeyRef, WeComApp, WeComSuite},
     defaults,
@@ -560,7 +561,7 @@ impl BlockObserver for BlockFanout {
 pub struct Context {
     pub kube: kube::Client,
     pub apps: AppClients,
-    pub recorder: Recorder,
+    pub recorder: super::recorder::Recorder,
     pub metrics: Arc<Metrics>,
     pub cadence: Cadence,
     pub app_store: Store<WeComApp>,
@@ -635,14 +636,14 @@ impl Context {
     ) where
         K: Resource<DynamicType = ()>,
     {
-        let event = Event {
+        let note: String = note.chars().take(1000).collect();
+        let event = Note {
             type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: action.into(),
-            secondary: None,
+            reason,
+            action,
+            note: &note,
         };
-        if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+        if let Err(err) = self.recorder.publish(&obj.object_ref(&()), &event).await {
             tracing::warn!(%err, reason, "could not publish event");
         }
     }

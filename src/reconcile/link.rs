@@ -162,7 +162,10 @@ fn object_cause(link: &AcquisitionLink) -> PassCause {
 /// requested pass, a pause toggled): the controller runs it on the urgent lane instead of
 /// behind the passes already queued.
 pub fn wants_urgent_pass(link: &AcquisitionLink) -> bool {
-    pacing::pass_priority(object_cause(link)) == Priority::Now
+    let mut cause = object_cause(link);
+    // A deletion has nothing to do once the finalizer is off.
+    cause.deleting &= link.finalizers().iter().any(|f| f == LINK_FINALIZER);
+    pacing::pass_priority(cause) == Priority::Now
 }
 
 /// Status says the link is paused (Synced=False, reason Paused).
@@ -193,7 +196,9 @@ async fn newest(
         return Ok(Some(link));
     }
     tracing::debug!(link = %object_key(&link), version, "cache is older than the watch; reading the link");
-    match api.get_opt(&link.name_any()).await? {
+    let read = api.get_opt(&link.name_any()).await?;
+    ctx.seen_versions.forget(uid);
+    match read {
         Some(mut fresh) if fresh.metadata.uid == link.metadata.uid => {
             if let Some(version) = fresh.metadata.resource_version.as_deref() {
                 ctx.seen_versions.note(uid, version);
@@ -288,9 +293,20 @@ async fn run_pass(
             Err(_) => *failures.entry(key.clone()).or_default() += 1,
         }
     }
-    if let Err(err) = &result {
-        ctx.held_off
-            .hold(&key, cause, retry_delay(&object, err, &ctx));
+    match &result {
+        Err(err) => ctx
+            .held_off
+            .hold(&key, cause, retry_delay(&object, err, &ctx)),
+        // The cleanup succeeded and kube's helper removed the finalizer.
+        Ok(_)
+            if object.metadata.deletion_timestamp.is_some()
+                && object.finalizers().iter().any(|f| f == LINK_FINALIZER) =>
+        {
+            if let Some(uid) = object.metadata.uid.as_deref() {
+                ctx.seen_versions.bury(uid);
+            }
+        }
+        Ok(_) => {}
     }
     let label = match &result {
         Ok(_) => "ok",
@@ -1714,9 +1730,6 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
         facts.remove(&key);
     }
     ctx.polls.forget(&key);
-    if let Some(uid) = link.metadata.uid.as_deref() {
-        ctx.seen_versions.forget(uid);
-    }
     if let Some((id, owner)) = link_owned_by_another(link, ctx) {
         ctx.publish(
             link,

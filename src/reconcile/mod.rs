@@ -10,6 +10,7 @@ pub mod link;
 pub mod marker;
 pub mod pacing;
 pub mod plan;
+pub mod recorder;
 pub mod status_apply;
 pub mod traffic;
 pub mod triggers;

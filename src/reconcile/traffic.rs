@@ -40,12 +40,16 @@ fn newer(a: &str, b: &str) -> bool {
     }
 }
 
+/// What [`SeenVersions`] holds for an object whose deletion this controller completed.
+const GONE: &str = "";
+
 impl SeenVersions {
     pub fn note(&self, uid: &str, resource_version: &str) {
         let mut seen = lock(&self.0);
         match seen.get_mut(uid) {
             Some(known) => {
-                if newer(resource_version, known) {
+                // Gone stays gone until a read from the API server says otherwise.
+                if known != GONE && newer(resource_version, known) {
                     resource_version.clone_into(known);
                 }
             }
@@ -55,11 +59,17 @@ impl SeenVersions {
         }
     }
 
-    /// True when a newer version than `resource_version` is known.
+    /// True when a newer version than `resource_version` is known, or the object is gone.
     pub fn differs(&self, uid: &str, resource_version: &str) -> bool {
         lock(&self.0)
             .get(uid)
-            .is_some_and(|seen| newer(seen, resource_version))
+            .is_some_and(|seen| seen == GONE || newer(seen, resource_version))
+    }
+
+    /// This controller removed its finalizer from the object being deleted: a pass queued
+    /// meanwhile reads it again (and finds it gone) instead of cleaning up twice.
+    pub fn bury(&self, uid: &str) {
+        lock(&self.0).insert(uid.to_string(), GONE.to_string());
     }
 
     pub fn forget(&self, uid: &str) {
@@ -374,5 +384,10 @@ mod tests {
             seen.differs("w", "a0"),
             "versions that are not numbers: any other is stale"
         );
+        seen.bury("u");
+        seen.note("u", "43");
+        assert!(seen.differs("u", "43"), "a buried object is read again");
+        seen.forget("u");
+        assert!(!seen.differs("u", "43"));
     }
 }
