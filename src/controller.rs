@@ -343,6 +343,7 @@ pub fn start_with(
         seen_versions: seen_versions.clone(),
         pass_locks: Default::default(),
         held_off: Default::default(),
+        deleted_links: Default::default(),
         slots: Arc::new(PassSlots::new(options.concurrency())),
         sweeps: Default::default(),
         poll_intervals: Default::default(),

@@ -591,6 +591,8 @@ pub struct Context {
     pub pass_locks: super::traffic::PassLocks,
     /// Objects whose last pass failed, and until when the same cause waits.
     pub held_off: super::traffic::HeldOff,
+    /// Link ids this process deleted in WeCom lately.
+    pub deleted_links: super::traffic::DeletedLinks,
     /// Each app's share of the reconcile slots.
     pub slots: Arc<super::traffic::PassSlots>,
     /// One shared A1 listing per app.

@@ -1799,6 +1799,9 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
         }
     };
     for id in targets {
+        if ctx.deleted_links.contains(&id) {
+            continue;
+        }
         let asked = tokio::time::Instant::now();
         match client.delete_link(&id).await {
             Ok(()) => {}
@@ -1810,6 +1813,7 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
             }
             Err(err) => return Err(err.into()),
         }
+        ctx.deleted_links.insert(&id);
         ctx.publish(
             link,
             EventType::Normal,

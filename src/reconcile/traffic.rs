@@ -181,6 +181,29 @@ impl HeldOff {
     }
 }
 
+/// Link ids this process deleted in WeCom (A5) in the last ten minutes: a second cleanup
+/// pass of one deletion (a finalizer removal that raced, a queued pass on an old copy)
+/// sends no second A5, and so no A1 listing to check a "not found" either. WeCom never
+/// reuses a link id.
+#[derive(Debug, Default)]
+pub struct DeletedLinks(Mutex<HashMap<String, Instant>>);
+
+const DELETED_KEPT: Duration = Duration::from_secs(600);
+
+impl DeletedLinks {
+    pub fn contains(&self, link_id: &str) -> bool {
+        lock(&self.0)
+            .get(link_id)
+            .is_some_and(|at| at.elapsed() < DELETED_KEPT)
+    }
+
+    pub fn insert(&self, link_id: &str) {
+        let mut deleted = lock(&self.0);
+        deleted.retain(|_, at| at.elapsed() < DELETED_KEPT);
+        deleted.insert(link_id.to_string(), Instant::now());
+    }
+}
+
 /// One pass at a time per object. kube's controller runs one pass per object, but passes
 /// a person is waiting for also run on the urgent lane beside it (see
 /// `controller::urgent_lane`); the two take this lock, so they never act on one object at
@@ -324,6 +347,14 @@ mod tests {
         let all: Vec<_> = (0..8).filter_map(|_| slots.enter("ns/a", 1)).collect();
         assert_eq!(all.len(), 8);
         assert!(slots.enter("ns/b", 100).is_some());
+    }
+
+    #[test]
+    fn a_deleted_link_is_remembered() {
+        let deleted = DeletedLinks::default();
+        assert!(!deleted.contains("a"));
+        deleted.insert("a");
+        assert!(deleted.contains("a") && !deleted.contains("b"));
     }
 
     #[test]
