@@ -517,6 +517,11 @@ async fn urgent_lane(
     ctx: Arc<Context>,
     guard: PassGuard,
 ) {
+    // Nothing before both caches hold what the API server holds: a pass that cannot see
+    // its app yet would take it for deleted.
+    if store.wait_until_ready().await.is_err() || ctx.app_store.wait_until_ready().await.is_err() {
+        return;
+    }
     let permits = Arc::new(tokio::sync::Semaphore::new(URGENT_PASSES));
     let waiting: Arc<std::sync::Mutex<std::collections::HashSet<ObjectRef<AcquisitionLink>>>> =
         Default::default();

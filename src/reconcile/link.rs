@@ -1762,6 +1762,8 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
     if link_id.is_none() && create_marker(link).is_none() {
         return Ok(Action::await_change());
     }
+    // An app missing from a cache still being filled is not a deleted app.
+    let _ = ctx.app_store.wait_until_ready().await;
     let Some(app) = ctx.app(&namespace, &link.spec.app_ref.name) else {
         ctx.publish(
             link,
