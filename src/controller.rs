@@ -28,7 +28,7 @@ use crate::{
     metrics::Metrics,
     reconcile::{
         app, conditions,
-        context::{AppClients, Cadence, Context},
+        context::{AppClients, Cadence, Context, filled},
         link, plan,
         recorder::Recorder,
         status_apply,
@@ -456,8 +456,8 @@ pub fn start_with(
     let readiness = {
         let (links, apps) = (link_reader.clone(), app_reader.clone());
         async move {
-            let _ = links.wait_until_ready().await;
-            let _ = apps.wait_until_ready().await;
+            filled(&links).await;
+            filled(&apps).await;
             let _ = ready_tx.send(true);
             futures::future::pending::<()>().await;
         }
@@ -519,9 +519,8 @@ async fn urgent_lane(
 ) {
     // Nothing before both caches hold what the API server holds: a pass that cannot see
     // its app yet would take it for deleted.
-    if store.wait_until_ready().await.is_err() || ctx.app_store.wait_until_ready().await.is_err() {
-        return;
-    }
+    filled(&store).await;
+    filled(&ctx.app_store).await;
     let permits = Arc::new(tokio::sync::Semaphore::new(URGENT_PASSES));
     let waiting: Arc<std::sync::Mutex<std::collections::HashSet<ObjectRef<AcquisitionLink>>>> =
         Default::default();
@@ -529,6 +528,7 @@ async fn urgent_lane(
         set.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+    tracing::debug!("urgent lane ready");
     while let Some(object) = requests.recv().await {
         if !lock(&waiting).insert(object.clone()) {
             continue;

@@ -221,7 +221,7 @@ async fn reconcile_guarded(app: Arc<WeComApp>, ctx: &Context) -> Result<Action, 
     let key = format!("{namespace}/{}", app.name_any());
     if app.metadata.deletion_timestamp.is_some() {
         // An unsynced link cache would look empty and let the app go before its links.
-        let _ = ctx.link_store.wait_until_ready().await;
+        super::context::filled(&ctx.link_store).await;
         let users = links_using(&ctx.link_store, &app);
         if !users.is_empty() {
             announce_waiting(&app, ctx, &key, &users).await;

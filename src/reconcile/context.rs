@@ -666,6 +666,25 @@ impl Context {
     }
 }
 
+/// Waits until `store` holds what the API server held when its watch started.
+///
+/// kube's `Store::wait_until_ready` wakes only the last of several waiters (one oneshot
+/// receiver behind a lock, each poll replacing the waker), so a second waiter may sleep for
+/// ever. Polling it again every 100 ms registers each waiter anew and sees the value once it
+/// is there. A store whose writer is gone is taken as filled: nothing more will come.
+pub async fn filled<K>(store: &kube::runtime::reflector::Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
+            Ok(_) => return,
+            Err(_elapsed) => continue,
+        }
+    }
+}
+
 /// A compact identity of one customer of a link: the external contact and the member it
 /// added (one external_userid can appear once per member).
 pub fn customer_key(external_userid: &str, userid: &str) -> u64 {

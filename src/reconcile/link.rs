@@ -1763,7 +1763,7 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
         return Ok(Action::await_change());
     }
     // An app missing from a cache still being filled is not a deleted app.
-    let _ = ctx.app_store.wait_until_ready().await;
+    super::context::filled(&ctx.app_store).await;
     let Some(app) = ctx.app(&namespace, &link.spec.app_ref.name) else {
         ctx.publish(
             link,
