@@ -2,7 +2,9 @@
 //! installed. It starts the WeCom simulator, the Kubernetes API emulator and the real
 //! controllers (the engine of `wecom-acq run`, with one-second intervals), applies the
 //! examples, simulates traffic and an admin-console deletion and edit, shows what the
-//! controller did about them (table, Events, the WeCom calls made) and stops everything.
+//! controller did about them (table, Events, the WeCom calls made), then lets a corp
+//! authorise a service provider's suite and makes a link under it ([`suite`]), and stops
+//! everything.
 //!
 //! Every step waits on a condition with a timeout; none sleeps for a fixed time.
 
@@ -27,6 +29,10 @@ use crate::gitops::manifest::{Manifests, parse_into};
 use crate::reconcile::conditions::{self, READY};
 use crate::reconcile::context::Cadence;
 use crate::sim::{SimCallback, SimConfig};
+
+mod suite;
+
+pub use suite::{LINK as SUITE_LINK, SUITE_AES_KEY, SUITE_CALLBACK_TOKEN, SUITE_SECRET};
 
 /// The namespace the demo works in.
 pub const NAMESPACE: &str = "default";
@@ -61,7 +67,9 @@ pub struct DemoArgs {
     /// Give up when one step takes longer than this (raise it on a very slow machine).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub step_timeout: Duration,
-    /// Do not push WeCom callbacks to the controller: find changes by polling only.
+    /// Do not push the corp's WeCom callbacks to the controller: find changes by polling
+    /// only. (The suite's instruction callbacks, suite_ticket and create_auth, still come:
+    /// a suite has no other way to get them.)
     #[arg(long)]
     pub no_callbacks: bool,
 }
@@ -116,7 +124,11 @@ struct World {
     http: reqwest::Client,
     stop: watch::Sender<bool>,
     controller: tokio::task::JoinHandle<()>,
-    callbacks: Option<tokio::task::JoinHandle<()>>,
+    /// The callback endpoint: the app's callbacks (when on) and the suite's instructions.
+    callbacks: tokio::task::JoinHandle<()>,
+    callback_addr: SocketAddr,
+    /// The simulated corp, which authorises the suite.
+    corp_id: String,
 }
 
 impl World {
@@ -145,12 +157,16 @@ impl World {
         Ok(value)
     }
 
+    /// The simulator's count of WeCom calls per API (`GET /_sim/calls`).
+    async fn calls(&self) -> anyhow::Result<Value> {
+        self.sim_call(reqwest::Method::GET, "/_sim/calls", Value::Null)
+            .await
+    }
+
     async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.controller).await;
-        if let Some(callbacks) = self.callbacks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), callbacks).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.callbacks).await;
         self.sim.shutdown().await;
         self.kube.shutdown().await;
     }
@@ -219,28 +235,25 @@ async fn start(options: &DemoOptions, manifests: &Manifests) -> anyhow::Result<W
         crate::wecom::AllowedApiHosts::loopback(),
         shutdown,
     );
-    let (sim_callback, callbacks) = match options.change_feed {
-        ChangeFeed::Polling => (None, None),
-        ChangeFeed::Callbacks => {
-            let addr = reserve_loopback_port()?;
-            let endpoint = crate::callback::serve(
-                addr,
-                running.context.clone(),
-                running.triggers.clone(),
-                stopped.clone(),
-            )
-            .await?;
-            (Some(sim_callback_for(manifests, addr)?), Some(endpoint))
-        }
-    };
-    let sim = crate::sim::spawn(
-        SimConfig {
-            callback: sim_callback,
-            ..SimConfig::default()
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
+    // Served in both modes: the suite's instruction callbacks have no polling backup.
+    let callback_addr = reserve_loopback_port()?;
+    let callbacks = crate::callback::serve(
+        callback_addr,
+        running.context.clone(),
+        running.triggers.clone(),
+        stopped.clone(),
     )
     .await?;
+    let sim_callback = match options.change_feed {
+        ChangeFeed::Polling => None,
+        ChangeFeed::Callbacks => Some(sim_callback_for(manifests, callback_addr)?),
+    };
+    let sim_config = SimConfig {
+        callback: sim_callback,
+        ..SimConfig::default()
+    };
+    let corp_id = sim_config.corp_id.clone();
+    let sim = crate::sim::spawn(sim_config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let mut ready = running.ready.clone();
     within(
         options.step_timeout,
@@ -262,6 +275,8 @@ async fn start(options: &DemoOptions, manifests: &Manifests) -> anyhow::Result<W
         stop,
         controller: running.task,
         callbacks,
+        callback_addr,
+        corp_id,
     })
 }
 
@@ -502,14 +517,14 @@ async fn script(
         say(out, &events_table(&link_events(&events, name).await?));
     }
 
-    let calls = world
-        .sim_call(reqwest::Method::GET, "/_sim/calls", Value::Null)
-        .await?;
+    let calls = world.calls().await?;
     say(
         out,
         "\n==> WeCom calls the controller made (the simulator's GET /_sim/calls):",
     );
     say(out, &calls_table(&calls));
+
+    suite::script(world, limit, out).await?;
     say(
         out,
         "\nNext: run `wecom-acq simulate` in one terminal and `wecom-acq plan -f examples/*.yaml` (then `apply`) in another for the same decisions on files without a cluster; `wecom-acq run` is the controller for a cluster.",

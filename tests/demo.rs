@@ -1,9 +1,12 @@
 //! `wecom-acq demo` as a newcomer runs it: it exits 0 on its own, shows both example links
-//! Ready with their WeCom ids, and the link deleted in the console comes back with a new id.
+//! Ready with their WeCom ids, and the link deleted in the console comes back with a new id;
+//! then a corp authorises a service provider's suite and a link under it is Ready.
 
 use std::time::Duration;
 
-use wecom_acq::demo::{ChangeFeed, DemoOptions};
+use wecom_acq::demo::{
+    ChangeFeed, DemoOptions, SUITE_AES_KEY, SUITE_CALLBACK_TOKEN, SUITE_LINK, SUITE_SECRET,
+};
 
 /// Generous: the demo takes a few seconds; this only guards against a hang.
 const GUARD: Duration = Duration::from_secs(180);
@@ -38,6 +41,36 @@ fn customers(text: &str) -> Vec<(String, String)> {
             }
         })
         .collect()
+}
+
+/// `(app, link id, ready, url)` of every row of the suite-backed link's table.
+fn suite_rows(text: &str) -> Vec<(String, String, String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            match cells.as_slice() {
+                [name, app, id, ready, url] if *name == SUITE_LINK => Some((
+                    app.to_string(),
+                    id.to_string(),
+                    ready.to_string(),
+                    url.to_string(),
+                )),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The count printed for `api` in the suite part's calls table.
+fn suite_calls(text: &str, api: &str) -> Option<u64> {
+    let part = text.split("WeCom calls for the suite").nth(1)?;
+    part.lines().find_map(|line| {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        match cells.as_slice() {
+            [name, count] if *name == api => count.parse().ok(),
+            _ => None,
+        }
+    })
 }
 
 fn ids_of<'a>(rows: &'a [(String, String, String)], name: &str) -> Vec<&'a str> {
@@ -111,6 +144,26 @@ async fn demo_runs_from_nothing_recreates_the_deleted_link_and_exits_zero() {
         assert!(
             !stdout.contains(secret) && !stderr.contains(secret),
             "secret printed"
+        );
+    }
+
+    // A service provider's suite: the corp it authorised got a WeComApp and a Ready link.
+    let suite = suite_rows(&stdout);
+    assert_eq!(suite.len(), 1, "{stdout}");
+    let (app, id, ready, url) = &suite[0];
+    assert_eq!(app, "acme-wwsimcorp", "{stdout}");
+    assert!(
+        id.starts_with("caw") && url.ends_with(id.as_str()),
+        "{stdout}"
+    );
+    assert_eq!(ready, "True", "{stdout}");
+    for api in ["get_suite_token", "get_permanent_code", "get_corp_token"] {
+        assert_eq!(suite_calls(&stdout, api), Some(1), "{api}:\n{stdout}");
+    }
+    for secret in [SUITE_SECRET, SUITE_CALLBACK_TOKEN, SUITE_AES_KEY] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "a suite credential printed"
         );
     }
 }
