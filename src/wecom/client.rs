@@ -695,32 +695,7 @@ impl WeComClient {
     /// `error` with the secret and the token removed from every text the server chose
     /// (an errmsg, a quoted wrong value, a content type).
     fn scrub_error(&self, error: WeComError, token: Option<&AccessToken>) -> WeComError {
-        match error {
-            WeComError::Api {
-                api,
-                errcode,
-                errmsg,
-            } => WeComError::Api {
-                api,
-                errcode,
-                errmsg: self.scrub(&errmsg, token),
-            },
-            WeComError::Decode { api, path, message } => WeComError::Decode {
-                api,
-                path: self.scrub(&path, token),
-                message: self.scrub(&message, token),
-            },
-            WeComError::NotJson {
-                api,
-                status,
-                content_type,
-            } => WeComError::NotJson {
-                api,
-                status,
-                content_type: self.scrub(&content_type, token),
-            },
-            other => other,
-        }
+        error.scrub_server_text(|text| self.scrub(text, token))
     }
 
     fn transport_failure(

@@ -288,6 +288,37 @@ fn deferred_message(api: Api, retry_after_ms: u64, blocked: bool) -> String {
 }
 
 impl WeComError {
+    /// The error with `scrub` applied to every text the server chose (an errmsg, a quoted
+    /// wrong value, a content type), so no credential it echoed can reach a log or status.
+    pub fn scrub_server_text(self, scrub: impl Fn(&str) -> String) -> WeComError {
+        match self {
+            WeComError::Api {
+                api,
+                errcode,
+                errmsg,
+            } => WeComError::Api {
+                api,
+                errcode,
+                errmsg: scrub(&errmsg),
+            },
+            WeComError::Decode { api, path, message } => WeComError::Decode {
+                api,
+                path: scrub(&path),
+                message: scrub(&message),
+            },
+            WeComError::NotJson {
+                api,
+                status,
+                content_type,
+            } => WeComError::NotJson {
+                api,
+                status,
+                content_type: scrub(&content_type),
+            },
+            other => other,
+        }
+    }
+
     /// A request the corp's scheduler did not send now.
     pub fn deferred(api: Api, deferral: super::scheduler::Deferral) -> Self {
         WeComError::Deferred {

@@ -329,23 +329,8 @@ impl SuiteClient {
                 }
             }
         }
-        answer::decode(api, status.as_u16(), &content_type, &bytes).map_err(|error| match error {
-            WeComError::Api {
-                api,
-                errcode,
-                errmsg,
-            } => WeComError::Api {
-                api,
-                errcode,
-                errmsg: scrub(&errmsg),
-            },
-            WeComError::Decode { api, path, message } => WeComError::Decode {
-                api,
-                path: scrub(&path),
-                message: scrub(&message),
-            },
-            other => other,
-        })
+        answer::decode(api, status.as_u16(), &content_type, &bytes)
+            .map_err(|error| error.scrub_server_text(scrub))
     }
 }
 
