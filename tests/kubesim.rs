@@ -690,6 +690,40 @@ async fn watch_from_compacted_resource_version_gets_410_and_watcher_relists() {
     );
 }
 
+/// A paged list (kube's watcher lists 500 at a time) continued while thousands of writes
+/// happen, as while 10,000 links converge: the apiserver keeps minutes of history for list
+/// continuations and a watch cache of up to 102,400 changes, so the next page is served.
+/// kubesim kept 1,000 changes and answered 410: every watcher of a large set relisted,
+/// again and again.
+#[tokio::test]
+async fn a_paged_list_continues_through_thousands_of_writes() {
+    let (_sim, client) = start().await;
+    let api = links(&client);
+    for name in ["p1", "p2"] {
+        api.create(&PostParams::default(), &link(name, "P"))
+            .await
+            .unwrap();
+    }
+    let page = api.list(&ListParams::default().limit(1)).await.unwrap();
+    let token = page.metadata.continue_.expect("two objects need two pages");
+    for i in 0..1500 {
+        api.patch(
+            "p2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"linkName": format!("P{i}")}})),
+        )
+        .await
+        .unwrap();
+    }
+    let next = api
+        .list(&ListParams::default().limit(1).continue_token(&token))
+        .await
+        .unwrap();
+    // The page as of the first one's snapshot: p2 before the patches.
+    assert_eq!(next.items.len(), 1);
+    assert_eq!(next.items[0].spec.link_name, "P");
+}
+
 #[tokio::test]
 async fn bookmarks_arrive_only_when_asked_for() {
     let (_sim, client) =

@@ -15,6 +15,8 @@ struct FaultState {
     failing_writes: Vec<(String, u32, u16)>,
     outage: Option<(Instant, u16)>,
     delay: Duration,
+    /// Lists (not watches, not single objects) of this plural wait this long first.
+    list_delay: Option<(String, Duration)>,
 }
 
 pub(crate) struct Faults {
@@ -78,6 +80,14 @@ impl Faults {
         lock(&self.state).delay
     }
 
+    /// How long a list of `plural` waits before it is answered.
+    pub fn list_delay(&self, plural: &str) -> Duration {
+        match &lock(&self.state).list_delay {
+            Some((held, delay)) if held == plural => *delay,
+            _ => Duration::ZERO,
+        }
+    }
+
     /// Fires whenever `drop_watches` is called.
     pub fn watch_drops(&self) -> watch::Receiver<u64> {
         self.watch_drops.subscribe()
@@ -124,6 +134,12 @@ impl FaultControl {
     /// Every response waits this long first; `Duration::ZERO` turns the delay off.
     pub fn delay_responses(&self, delay: Duration) {
         lock(&self.inner.state).delay = delay;
+    }
+
+    /// Lists of `plural` (`acquisitionlinks`) are answered `delay` late, as a list of many
+    /// objects is: a client's cache of that kind fills after everything else it reads.
+    pub fn delay_lists(&self, plural: &str, delay: Duration) {
+        lock(&self.inner.state).list_delay = Some((plural.to_lowercase(), delay));
     }
 
     /// Aborts every open watch connection now, as a network cut or an apiserver restart

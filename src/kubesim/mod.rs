@@ -78,8 +78,10 @@
 //!   refused with 400 as unsupported.
 //! - One global change history instead of per-resource watch caches: a resumed watch
 //!   gets 410 only after [`FaultControl::compact_history`] or once the history window
-//!   (default 1000 changes, [`KubeSim::history_limit`]) has moved past it. Watchers too
-//!   slow for the live feed are closed, as the apiserver closes slow watchers.
+//!   (the last 75 s of changes, at most 102,400, as the apiserver's watch cache at its
+//!   largest; [`KubeSim::history_limit`] lowers the count) has moved past it. List
+//!   continuations share that window (etcd keeps 5 minutes). Watchers too slow for the
+//!   live feed are closed, as the apiserver closes slow watchers.
 //! - List with `resourceVersion=0` honours `limit` (older apiservers serve the whole
 //!   list from the watch cache then); clients must handle both.
 //! - Bookmarks come every [`KubeSim::bookmark_interval`] (default 10 s), not about
@@ -123,7 +125,7 @@ pub struct KubeSim {
 impl Default for KubeSim {
     fn default() -> Self {
         Self {
-            history_limit: 1000,
+            history_limit: 102_400,
             bookmark_interval: Duration::from_secs(10),
         }
     }

@@ -62,6 +62,18 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    let watching = query
+        .split('&')
+        .any(|p| p == "watch=true" || p == "watch=1");
+    if method == axum::http::Method::GET
+        && !watching
+        && let Some(plural) = path.rsplit('/').next()
+    {
+        let delay = state.faults.list_delay(plural);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
     let response = match state.faults.outage() {
         Some(status) => error_response(&ApiError::injected(status, "", "", "")),
         None => match route(&state, request).await {
@@ -69,11 +81,7 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
             Err(error) => error_response(&error),
         },
     };
-    let shown = if method == axum::http::Method::GET
-        && query
-            .split('&')
-            .any(|p| p == "watch=true" || p == "watch=1")
-    {
+    let shown = if method == axum::http::Method::GET && watching {
         "WATCH"
     } else {
         method.as_str()

@@ -26,6 +26,9 @@ const NAMESPACE_FINALIZER: &str = "kubernetes";
 const CRD_CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
 const CHANGE_FEED_CAPACITY: usize = 4096;
 
+/// How long a change stays in the history (see [`Store::commit`]'s note).
+const HISTORY_WINDOW: std::time::Duration = std::time::Duration::from_secs(75);
+
 /// What happened to one object at one resourceVersion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ChangeKind {
@@ -38,6 +41,8 @@ pub(crate) enum ChangeKind {
 #[derive(Debug)]
 pub(crate) struct Change {
     pub rv: u64,
+    /// When the change was committed (the history keeps a window of time).
+    pub at: std::time::Instant,
     pub storage: String,
     pub kind: ChangeKind,
     pub object: Value,
@@ -376,13 +381,24 @@ impl Store {
         }
         let change = Arc::new(Change {
             rv: self.rv,
+            at: std::time::Instant::now(),
             storage: storage.to_string(),
             kind,
             object: object.clone(),
             prev,
         });
         self.history.push_back(change.clone());
-        while self.history.len() > self.history_limit {
+        // The apiserver's watch cache keeps the changes of the last 75 s (its dynamic size,
+        // up to 102,400 events), and etcd the last 5 minutes for list continuations: at
+        // 700 writes a second a resumed watch or a paged list of 10,000 objects still gets
+        // what it asks for. A window of a fixed 1,000 changes answered 410 within 1.5 s,
+        // and every client relisted everything.
+        while self.history.len() > self.history_limit
+            || self
+                .history
+                .front()
+                .is_some_and(|c| c.at.elapsed() > HISTORY_WINDOW)
+        {
             if let Some(old) = self.history.pop_front() {
                 self.compacted_rv = old.rv;
             }
@@ -392,9 +408,23 @@ impl Store {
         object
     }
 
-    /// The objects of one bucket as they were at `rv`, rolled back through the history.
-    fn snapshot(&self, storage: &str, rv: u64) -> Result<BTreeMap<String, Value>, ApiError> {
-        let mut objects = self.bucket(storage).cloned().unwrap_or_default();
+    /// The objects of one bucket as they were at `rv`, rolled back through the history:
+    /// borrowed, so each page of a paged list of 10,000 objects costs a map of references,
+    /// not a copy of every object (which held the store's lock for seconds).
+    fn snapshot(
+        &self,
+        storage: &str,
+        rv: u64,
+    ) -> Result<BTreeMap<std::borrow::Cow<'_, str>, &Value>, ApiError> {
+        let mut objects: BTreeMap<std::borrow::Cow<'_, str>, &Value> = self
+            .bucket(storage)
+            .map(|bucket| {
+                bucket
+                    .iter()
+                    .map(|(path, object)| (std::borrow::Cow::Borrowed(path.as_str()), object))
+                    .collect()
+            })
+            .unwrap_or_default();
         if rv >= self.rv {
             return Ok(objects);
         }
@@ -413,9 +443,13 @@ impl Store {
                 meta_str(&change.object, "name"),
             );
             match &change.prev {
-                Some(prev) => objects.insert(path, prev.clone()),
-                None => objects.remove(&path),
-            };
+                Some(prev) => {
+                    objects.insert(std::borrow::Cow::Owned(path), prev);
+                }
+                None => {
+                    objects.remove(path.as_str());
+                }
+            }
         }
         Ok(objects)
     }
@@ -487,7 +521,7 @@ impl Store {
         let objects = self.snapshot(&rt.storage, at)?;
         let mut matching = objects
             .iter()
-            .filter(|(path, _)| start.as_ref().is_none_or(|s| path.as_str() > s.as_str()))
+            .filter(|(path, _)| start.as_ref().is_none_or(|s| path.as_ref() > s.as_str()))
             .filter(|(_, o)| filter.matches(o));
         let mut items = Vec::new();
         let mut last_path = start.clone().unwrap_or_default();
@@ -504,11 +538,11 @@ impl Store {
                 map.remove("kind");
             }
             items.push(item);
-            last_path = path.clone();
+            last_path = path.to_string();
         }
         let remaining = objects
             .iter()
-            .filter(|(path, _)| path.as_str() > last_path.as_str())
+            .filter(|(path, _)| path.as_ref() > last_path.as_str())
             .filter(|(_, o)| filter.matches(o))
             .count();
         let mut metadata = json!({"resourceVersion": at.to_string()});
