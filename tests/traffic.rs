@@ -330,3 +330,54 @@ async fn an_edit_overtakes_the_passes_already_queued() {
     assert_eq!(remote["range"]["user_list"], json!(["lisi"]), "{remote}");
     env.stop_controller().await;
 }
+
+/// A link deleted in WeCom while the controller was down is found by the app's first A1
+/// sweep, even when that pass starts before the link cache is filled (at 10,000 links the
+/// first list takes seconds): the pass waits for the cache. It used to count no links,
+/// sweep nothing and look again only at its next quota check, so the deleted link waited
+/// up to the quota interval (10 minutes by default) to be recreated.
+#[tokio::test]
+async fn the_first_sweep_after_a_restart_waits_for_the_link_cache() {
+    let mut env = Env::start(hourly()).await;
+    env.apply_app_with_secret("app").await;
+    for i in 0..3 {
+        env.apply_link(
+            &format!("l{i}"),
+            link_spec("app", &format!("L{i}"), &["zhangsan"]),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        env.wait_link_condition(&format!("l{i}"), "Ready", "True", "Available")
+            .await;
+    }
+    let link_id =
+        |l: &wecom_acq::api::AcquisitionLink| l.status.as_ref().and_then(|s| s.link_id.clone());
+    let victim_id = link_id(&env.get_link("l1").await).expect("link id");
+    env.stop_controller().await;
+    env.sim_request(
+        reqwest::Method::DELETE,
+        &format!("/_sim/links/{victim_id}"),
+        None,
+    )
+    .await;
+    env.sim_request(reqwest::Method::DELETE, "/_sim/calls", None)
+        .await;
+
+    // The link list is answered late, as one of 10,000 links is: the app's first pass
+    // starts before the link cache is filled.
+    env.kube
+        .faults()
+        .delay_lists("acquisitionlinks", Duration::from_secs(2));
+    env.start_controller(hourly()).await;
+    env.wait_for::<wecom_acq::api::AcquisitionLink>("l1", "recreated by the sweep", |l| {
+        link_id(l).is_some_and(|id| id != victim_id)
+    })
+    .await;
+    let calls = env.sim_calls().await;
+    // Found by the sweep, not by polling every link: the victim's own A2, and the listing
+    // taken after it that confirms the link is gone (the sweep's predates that A2).
+    assert_eq!(calls["get"].as_u64().unwrap_or(0), 1, "{calls}");
+    assert_eq!(calls["list_link"].as_u64().unwrap_or(0), 2, "{calls}");
+    env.stop_controller().await;
+}

@@ -524,7 +524,10 @@ async fn traffic(
         );
     }
 
-    // The poll interval for this many links within the budget.
+    // The poll interval for this many links within the budget. An app pass that ran before
+    // the link cache was filled would count no links and schedule no sweep until its next
+    // quota check (10 minutes by default): a link deleted in WeCom meanwhile waited for it.
+    super::context::filled(&ctx.link_store).await;
     let links: Vec<_> = ctx
         .link_store
         .state()
@@ -573,7 +576,11 @@ async fn traffic(
     let sweep_due = last
         .as_ref()
         .is_none_or(|l| l.taken_at.elapsed() >= sweep_every);
-    if !links.is_empty() && sweep_due {
+    if links.is_empty() {
+        // Nothing to sweep yet; the next pass looks again within a sweep interval, so a
+        // link created later is swept without waiting for the quota cadence.
+        *requeue = (*requeue).min(sweep_every);
+    } else if sweep_due {
         // A link created while the listing runs may be missing from it: its pass then
         // finds it with its own A2, at the cost of that one call.
         let listing = with_priority(
