@@ -266,10 +266,21 @@ pub fn start_with(
     let (app_reader, app_writer) = reflector::store();
     let seen_versions = Arc::new(SeenVersions::default());
     let (urgent_tx, urgent_rx) = mpsc::channel::<ObjectRef<AcquisitionLink>>(URGENT_QUEUE);
+    let (gone_tx, gone_rx) = mpsc::unbounded_channel::<(String, Option<String>)>();
     let link_stream = watcher(links_api, watcher::Config::default())
         .default_backoff()
         .modify(trim_for_cache)
         .reflect(link_writer)
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(link) = event {
+                let key = format!(
+                    "{}/{}",
+                    link.namespace().unwrap_or_default(),
+                    link.name_any()
+                );
+                let _ = gone_tx.send((key, link.metadata.uid.clone()));
+            }
+        })
         .applied_objects()
         .inspect_ok({
             let seen = seen_versions.clone();
@@ -354,6 +365,7 @@ pub fn start_with(
         hook: options.pass_hook.clone(),
         panics: Default::default(),
     };
+    let forgetter = tokio::spawn(forget_deleted(gone_rx, context.clone()));
     let lane = tokio::spawn(urgent_lane(
         urgent_rx,
         link_reader.clone(),
@@ -487,6 +499,7 @@ pub fn start_with(
         pump.abort();
         block_relay.abort();
         lane.abort();
+        forgetter.abort();
     });
     Running {
         context,
@@ -496,6 +509,16 @@ pub fn start_with(
         },
         ready: ready_rx,
         task,
+    }
+}
+
+/// Forgets each link the watch reports deleted (see [`Context::forget_link`]).
+async fn forget_deleted(
+    mut gone: mpsc::UnboundedReceiver<(String, Option<String>)>,
+    ctx: Arc<Context>,
+) {
+    while let Some((key, uid)) = gone.recv().await {
+        ctx.forget_link(&key, uid.as_deref());
     }
 }
 
@@ -510,7 +533,7 @@ const URGENT_PASSES: usize = 16;
 /// links converges: kube's queue is first come, first served). The controller still runs
 /// its own pass for the same change later; `PassLocks` keeps the two apart, and that
 /// second pass finds the work done and asks WeCom nothing. A failed urgent pass is left to
-/// the controller's, with its back-off.
+/// the controller's, with its back-off. Each app gets a fair share of the lane's passes.
 async fn urgent_lane(
     mut requests: mpsc::Receiver<ObjectRef<AcquisitionLink>>,
     store: reflector::Store<AcquisitionLink>,
@@ -522,6 +545,9 @@ async fn urgent_lane(
     filled(&store).await;
     filled(&ctx.app_store).await;
     let permits = Arc::new(tokio::sync::Semaphore::new(URGENT_PASSES));
+    // Shared out between apps like the controller's own slots: passes of an app whose API
+    // hangs hold at most its share, and the rest of its urgent passes go through the queue.
+    let shares = Arc::new(PassSlots::new(URGENT_PASSES));
     let waiting: Arc<std::sync::Mutex<std::collections::HashSet<ObjectRef<AcquisitionLink>>>> =
         Default::default();
     fn lock<T>(set: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -536,8 +562,13 @@ async fn urgent_lane(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let (store, ctx, guard, waiting) =
-            (store.clone(), ctx.clone(), guard.clone(), waiting.clone());
+        let (store, ctx, guard, waiting, shares) = (
+            store.clone(),
+            ctx.clone(),
+            guard.clone(),
+            waiting.clone(),
+            shares.clone(),
+        );
         tokio::spawn(async move {
             let _permit = permit;
             // A change that comes during this pass queues another (it waits for this one).
@@ -553,6 +584,14 @@ async fn urgent_lane(
             if !link::wants_urgent_pass(&link) && !ctx.urgent.is_marked(&key) {
                 return;
             }
+            let app = format!(
+                "{}/{}",
+                object.namespace.as_deref().unwrap_or_default(),
+                link.spec.app_ref.name
+            );
+            let Some(_share) = shares.enter(&app, ctx.app_store.state().len()) else {
+                return;
+            };
             if let Err(err) = guard.pass(&LINKS, link, ctx, link::reconcile_urgent).await {
                 tracing::debug!(link = %key, %err, "urgent pass failed; the controller's pass retries it");
             }

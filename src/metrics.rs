@@ -3,14 +3,21 @@
 //! Labels never carry a secret: app and link identities and WeCom error codes only.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, atomic::AtomicU64},
     time::Duration,
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        MetricType,
+        counter::Counter,
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
+    },
     registry::Registry,
 };
 
@@ -88,21 +95,6 @@ pub struct ConversionLabels {
     pub change_type: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LinkLabels {
-    pub namespace: String,
-    pub name: String,
-    pub link_id: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LinkChannelLabels {
-    pub namespace: String,
-    pub name: String,
-    pub link_id: String,
-    pub channel: String,
-}
-
 /// The channel a customer or event is counted under in metrics and
 /// `status.customers.byChannel`: one of the link's `spec.channels`, the link's own URL
 /// (`""`, no channel), or `other`. Channel values are free text anyone can append to a
@@ -117,6 +109,9 @@ pub fn bounded_channel<'a>(channels: &'a [String], state: &'a str) -> &'a str {
 
 /// The bucket of every channel not named in `spec.channels`.
 pub const OTHER_CHANNEL: &str = "other";
+
+/// The values of `wecom_acq_links{ready}`; anything else counts as the last.
+const READY_STATES: [&str; 3] = ["True", "False", "Unknown"];
 
 /// Every metric of the process, registered once.
 pub struct Metrics {
@@ -134,9 +129,6 @@ pub struct Metrics {
     pub panics: Family<TaskLabels, Counter>,
     pub quota_used: Family<AppLabels, Gauge>,
     pub quota_next_expiry: Family<AppLabels, Gauge>,
-    pub link_customers: Family<LinkChannelLabels, Gauge>,
-    pub link_clicks: Family<LinkLabels, Gauge>,
-    pub link_new_customers: Family<LinkLabels, Gauge>,
     /// Seconds a corp's API was closed by WeCom's rate limit (45009, 45033).
     pub wecom_blocked_seconds: Family<CorpApiLabels, Counter<f64, AtomicU64>>,
     /// Requests the scheduler did not send now (budget or breaker).
@@ -144,17 +136,87 @@ pub struct Metrics {
     /// The A2 polling interval each app's links actually get (the resync interval,
     /// stretched when the budget cannot cover it).
     pub effective_resync: Family<AppLabels, Gauge<f64, AtomicU64>>,
-    link_ready: Mutex<HashMap<String, String>>,
-    /// The business series set per link (`namespace/name`), removed with the link.
-    link_series: Mutex<HashMap<String, LinkSeries>>,
+    /// Each link's Ready state (an index into [`READY_STATES`]) and how many links are in each.
+    link_ready: Mutex<(HashMap<String, u8>, [i64; 3])>,
+    /// The business gauges of every link, written out at each scrape.
+    link_facts: LinkFacts,
 }
 
-/// What one link has exported, so that a changed link id or channel set, or a deleted
-/// link, leaves no stale series behind.
-#[derive(Default)]
-struct LinkSeries {
-    customers: Vec<LinkChannelLabels>,
-    statistics: Option<LinkLabels>,
+/// Every link's business gauges (`link_customers`, `link_clicks`, `link_new_customers`),
+/// one compact entry per link (`namespace/name`), written out at scrape time. As `Family`
+/// series they took ~600 bytes a link (three copies of the labels per series, plus the
+/// record of what was exported): 6 MB of a controller with 10,000 links.
+#[derive(Debug, Default, Clone)]
+struct LinkFacts(Arc<Mutex<BTreeMap<String, LinkFactsEntry>>>);
+
+#[derive(Debug, Default)]
+struct LinkFactsEntry {
+    link_id: String,
+    /// Customers per bounded channel.
+    customers: Vec<(String, i64)>,
+    /// Clicks and new customers over the statistics window.
+    statistics: Option<(i64, i64)>,
+}
+
+const LINK_CUSTOMERS_HELP: &str = "Customers of a link per channel (A6 count plus callbacks; channels outside spec.channels as \"other\")";
+const LINK_CLICKS_HELP: &str = "Customers who clicked the link over the statistics window (A7)";
+const LINK_NEW_CUSTOMERS_HELP: &str =
+    "New customers through the link over the statistics window (A7)";
+
+impl Collector for LinkFacts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let all = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let labelled = |key: &str| -> (String, String) {
+            let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+            (namespace.to_string(), name.to_string())
+        };
+        {
+            let mut family = encoder.encode_descriptor(
+                "link_customers",
+                LINK_CUSTOMERS_HELP,
+                None,
+                MetricType::Gauge,
+            )?;
+            for (key, entry) in all.iter() {
+                let (namespace, name) = labelled(key);
+                for (channel, n) in &entry.customers {
+                    let labels = [
+                        ("namespace", namespace.as_str()),
+                        ("name", name.as_str()),
+                        ("link_id", entry.link_id.as_str()),
+                        ("channel", channel.as_str()),
+                    ];
+                    ConstGauge::new(*n).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        type Figure = fn((i64, i64)) -> i64;
+        let figures: [(&str, &str, Figure); 2] = [
+            ("link_clicks", LINK_CLICKS_HELP, |(clicks, _)| clicks),
+            ("link_new_customers", LINK_NEW_CUSTOMERS_HELP, |(_, new)| {
+                new
+            }),
+        ];
+        for (metric, help, figure) in figures {
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+            for (key, entry) in all.iter() {
+                let Some(statistics) = entry.statistics else {
+                    continue;
+                };
+                let (namespace, name) = labelled(key);
+                let labels = [
+                    ("namespace", namespace.as_str()),
+                    ("name", name.as_str()),
+                    ("link_id", entry.link_id.as_str()),
+                ];
+                ConstGauge::new(figure(statistics)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -180,9 +242,6 @@ impl Default for Metrics {
         let panics = Family::<TaskLabels, Counter>::default();
         let quota_used = Family::<AppLabels, Gauge>::default();
         let quota_next_expiry = Family::<AppLabels, Gauge>::default();
-        let link_customers = Family::<LinkChannelLabels, Gauge>::default();
-        let link_clicks = Family::<LinkLabels, Gauge>::default();
-        let link_new_customers = Family::<LinkLabels, Gauge>::default();
         let wecom_blocked_seconds = Family::<CorpApiLabels, Counter<f64, AtomicU64>>::default();
         let wecom_deferred = Family::<DeferLabels, Counter>::default();
         let effective_resync = Family::<AppLabels, Gauge<f64, AtomicU64>>::default();
@@ -261,29 +320,13 @@ impl Default for Metrics {
             "Expiry (Unix seconds) of the app's nearest quota batch with a balance left",
             quota_next_expiry.clone(),
         );
-        registry.register(
-            "link_customers",
-            "Customers of a link per channel (A6 count plus callbacks; channels outside spec.channels as \"other\")",
-            link_customers.clone(),
-        );
-        registry.register(
-            "link_clicks",
-            "Customers who clicked the link over the statistics window (A7)",
-            link_clicks.clone(),
-        );
-        registry.register(
-            "link_new_customers",
-            "New customers through the link over the statistics window (A7)",
-            link_new_customers.clone(),
-        );
+        let link_facts = LinkFacts::default();
+        registry.register_collector(Box::new(link_facts.clone()));
         Metrics {
             registry,
             quota_used,
             quota_next_expiry,
-            link_customers,
-            link_clicks,
-            link_new_customers,
-            link_series: Mutex::new(HashMap::new()),
+            link_facts,
             wecom_blocked_seconds,
             wecom_deferred,
             effective_resync,
@@ -297,7 +340,7 @@ impl Default for Metrics {
             conversions,
             callback_events,
             panics,
-            link_ready: Mutex::new(HashMap::new()),
+            link_ready: Mutex::new((HashMap::new(), [0; 3])),
         }
     }
 }
@@ -328,31 +371,43 @@ impl Metrics {
     }
 
     /// Records the Ready state of one link (`None` when the link is gone) and keeps the
-    /// per-state gauge in step.
+    /// per-state gauge in step, in constant time (called on every pass of every link).
     pub fn set_link_ready(&self, key: &str, ready: Option<&str>) {
-        let Ok(mut states) = self.link_ready.lock() else {
+        let Ok(mut guard) = self.link_ready.lock() else {
             return;
         };
-        match ready {
-            Some(state) => {
-                states.insert(key.to_string(), state.to_string());
-            }
-            None => {
-                states.remove(key);
-            }
+        let (states, counts) = &mut *guard;
+        let state = ready.map(|r| {
+            READY_STATES
+                .iter()
+                .position(|s| *s == r)
+                .unwrap_or(READY_STATES.len() - 1) as u8
+        });
+        let before = match state {
+            Some(state) => match states.get_mut(key) {
+                Some(held) => Some(std::mem::replace(held, state)),
+                None => {
+                    states.insert(key.to_string(), state);
+                    None
+                }
+            },
+            None => states.remove(key),
+        };
+        if before == state {
+            return;
         }
-        let mut counts: HashMap<&str, i64> = [("True", 0), ("False", 0), ("Unknown", 0)]
-            .into_iter()
-            .collect();
-        for state in states.values() {
-            *counts.entry(state.as_str()).or_default() += 1;
+        if let Some(before) = before {
+            counts[usize::from(before)] -= 1;
         }
-        for (state, count) in counts {
+        if let Some(state) = state {
+            counts[usize::from(state)] += 1;
+        }
+        for (name, count) in READY_STATES.iter().zip(counts.iter()) {
             self.links
                 .get_or_create(&ReadyLabels {
-                    ready: state.into(),
+                    ready: (*name).into(),
                 })
-                .set(count);
+                .set(*count);
         }
     }
 
@@ -396,67 +451,33 @@ impl Metrics {
         customers: Option<&CustomerCount>,
         statistics: Option<&LinkStatistics>,
     ) {
-        let Ok(mut all) = self.link_series.lock() else {
+        let Ok(mut all) = self.link_facts.0.lock() else {
             return;
         };
-        let series = all.entry(format!("{namespace}/{name}")).or_default();
-        let link = LinkLabels {
-            namespace: namespace.into(),
-            name: name.into(),
-            link_id: link_id.into(),
-        };
+        let key = format!("{namespace}/{name}");
+        let entry = all.entry(key).or_default();
+        if entry.link_id != link_id {
+            link_id.clone_into(&mut entry.link_id);
+        }
         if let Some(count) = customers {
-            let labels: Vec<LinkChannelLabels> = count
+            entry.customers = count
                 .by_channel
-                .keys()
-                .map(|channel| LinkChannelLabels {
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    link_id: link_id.into(),
-                    channel: channel.clone(),
-                })
+                .iter()
+                .map(|(channel, n)| (channel.clone(), gauge_value(*n)))
                 .collect();
-            for gone in series.customers.iter().filter(|l| !labels.contains(l)) {
-                self.link_customers.remove(gone);
-            }
-            for (labels, n) in labels.iter().zip(count.by_channel.values()) {
-                self.link_customers
-                    .get_or_create(labels)
-                    .set(gauge_value(*n));
-            }
-            series.customers = labels;
         }
         if let Some(stats) = statistics {
-            if let Some(old) = series.statistics.take().filter(|old| *old != link) {
-                self.link_clicks.remove(&old);
-                self.link_new_customers.remove(&old);
-            }
-            self.link_clicks
-                .get_or_create(&link)
-                .set(gauge_value(stats.click_customers));
-            self.link_new_customers
-                .get_or_create(&link)
-                .set(gauge_value(stats.new_customers));
-            series.statistics = Some(link);
+            entry.statistics = Some((
+                gauge_value(stats.click_customers),
+                gauge_value(stats.new_customers),
+            ));
         }
     }
 
     /// Drops every business series of a deleted link.
     pub fn forget_link(&self, namespace: &str, name: &str) {
-        let Some(series) = self
-            .link_series
-            .lock()
-            .ok()
-            .and_then(|mut all| all.remove(&format!("{namespace}/{name}")))
-        else {
-            return;
-        };
-        for labels in &series.customers {
-            self.link_customers.remove(labels);
-        }
-        if let Some(labels) = &series.statistics {
-            self.link_clicks.remove(labels);
-            self.link_new_customers.remove(labels);
+        if let Ok(mut all) = self.link_facts.0.lock() {
+            all.remove(&format!("{namespace}/{name}"));
         }
     }
 }

@@ -836,6 +836,31 @@ async fn app_with_missing_secret_is_not_ready_and_its_links_wait() {
     );
 }
 
+/// A link that never got the finalizer (it never reached WeCom) leaves the metrics when it
+/// is deleted: the watch's deletion drops what the process held about it. The Ready gauge
+/// used to count it for as long as the process ran.
+#[tokio::test]
+async fn a_deleted_link_leaves_the_ready_gauge() {
+    let env = Env::start(quiet_cadence()).await;
+    env.apply_app("app", "no-such-secret").await;
+    env.apply_link("lonely", link_spec("app", "Lonely", &["zhangsan"]))
+        .await;
+    env.wait_link_condition("lonely", "Ready", "False", "AppNotReady")
+        .await;
+    let not_ready = r#"wecom_acq_links{ready="False"} 1"#;
+    let scrape = env.controller().metrics.render();
+    assert!(scrape.contains(not_ready), "{scrape}");
+    env.delete_link("lonely").await;
+    support::wait_until("the deleted link out of the Ready gauge", || async {
+        env.controller()
+            .metrics
+            .render()
+            .contains(r#"wecom_acq_links{ready="False"} 0"#)
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn retryable_error_backs_off_and_recovers() {
     let env = env_with_app(quiet_cadence()).await;

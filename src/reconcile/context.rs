@@ -650,6 +650,28 @@ impl Context {
         }
     }
 
+    /// Drops what this process holds about a link that is gone from the API server (its
+    /// watch reported the deletion): without it, every link ever deleted stayed in these
+    /// maps until the process restarted.
+    pub fn forget_link(&self, key: &str, uid: Option<&str>) {
+        self.metrics.set_link_ready(key, None);
+        if let Some((namespace, name)) = key.split_once('/') {
+            self.metrics.forget_link(namespace, name);
+        }
+        self.polls.forget(key);
+        self.urgent.take(key);
+        self.held_off.release(key);
+        if let Ok(mut facts) = self.slow_facts.lock() {
+            facts.remove(key);
+        }
+        if let Ok(mut failures) = self.pass_failures.lock() {
+            failures.remove(key);
+        }
+        if let Some(uid) = uid {
+            self.seen_versions.forget(uid);
+        }
+    }
+
     /// The interval at which the links of app `namespace/name` are polled.
     pub fn poll_interval(&self, app_key: &str) -> Duration {
         self.poll_intervals
