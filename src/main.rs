@@ -2,6 +2,12 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
+
+/// See Cargo.toml: fewer bytes per small allocation and freed memory given back, for the
+/// peak RSS of a controller caching 10,000 links.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use wecom_acq::telemetry::{self, LogFormat};
 
 #[derive(Parser, Debug)]
