@@ -29,13 +29,14 @@ const RETRY: Duration = Duration::from_secs(2);
 /// which is the renewTime others see), and `renew_deadline` is shorter than `lease`: so it
 /// has stopped before any other replica may take the lease over.
 ///
-/// Hand-written rather than `kube-lease-manager` (0.13, kube 5): that crate has no renew
-/// deadline (a renewal that fails ends its `changed()` with an error at once, so one API
-/// blip drops leadership, and one that hangs is bounded only by the client's timeouts),
-/// and it renews with a strategic merge patch without a precondition, relying on
-/// server-side-apply conflicts when taking a lease. Here every take and renewal is a
-/// replace with the resourceVersion read, so the apiserver's optimistic concurrency alone
-/// decides between two replicas.
+/// Hand-written rather than `kube-lease-manager` (0.13, kube 5), because that crate has no
+/// renew deadline: when its renewals fail, `watch()` logs the errors and retries with
+/// back-off while its channel keeps saying `true`, so a partitioned leader goes on leading
+/// after another replica took the lease over (two leaders writing to WeCom). The test
+/// `kube_lease_manager_keeps_leading_after_its_lease_was_taken` (tests/leader.rs) shows it
+/// under one partition for both. The crate also renews with a strategic merge patch without
+/// a precondition; here every take and renewal is a replace with the resourceVersion read,
+/// so the apiserver's optimistic concurrency alone decides between two replicas.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseTiming {
     /// `leaseDurationSeconds`: how long others wait after the last renewal.

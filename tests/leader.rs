@@ -104,3 +104,139 @@ async fn a_leader_sees_its_lease_taken_over() {
         .expect("told");
     assert_eq!(why, LeadershipLost::TakenOver);
 }
+
+/// A TCP relay to kubesim that can be cut: the replica behind it is partitioned from the
+/// API server (its connections close, new ones are refused) while others still reach it.
+struct Relay {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+async fn relay(to: std::net::SocketAddr) -> Relay {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (cut, cut_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut cut_rx = cut_rx.clone();
+            if *cut_rx.borrow() {
+                continue;
+            }
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cut_rx.wait_for(|cut| *cut) => {}
+                }
+            });
+        }
+    });
+    Relay { addr, cut }
+}
+
+fn client_at(addr: std::net::SocketAddr) -> kube::Client {
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(addr.to_string())
+        .path_and_query("/")
+        .build()
+        .unwrap();
+    kube::Client::try_from(kube::Config::new(uri)).unwrap()
+}
+
+/// Why leader election is our own and not `kube-lease-manager` (0.13, the maintained crate
+/// for kube 5 the lifecycle issue points to). The same partition for both: replica A leads
+/// through a relay, the relay is cut, replica B (ours, reaching the API server) waits for
+/// the lease to expire and takes it.
+/// - `kube-lease-manager`: its renewal errors are logged and retried with back-off while
+///   its `watch()` channel keeps saying `true`; it has no renew deadline. When B holds the
+///   lease, A still believes it leads: two leaders, both writing to WeCom.
+/// - ours: A gives up at its renew deadline, before the lease expires, so before B can
+///   take it.
+#[tokio::test]
+async fn kube_lease_manager_keeps_leading_after_its_lease_was_taken() {
+    let sim = kubesim::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let lease_seconds = 3;
+    let b_timing = LeaseTiming {
+        lease: Duration::from_secs(lease_seconds),
+        ..TIMING
+    };
+
+    // kube-lease-manager as replica A.
+    let to_a = relay(sim.addr()).await;
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client_at(to_a.addr), "crate-lock")
+        .with_namespace("default")
+        .with_identity("replica-a")
+        .with_duration(lease_seconds)
+        .with_grace(1)
+        .build()
+        .await
+        .expect("kube-lease-manager against kubesim");
+    let (mut a_leads, _task) = manager.watch().await;
+    tokio::time::timeout(Duration::from_secs(20), a_leads.wait_for(|leads| *leads))
+        .await
+        .expect("A leads")
+        .expect("A's channel open");
+    to_a.cut.send_replace(true);
+    let _b = acquire_with(
+        sim.client().await,
+        "default",
+        "crate-lock",
+        "replica-b".into(),
+        b_timing,
+        |_| {},
+    )
+    .await
+    .expect("B takes the expired lease");
+    let leases: Api<Lease> = Api::namespaced(sim.client().await, "default");
+    let holder = leases
+        .get("crate-lock")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity;
+    assert_eq!(holder.as_deref(), Some("replica-b"));
+    assert!(
+        *a_leads.borrow(),
+        "kube-lease-manager's replica A says it still leads while B holds the lease"
+    );
+
+    // Ours as replica A, the same partition.
+    let to_a = relay(sim.addr()).await;
+    let (a_lost_tx, a_lost) = oneshot::channel();
+    let _a = acquire_with(
+        client_at(to_a.addr),
+        "default",
+        "our-lock",
+        "replica-a".into(),
+        b_timing,
+        move |lost| {
+            let _ = a_lost_tx.send((lost, Instant::now()));
+        },
+    )
+    .await
+    .expect("A leads");
+    to_a.cut.send_replace(true);
+    let _b = acquire_with(
+        sim.client().await,
+        "default",
+        "our-lock",
+        "replica-b".into(),
+        b_timing,
+        |_| {},
+    )
+    .await
+    .expect("B takes the expired lease");
+    let b_took_at = Instant::now();
+    let (why, a_stopped_at) = tokio::time::timeout(Duration::from_secs(1), a_lost)
+        .await
+        .expect("A had already stopped")
+        .expect("told");
+    assert_eq!(why, LeadershipLost::RenewDeadline(b_timing.renew_deadline));
+    assert!(a_stopped_at < b_took_at, "A stopped before B took over");
+}
