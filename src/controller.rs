@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::Action;
 
-pub use crate::reconcile::triggers::Triggers;
+use crate::reconcile::triggers::Triggers;
 
 use crate::{
     api::{AcquisitionLink, PAUSED_ANNOTATION, RECONCILE_REQUESTED_ANNOTATION, WeComApp},

@@ -938,7 +938,7 @@ async fn create_pending_marker_without_a_link_creates_after_the_grace_period() {
     assert_eq!(links.len(), 1);
     // The dead process's A3 may have been answered up to the request timeout after the
     // marker; the new create waits that long plus the grace (1 s here) for A1 to show it.
-    let timeout = wecom_acq::reconcile::context::WECOM_REQUEST_TIMEOUT.as_secs() as i64;
+    let timeout = wecom_acq::defaults::REQUEST_TIMEOUT.as_secs() as i64;
     let grace = quiet_cadence().create_grace.as_secs() as i64;
     assert!(
         links[0]["create_time"].as_i64().unwrap() >= since + timeout + grace,
@@ -1537,7 +1537,7 @@ async fn create_that_times_out_is_not_repeated_blindly() {
     if env.sim_call_count("create_link").await > 1 {
         // The simulator dropped the abandoned request; the second A3 waited until the
         // first could no longer have been answered, plus the grace for A1 to show it.
-        let timeout = wecom_acq::reconcile::context::WECOM_REQUEST_TIMEOUT.as_secs() as i64;
+        let timeout = wecom_acq::defaults::REQUEST_TIMEOUT.as_secs() as i64;
         let window = wecom_acq::reconcile::marker::CREATE_SEND_WINDOW.as_secs() as i64;
         let grace = quiet_cadence().create_grace.as_secs() as i64;
         assert!(links[0]["create_time"].as_i64().unwrap() >= since + window + timeout + grace);

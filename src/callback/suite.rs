@@ -46,8 +46,8 @@ use crate::api::{
     AUTH_CANCELLED_KEY, AuthorisedCorp, PERMANENT_CODE_KEY, SUITE_LABEL, SUITE_TICKET_KEY,
     WeComSuite, authorised_app_name, ticket_secret_name,
 };
-use crate::controller::Triggers;
 use crate::reconcile::context::Context;
+use crate::reconcile::triggers::Triggers;
 use crate::wecom::crypto::{CallbackCrypto, extract_encrypt};
 use crate::wecom::event::parse_event;
 use crate::wecom::suite_event::{SuiteEvent, SuiteInfo, parse_suite_event};

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 
 use super::manifest::{Loaded, Manifests, ObjectKey, Origin};
 use crate::api::{AcquisitionLink, ChannelUrl, ManagementPolicy, WeComApp};
-use crate::reconcile::context::{DEFAULT_API_BASE_URL, DEFAULT_REQUESTS_PER_MINUTE};
+use crate::defaults::{REQUESTS_PER_MINUTE, WECOM_API_BASE_URL};
 use crate::reconcile::plan::{self, DesiredLink, FieldChange};
 use crate::wecom::client::{ClientConfig, Secret, WeComClient};
 use crate::wecom::retry::RetryPolicy;
@@ -283,7 +283,7 @@ pub(crate) fn client_for(
         .api_base_url
         .clone()
         .or_else(|| app.object.spec.api_base_url.clone())
-        .unwrap_or_else(|| DEFAULT_API_BASE_URL.to_string());
+        .unwrap_or_else(|| WECOM_API_BASE_URL.to_string());
     let token_source = match &app.object.spec.suite {
         Some(suite) => Some(suite_tokens(manifests, app, &suite.name, &base_url)?),
         None => None,
@@ -297,7 +297,7 @@ pub(crate) fn client_for(
                 .object
                 .spec
                 .requests_per_minute
-                .unwrap_or(DEFAULT_REQUESTS_PER_MINUTE),
+                .unwrap_or(REQUESTS_PER_MINUTE),
             retry: connection.retry.clone(),
             request_timeout: Duration::from_secs(10),
             observer: None,

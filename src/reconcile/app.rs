@@ -3,12 +3,11 @@
 
 use std::{sync::Arc, time::Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
     Api, ResourceExt,
     runtime::{
         controller::Action,
-        events::EventType,
         finalizer::{Event as Finalizer, finalizer},
     },
 };
@@ -17,11 +16,12 @@ use super::{
     app_usage::{links_using, waiting_message},
     conditions::{
         self, EXPIRY_WARNING_DAYS, LOW_BALANCE, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW,
-        READY, THROTTLED, reason,
+        READY, Stamped, THROTTLED, reason,
     },
-    context::Context,
+    context::{AppError, Context},
     events::publish_transitions,
     link::{Error, finalizer_outcome},
+    notice::Notice,
     pacing, status_apply,
 };
 use crate::{
@@ -114,81 +114,79 @@ pub fn set_quota_conditions(
     generation: Option<i64>,
     now: &Time,
 ) {
-    let c = &mut status.conditions;
-    let balance = quota.balance;
-    if balance == 0 {
+    for (type_, is, reason, message) in quota_conditions(quota, now) {
         conditions::set(
-            c,
-            QUOTA_EXHAUSTED,
-            true,
-            reason::BALANCE_EXHAUSTED,
-            "the acquisition quota is used up: no new link is created until quota is added",
-            generation,
-            now,
-        );
-    } else {
-        conditions::set(
-            c,
-            QUOTA_EXHAUSTED,
-            false,
-            reason::BALANCE_OK,
-            format!("{balance} remaining"),
+            &mut status.conditions,
+            type_,
+            is,
+            reason,
+            message,
             generation,
             now,
         );
     }
-    if balance < LOW_BALANCE {
-        conditions::set(
-            c,
+}
+
+/// The quota conditions a reading calls for: (type, status, reason, message).
+fn quota_conditions(
+    quota: &QuotaResponse,
+    now: &Time,
+) -> [(&'static str, bool, &'static str, String); 3] {
+    let balance = quota.balance;
+    let remaining = format!("{balance} remaining");
+    let exhausted = if balance == 0 {
+        (
+            QUOTA_EXHAUSTED,
+            true,
+            reason::BALANCE_EXHAUSTED,
+            "the acquisition quota is used up: no new link is created until quota is added"
+                .to_string(),
+        )
+    } else {
+        (
+            QUOTA_EXHAUSTED,
+            false,
+            reason::BALANCE_OK,
+            remaining.clone(),
+        )
+    };
+    let low = if balance < LOW_BALANCE {
+        (
             QUOTA_LOW,
             true,
             reason::BALANCE_LOW,
             format!("only {balance} remaining (below {LOW_BALANCE}): buy more quota"),
-            generation,
-            now,
-        );
+        )
     } else {
-        conditions::set(
-            c,
-            QUOTA_LOW,
-            false,
-            reason::BALANCE_OK,
-            format!("{balance} remaining"),
-            generation,
-            now,
-        );
-    }
+        (QUOTA_LOW, false, reason::BALANCE_OK, remaining)
+    };
     let horizon = now.0.as_second() + EXPIRY_WARNING_DAYS * 86_400;
     let expiring: Vec<_> = quota
         .quota_list
         .iter()
         .filter(|b| b.balance > 0 && b.expire_date <= horizon)
         .collect();
-    if let Some(first) = expiring.iter().min_by_key(|b| b.expire_date) {
-        let amount: u64 = expiring.iter().map(|b| b.balance).sum();
-        let day = super::plan::stats_window(first.expire_date, 1).to;
-        conditions::set(
-            c,
-            QUOTA_EXPIRING_SOON,
-            true,
-            reason::BATCH_EXPIRING,
-            format!(
-                "{amount} quota expire within {EXPIRY_WARNING_DAYS} days, the first batch on {day}: use or renew it"
-            ),
-            generation,
-            now,
-        );
-    } else {
-        conditions::set(
-            c,
+    let expiring = match expiring.iter().min_by_key(|b| b.expire_date) {
+        Some(first) => {
+            let amount: u64 = expiring.iter().map(|b| b.balance).sum();
+            let day = super::plan::stats_window(first.expire_date, 1).to;
+            (
+                QUOTA_EXPIRING_SOON,
+                true,
+                reason::BATCH_EXPIRING,
+                format!(
+                    "{amount} quota expire within {EXPIRY_WARNING_DAYS} days, the first batch on {day}: use or renew it"
+                ),
+            )
+        }
+        None => (
             QUOTA_EXPIRING_SOON,
             false,
             reason::NO_BATCH_EXPIRING,
             format!("no batch expires within {EXPIRY_WARNING_DAYS} days"),
-            generation,
-            now,
-        );
-    }
+        ),
+    };
+    [exhausted, low, expiring]
 }
 
 /// How often an app whose deletion waits for its links looks again (a store read, no call).
@@ -261,8 +259,110 @@ async fn announce_waiting(app: &WeComApp, ctx: &Context, key: &str, users: &[Str
     if changed {
         let message = waiting_message(users);
         tracing::info!(app = %key, %message, "WeComApp deletion waits for its links");
-        ctx.publish(app, EventType::Normal, "WaitingForLinks", "Delete", message)
+        ctx.publish(app, &Notice::normal("WaitingForLinks", "Delete", message))
             .await;
+    }
+}
+
+/// One pass over a live WeComApp: the status it builds and when it comes back.
+struct AppPass<'a> {
+    app: &'a WeComApp,
+    ctx: &'a Context,
+    namespace: String,
+    name: String,
+    /// `namespace/name`.
+    key: String,
+    generation: Option<i64>,
+    now: Time,
+    old: WeComAppStatus,
+    new: WeComAppStatus,
+    requeue: std::time::Duration,
+}
+
+impl<'a> AppPass<'a> {
+    fn new(app: &'a WeComApp, ctx: &'a Context) -> Self {
+        let namespace = app.namespace().unwrap_or_default();
+        let name = app.name_any();
+        let old = app.status.clone().unwrap_or_default();
+        AppPass {
+            app,
+            ctx,
+            key: format!("{namespace}/{name}"),
+            namespace,
+            name,
+            generation: app.metadata.generation,
+            now: Time(k8s_openapi::jiff::Timestamp::now()),
+            new: old.clone(),
+            old,
+            requeue: ctx.cadence.quota,
+        }
+    }
+
+    fn come_back_within(&mut self, after: std::time::Duration) {
+        self.requeue = self.requeue.min(after);
+    }
+
+    /// App-level failures in a row (the checks back off while they last).
+    fn failures(&self) -> u32 {
+        self.ctx
+            .app_failures
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&self.key).copied())
+            .unwrap_or(0)
+    }
+
+    /// Whether A8 is due: on the quota cadence, or while the app fails for an app-level
+    /// reason on a back-off from the resync interval; a spec change checks at once.
+    fn quota_due(&self, failures: u32) -> bool {
+        let every = if failures > 0 {
+            app_recheck_delay(self.ctx.cadence.resync, failures)
+        } else {
+            self.ctx.cadence.quota
+        };
+        self.ctx
+            .quota_checks
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&self.key).copied())
+            .is_none_or(|at| at.elapsed() >= every)
+            || self.spec_changed()
+    }
+
+    fn spec_changed(&self) -> bool {
+        self.old.observed_generation != self.generation
+    }
+
+    fn note_checked(&self) {
+        if let Ok(mut checks) = self.ctx.quota_checks.lock() {
+            checks.insert(self.key.clone(), Instant::now());
+        }
+    }
+
+    /// Publishes the transitions and writes the status. The quota and its conditions are
+    /// applied apart, and only when this pass read them (A8): a quota condition a callback
+    /// set is never written back from a stale cache.
+    async fn finish(mut self) -> Result<Action, Error> {
+        self.new.observed_generation = self.generation;
+        publish_transitions(self.ctx, self.app, &self.old, &self.new).await;
+        let api: Api<WeComApp> = Api::namespaced(self.ctx.kube.clone(), &self.namespace);
+        let (old_main, old_quota) = status_apply::app_parts(&self.old);
+        let (new_main, new_quota) = status_apply::app_parts(&self.new);
+        for (manager, old, new) in [
+            (status_apply::APP_MANAGER, old_main, new_main),
+            (status_apply::APP_QUOTA_MANAGER, old_quota, new_quota),
+        ] {
+            if new != old {
+                status_apply::apply_status(&api, &self.name, manager, new, None).await?;
+            }
+        }
+        Ok(Action::requeue(self.requeue))
+    }
+}
+
+impl conditions::Stamped for AppPass<'_> {
+    fn parts(&mut self) -> (&mut Vec<Condition>, Option<i64>, &Time) {
+        (&mut self.new.conditions, self.generation, &self.now)
     }
 }
 
@@ -271,198 +371,106 @@ async fn reconcile_inner(app: &WeComApp, ctx: &Context) -> Result<Action, Error>
     if dropped > 0 {
         tracing::debug!(dropped, "dropped the WeCom clients of deleted WeComApps");
     }
-    let namespace = app.namespace().unwrap_or_default();
-    let name = app.name_any();
-    let key = format!("{namespace}/{name}");
-    let api: Api<WeComApp> = Api::namespaced(ctx.kube.clone(), &namespace);
-    let old = app.status.clone().unwrap_or_default();
-    let mut new = old.clone();
-    let generation = app.metadata.generation;
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-
-    // While the app fails for an app-level reason, its checks back off instead of
-    // following the quota cadence.
-    let failures = ctx
-        .app_failures
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&key).copied())
-        .unwrap_or(0);
-    let every = if failures > 0 {
-        app_recheck_delay(ctx.cadence.resync, failures)
-    } else {
-        ctx.cadence.quota
-    };
-    let due = ctx
-        .quota_checks
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&key).copied())
-        .is_none_or(|at| at.elapsed() >= every)
-        || old.observed_generation != generation;
-    let mut requeue = ctx.cadence.quota;
+    let mut pass = AppPass::new(app, ctx);
+    let failures = pass.failures();
+    let due = pass.quota_due(failures);
     match ctx.apps.client_for(app).await {
         Err(err) => {
             let reason = match err {
-                super::context::AppError::SecretNotFound { .. }
-                | super::context::AppError::SecretKeyMissing { .. } => reason::SECRET_NOT_FOUND,
-                super::context::AppError::ApiHostNotAllowed { .. } => reason::API_HOST_NOT_ALLOWED,
-                super::context::AppError::AuthorizationCancelled { .. } => {
-                    reason::AUTHORIZATION_CANCELLED
+                AppError::SecretNotFound { .. } | AppError::SecretKeyMissing { .. } => {
+                    reason::SECRET_NOT_FOUND
                 }
+                AppError::ApiHostNotAllowed { .. } => reason::API_HOST_NOT_ALLOWED,
+                AppError::AuthorizationCancelled { .. } => reason::AUTHORIZATION_CANCELLED,
                 _ => reason::CREDENTIALS_INVALID,
             };
-            conditions::set(
-                &mut new.conditions,
-                READY,
-                false,
-                reason,
-                err.to_string(),
-                generation,
-                &now,
-            );
-            requeue = std::time::Duration::from_secs(60);
+            pass.set(READY, false, reason, err.to_string());
+            pass.requeue = std::time::Duration::from_secs(60);
         }
         Ok(client) => {
-            traffic(app, ctx, &client, &mut new, &mut requeue, &now).await;
+            traffic(&mut pass, &client).await;
             if due {
-                // A spec change is a person's; the periodic reading is a slow fact.
-                let class = if old.observed_generation != generation {
-                    Priority::Now
-                } else {
-                    Priority::SlowFact
-                };
-                check_quota(
-                    app,
-                    ctx,
-                    &client,
-                    class,
-                    &old,
-                    &mut new,
-                    &mut requeue,
-                    failures,
-                    &now,
-                )
-                .await;
+                check_quota(&mut pass, &client, failures).await;
             }
         }
     }
-    new.observed_generation = generation;
-    publish_transitions(ctx, app, &old, &new).await;
-    // The quota and its conditions are applied apart, and only when this pass read them
-    // (A8): a quota condition a callback set is never written back from a stale cache.
-    let (old_main, old_quota) = status_apply::app_parts(&old);
-    let (new_main, new_quota) = status_apply::app_parts(&new);
-    if new_main != old_main {
-        status_apply::apply_status(&api, &name, status_apply::APP_MANAGER, new_main, None).await?;
-    }
-    if new_quota != old_quota {
-        status_apply::apply_status(
-            &api,
-            &name,
-            status_apply::APP_QUOTA_MANAGER,
-            new_quota,
-            None,
-        )
-        .await?;
-    }
-    Ok(Action::requeue(requeue))
+    pass.finish().await
 }
 
-/// A8 and what it says of the credentials and the quota.
-#[allow(clippy::too_many_arguments)]
-async fn check_quota(
-    app: &WeComApp,
-    ctx: &Context,
-    client: &WeComClient,
-    class: Priority,
-    old: &WeComAppStatus,
-    new: &mut WeComAppStatus,
-    requeue: &mut std::time::Duration,
-    failures: u32,
-    now: &Time,
-) {
-    let namespace = app.namespace().unwrap_or_default();
-    let name = app.name_any();
-    let key = format!("{namespace}/{name}");
-    let generation = app.metadata.generation;
-    let now = now.clone();
-    let answer = with_priority(class, client.quota()).await;
-    match answer {
+/// A8 and what it says of the credentials and the quota. A spec change is a person's; the
+/// periodic reading is a slow fact.
+async fn check_quota(pass: &mut AppPass<'_>, client: &WeComClient, failures: u32) {
+    let class = if pass.spec_changed() {
+        Priority::Now
+    } else {
+        Priority::SlowFact
+    };
+    match with_priority(class, client.quota()).await {
         // Not sent (the budget, or WeCom's rate limit): asked again when it says.
         Err(err) if err.retry_after().is_some() => {
-            *requeue = err.retry_after().unwrap_or_default().min(*requeue);
+            pass.come_back_within(err.retry_after().unwrap_or_default());
         }
         Ok(quota) => {
-            if let Ok(mut checks) = ctx.quota_checks.lock() {
-                checks.insert(key.clone(), Instant::now());
+            pass.note_checked();
+            if let Ok(mut failing) = pass.ctx.app_failures.lock() {
+                failing.remove(&pass.key);
             }
-            if let Ok(mut failing) = ctx.app_failures.lock() {
-                failing.remove(&key);
-            }
-            conditions::set(
-                &mut new.conditions,
+            pass.set(
                 READY,
                 true,
                 reason::CREDENTIALS_READY,
                 "credentials accepted by WeCom",
-                generation,
-                &now,
             );
-            new.quota = Some(quota_status(&quota, &now));
-            set_quota_conditions(new, &quota, generation, &now);
-            ctx.metrics.set_quota(&namespace, &name, &quota);
+            pass.new.quota = Some(quota_status(&quota, &pass.now));
+            set_quota_conditions(&mut pass.new, &quota, pass.generation, &pass.now);
+            pass.ctx
+                .metrics
+                .set_quota(&pass.namespace, &pass.name, &quota);
         }
-        Err(err) => {
-            // A refusal (48002, 60020, a bad answer...) will not change by asking again
-            // soon: count it as this period's check, and while it lasts ask again after
-            // a back-off from the resync interval (fixed in WeCom, the app heals by
-            // itself). A refused secret is looked at again every minute, since fixing
-            // the Secret changes nothing the controller watches (the client answers
-            // from memory until the secret changes). Retryable errors ask again after
-            // a short back-off.
-            let app_reason = app_level_reason(&err);
-            if err.is_retryable() {
-                *requeue = super::plan::retry_delay(2, 1.0);
-            } else if err.errcode() == Some(codes::INVALID_CREDENTIAL) {
-                *requeue = std::time::Duration::from_secs(60);
-            } else if let Ok(mut checks) = ctx.quota_checks.lock() {
-                checks.insert(key.clone(), Instant::now());
-            }
-            if app_reason.is_some() {
-                let failures = failures.saturating_add(1);
-                if let Ok(mut failing) = ctx.app_failures.lock() {
-                    failing.insert(key.clone(), failures);
-                }
-                if err.errcode() != Some(codes::INVALID_CREDENTIAL) {
-                    *requeue = app_recheck_delay(ctx.cadence.resync, failures);
-                }
-            }
-            let reason = match err.class() {
-                ErrorClass::Retryable => reason::RETRYABLE_ERROR,
-                _ => app_reason.unwrap_or(reason::WECOM_ERROR),
-            };
-            let message = err.summary();
-            // A passing WeCom hiccup (busy, frequency limit, timeout) says nothing
-            // about the credentials: an app already Ready stays Ready, and the check
-            // is retried after a back-off.
-            let keep_ready = err.is_retryable()
-                && conditions::find(&old.conditions, READY)
-                    .is_some_and(|c| c.status == "True" && c.observed_generation == generation);
-            if keep_ready {
-                tracing::warn!(app = %key, error = %message, "quota check failed; retrying");
-            } else {
-                conditions::set(
-                    &mut new.conditions,
-                    READY,
-                    false,
-                    reason,
-                    message,
-                    generation,
-                    &now,
-                );
-            }
+        Err(err) => quota_failed(pass, &err, failures),
+    }
+}
+
+/// A8 failed. A refusal (48002, 60020, a bad answer...) will not change by asking again
+/// soon: it counts as this period's check, and while it lasts the app asks again after a
+/// back-off from the resync interval (fixed in WeCom, the app heals by itself). A refused
+/// secret is looked at again every minute, since fixing the Secret changes nothing the
+/// controller watches (the client answers from memory until the secret changes).
+/// Retryable errors ask again after a short back-off.
+fn quota_failed(pass: &mut AppPass<'_>, err: &WeComError, failures: u32) {
+    let app_reason = app_level_reason(err);
+    let bad_credential = err.errcode() == Some(codes::INVALID_CREDENTIAL);
+    if err.is_retryable() {
+        pass.requeue = super::plan::retry_delay(2, 1.0);
+    } else if bad_credential {
+        pass.requeue = std::time::Duration::from_secs(60);
+    } else {
+        pass.note_checked();
+    }
+    if app_reason.is_some() {
+        let failures = failures.saturating_add(1);
+        if let Ok(mut failing) = pass.ctx.app_failures.lock() {
+            failing.insert(pass.key.clone(), failures);
         }
+        if !bad_credential {
+            pass.requeue = app_recheck_delay(pass.ctx.cadence.resync, failures);
+        }
+    }
+    let reason = match err.class() {
+        ErrorClass::Retryable => reason::RETRYABLE_ERROR,
+        _ => app_reason.unwrap_or(reason::WECOM_ERROR),
+    };
+    let message = err.summary();
+    // A passing WeCom hiccup (busy, frequency limit, timeout) says nothing about the
+    // credentials: an app already Ready stays Ready, and the check is retried after a
+    // back-off.
+    let keep_ready = err.is_retryable()
+        && conditions::find(&pass.old.conditions, READY)
+            .is_some_and(|c| c.status == "True" && c.observed_generation == pass.generation);
+    if keep_ready {
+        tracing::warn!(app = %pass.key, error = %message, "quota check failed; retrying");
+    } else {
+        pass.set(READY, false, reason, message);
     }
 }
 
@@ -474,22 +482,34 @@ const SWEEP_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(6
 /// The app's traffic: its WeCom rate-limit state (`Throttled`), the poll interval its
 /// budget allows for its links (status, metric, and what the link passes use), and the A1
 /// sweep that finds links deleted in WeCom without one A2 per link.
-async fn traffic(
-    app: &WeComApp,
-    ctx: &Context,
-    client: &WeComClient,
-    new: &mut WeComAppStatus,
-    requeue: &mut std::time::Duration,
-    now: &Time,
-) {
-    let namespace = app.namespace().unwrap_or_default();
-    let name = app.name_any();
-    let key = format!("{namespace}/{name}");
-    let generation = app.metadata.generation;
-    let scheduler = client.scheduler();
+async fn traffic(pass: &mut AppPass<'_>, client: &WeComClient) {
+    throttled(pass, client);
+    // An app pass that ran before the link cache was filled would count no links and
+    // schedule no sweep until its next quota check (10 minutes by default): a link deleted
+    // in WeCom meanwhile waited for it.
+    super::context::filled(&pass.ctx.link_store).await;
+    let links: Vec<_> = pass
+        .ctx
+        .link_store
+        .state()
+        .into_iter()
+        .filter(|l| {
+            l.namespace().as_deref() == Some(pass.namespace.as_str())
+                && l.spec.app_ref.name == pass.name
+        })
+        .collect();
+    let rpm = pass
+        .app
+        .spec
+        .requests_per_minute
+        .unwrap_or(crate::defaults::REQUESTS_PER_MINUTE);
+    poll_interval(pass, client, links.len(), rpm);
+    sweep(pass, client, &links, rpm).await;
+}
 
-    // Throttled: set while any API of the corp is closed, cleared once all are open.
-    let blocked = scheduler.blocked();
+/// Throttled: set while any API of the corp is closed, cleared once all are open.
+fn throttled(pass: &mut AppPass<'_>, client: &WeComClient) {
+    let blocked = client.scheduler().blocked();
     if let Some(longest) = blocked.iter().map(|(_, d)| *d).max() {
         let apis: Vec<&str> = blocked.iter().map(|(api, _)| api.name()).collect();
         let lifts = k8s_openapi::jiff::Timestamp::now()
@@ -498,73 +518,60 @@ async fn traffic(
             ))
             .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
             .unwrap_or_default();
-        conditions::set(
-            &mut new.conditions,
-            THROTTLED,
-            true,
-            reason::RATE_LIMITED,
-            format!(
-                "WeCom's rate limit closed {} for corp {}; no call to it before {lifts} (other work goes on)",
-                apis.join(", "),
-                app.spec.corp_id
-            ),
-            generation,
-            now,
+        let message = format!(
+            "WeCom's rate limit closed {} for corp {}; no call to it before {lifts} (other work goes on)",
+            apis.join(", "),
+            pass.app.spec.corp_id
         );
-        *requeue = (*requeue).min(longest + std::time::Duration::from_secs(1));
-    } else if conditions::find(&new.conditions, THROTTLED).is_some() {
-        conditions::set(
-            &mut new.conditions,
+        pass.set(THROTTLED, true, reason::RATE_LIMITED, message);
+        pass.come_back_within(longest + std::time::Duration::from_secs(1));
+    } else if conditions::find(&pass.new.conditions, THROTTLED).is_some() {
+        pass.set(
             THROTTLED,
             false,
             reason::WITHIN_LIMITS,
             "every WeCom API of the corp is open",
-            generation,
-            now,
         );
     }
+}
 
-    // The poll interval for this many links within the budget. An app pass that ran before
-    // the link cache was filled would count no links and schedule no sweep until its next
-    // quota check (10 minutes by default): a link deleted in WeCom meanwhile waited for it.
-    super::context::filled(&ctx.link_store).await;
-    let links: Vec<_> = ctx
-        .link_store
-        .state()
-        .into_iter()
-        .filter(|l| {
-            l.namespace().as_deref() == Some(namespace.as_str()) && l.spec.app_ref.name == name
-        })
-        .collect();
-    let rpm = app
-        .spec
-        .requests_per_minute
-        .unwrap_or(super::context::DEFAULT_REQUESTS_PER_MINUTE);
+/// The poll interval for this many links within the budget: what the link passes use, in
+/// status and as a metric.
+fn poll_interval(pass: &mut AppPass<'_>, client: &WeComClient, links: usize, rpm: u32) {
+    let ctx = pass.ctx;
     let slow = pacing::slow_calls_per_link_hour(ctx.cadence.customers, ctx.cadence.statistics);
     let interval = pacing::effective_resync(
         ctx.cadence.resync,
-        links.len(),
+        links,
         rpm,
-        scheduler.limits().per_minute,
+        client.scheduler().limits().per_minute,
         slow,
     );
-    ctx.poll_intervals.set(&key, interval);
+    ctx.poll_intervals.set(&pass.key, interval);
     ctx.metrics
         .effective_resync
         .get_or_create(&crate::metrics::AppLabels {
-            namespace: namespace.clone(),
-            app: name.clone(),
+            namespace: pass.namespace.clone(),
+            app: pass.name.clone(),
         })
         .set(interval.as_secs_f64());
-    new.polling = Some(AppPolling {
+    pass.new.polling = Some(AppPolling {
         interval_seconds: interval.as_secs(),
-        links: links.len() as u64,
+        links: links as u64,
         stretched: interval > ctx.cadence.resync,
     });
+}
 
-    // The sweep: one A1 listing (100 ids a page) against every link of the app that holds
-    // an id; a link whose id is missing gets a pass at once. At most SWEEP_SHARE of the
-    // app's cap, and never more often than a minute or less often than the resync interval.
+/// The sweep: one A1 listing (100 ids a page) against every link of the app that holds an
+/// id; a link whose id is missing gets a pass at once. At most SWEEP_SHARE of the app's
+/// cap, and never more often than a minute or less often than the resync interval.
+async fn sweep(
+    pass: &mut AppPass<'_>,
+    client: &WeComClient,
+    links: &[Arc<crate::api::AcquisitionLink>],
+    rpm: u32,
+) {
+    let ctx = pass.ctx;
     let pages = links
         .len()
         .div_ceil(crate::wecom::client::LIST_LINK_PAGE_LIMIT as usize) as f64;
@@ -572,48 +579,58 @@ async fn traffic(
         std::time::Duration::from_secs_f64(pages * 60.0 / (f64::from(rpm) * SWEEP_SHARE).max(1e-9))
             .max(SWEEP_MIN_INTERVAL)
             .min(ctx.cadence.resync.max(SWEEP_MIN_INTERVAL));
-    let last = ctx.sweeps.last(&key);
+    let last = ctx.sweeps.last(&pass.key);
     let sweep_due = last
         .as_ref()
         .is_none_or(|l| l.taken_at.elapsed() >= sweep_every);
-    if links.is_empty() {
-        // Nothing to sweep yet; the next pass looks again within a sweep interval, so a
-        // link created later is swept without waiting for the quota cadence.
-        *requeue = (*requeue).min(sweep_every);
-    } else if sweep_due {
-        // A link created while the listing runs may be missing from it: its pass then
-        // finds it with its own A2, at the cost of that one call.
-        let listing = with_priority(
-            Priority::Poll,
-            ctx.sweeps
-                .listing(&key, client, tokio::time::Instant::now()),
-        )
-        .await;
-        match listing {
-            Ok(listing) => {
-                for link in &links {
-                    let Some(id) = link.status.as_ref().and_then(|s| s.link_id.as_deref()) else {
-                        continue;
-                    };
-                    if link.metadata.deletion_timestamp.is_none() && !listing.ids.contains(id) {
-                        let link_key = format!("{namespace}/{}", link.name_any());
-                        tracing::info!(link = %link_key, link_id = %id, "WeCom no longer lists the link; reconciling it now");
-                        ctx.urgent.mark(&link_key);
-                        let _ = ctx.link_trigger.try_send(ObjectRef::from_obj(&**link));
-                    }
-                }
-            }
-            Err(err) => {
-                tracing::debug!(app = %key, error = %err.summary(), "A1 sweep not done; the links' own polls go on")
-            }
+    if links.is_empty() || sweep_due {
+        // With no links, nothing to sweep yet: the next pass looks again within a sweep
+        // interval, so a link created later is swept without waiting for the quota cadence.
+        if !links.is_empty() {
+            sweep_now(pass, client, links).await;
         }
-        *requeue = (*requeue).min(sweep_every);
+        pass.come_back_within(sweep_every);
     } else if let Some(last) = last {
-        *requeue = (*requeue).min(
+        pass.come_back_within(
             sweep_every
                 .saturating_sub(last.taken_at.elapsed())
                 .max(std::time::Duration::from_secs(1)),
         );
+    }
+}
+
+/// One A1 listing; every link whose id it lacks gets a pass at once. A link created while
+/// the listing runs may be missing from it: its pass then finds it with its own A2, at the
+/// cost of that one call.
+async fn sweep_now(
+    pass: &AppPass<'_>,
+    client: &WeComClient,
+    links: &[Arc<crate::api::AcquisitionLink>],
+) {
+    let ctx = pass.ctx;
+    let listing = with_priority(
+        Priority::Poll,
+        ctx.sweeps
+            .listing(&pass.key, client, tokio::time::Instant::now()),
+    )
+    .await;
+    let listing = match listing {
+        Ok(listing) => listing,
+        Err(err) => {
+            tracing::debug!(app = %pass.key, error = %err.summary(), "A1 sweep not done; the links' own polls go on");
+            return;
+        }
+    };
+    for link in links {
+        let Some(id) = link.status.as_ref().and_then(|s| s.link_id.as_deref()) else {
+            continue;
+        };
+        if link.metadata.deletion_timestamp.is_none() && !listing.ids.contains(id) {
+            let link_key = format!("{}/{}", pass.namespace, link.name_any());
+            tracing::info!(link = %link_key, link_id = %id, "WeCom no longer lists the link; reconciling it now");
+            ctx.urgent.mark(&link_key);
+            let _ = ctx.link_trigger.try_send(ObjectRef::from_obj(&**link));
+        }
     }
 }
 

@@ -72,6 +72,17 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     find(conditions, type_).is_some_and(|c| c.status == "True")
 }
 
+/// A pass that sets conditions, each stamped with the generation it acted on and its time.
+pub trait Stamped {
+    /// The conditions being built, the generation and the time of the pass.
+    fn parts(&mut self) -> (&mut Vec<Condition>, Option<i64>, &Time);
+
+    fn set(&mut self, type_: &str, status: bool, reason: &str, message: impl Into<String>) {
+        let (conditions, generation, now) = self.parts();
+        set(conditions, type_, status, reason, message, generation, now);
+    }
+}
+
 /// Sets one condition, keeping `lastTransitionTime` when the status does not change.
 pub fn set(
     conditions: &mut Vec<Condition>,

@@ -11,13 +11,10 @@ use std::{
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use kube::{
     Api, Resource, ResourceExt,
-    runtime::{
-        events::EventType,
-        reflector::{ObjectRef, Store},
-    },
+    runtime::reflector::{ObjectRef, Store},
 };
 
-use super::recorder::Note;
+use super::{notice::Notice, recorder::Note};
 use crate::{
     api::{AcquisitionLink, SecretKeyRef, WeComApp, WeComSuite},
     defaults,
@@ -31,13 +28,7 @@ use crate::{
     },
 };
 
-/// The limit of one WeCom request. An A3 that was interrupted may have been acted on up to
-/// this long after its create-pending marker was written.
-pub use crate::defaults::REQUEST_TIMEOUT as WECOM_REQUEST_TIMEOUT;
-/// Request budget when a WeComApp does not set one: well under WeCom's 10,000/minute.
-pub use crate::defaults::REQUESTS_PER_MINUTE as DEFAULT_REQUESTS_PER_MINUTE;
-/// The WeCom API base URL when a WeComApp does not name one (the client's default).
-pub use crate::defaults::WECOM_API_BASE_URL as DEFAULT_API_BASE_URL;
+use crate::defaults::{REQUEST_TIMEOUT, REQUESTS_PER_MINUTE, WECOM_API_BASE_URL};
 
 /// How often slow-changing facts are refreshed.
 #[derive(Debug, Clone)]
@@ -52,7 +43,7 @@ pub struct Cadence {
     pub quota: Duration,
     /// After an interrupted create found nothing, wait this long before creating again
     /// (A1 may lag behind A3). Counted from the latest moment the interrupted A3 could have
-    /// been answered: the marker's time plus [`WECOM_REQUEST_TIMEOUT`].
+    /// been answered: the marker's time plus [`REQUEST_TIMEOUT`].
     pub create_grace: Duration,
     /// Statistics window in days (at most 30).
     pub statistics_days: u32,
@@ -230,7 +221,7 @@ impl AppClients {
             .spec
             .api_base_url
             .clone()
-            .unwrap_or_else(|| DEFAULT_API_BASE_URL.to_string());
+            .unwrap_or_else(|| WECOM_API_BASE_URL.to_string());
         self.allowed_hosts
             .check(&base_url)
             .map_err(|refused| AppError::ApiHostNotAllowed {
@@ -283,7 +274,9 @@ impl AppClients {
             })
     }
 
-    /// The client of `app`, built or reused.
+    /// The client of `app`, built or reused: reused while the app's generation is the same
+    /// and the Secret was read within the TTL, or, after reading the Secret again, while
+    /// nothing the client is made of (corp, URL, budget, secret, suite) changed.
     pub async fn client_for(&self, app: &WeComApp) -> Result<WeComClient, AppError> {
         let base_url = self.base_url_of(app)?;
         let namespace = app.namespace().unwrap_or_default();
@@ -296,6 +289,66 @@ impl AppClients {
         {
             return Ok(cached.client.clone());
         }
+        let secret = self.app_secret(app).await?;
+        let rpm = app.spec.requests_per_minute.unwrap_or(REQUESTS_PER_MINUTE);
+        let suite = match &app.spec.suite {
+            Some(suite) => Some(self.suite_client(&namespace, &name, &suite.name).await?),
+            None => None,
+        };
+        let fingerprint = {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            let suite = suite.as_ref().map(|s| Arc::as_ptr(s) as usize);
+            (&app.spec.corp_id, &base_url, rpm, &secret, suite).hash(&mut hasher);
+            hasher.finish()
+        };
+        let invalid = |message: String| AppError::Invalid {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            message,
+        };
+        let mut clients = self
+            .clients
+            .lock()
+            .map_err(|_| invalid("internal: client cache poisoned".into()))?;
+        if let Some(cached) = clients.get_mut(&key)
+            && cached.fingerprint == fingerprint
+        {
+            cached.checked_at = Instant::now();
+            cached.generation = app.metadata.generation;
+            return Ok(cached.client.clone());
+        }
+        let token_source = suite.map(|suite| {
+            Arc::new(SuiteCorpTokens(suite)) as Arc<dyn crate::wecom::CorpTokenSource>
+        });
+        let config = ClientConfig {
+            base_url,
+            corp_id: app.spec.corp_id.clone(),
+            secret: Secret::new(secret),
+            requests_per_minute: rpm,
+            retry: RetryPolicy::default(),
+            request_timeout: REQUEST_TIMEOUT,
+            observer: Some(self.metrics.clone()),
+            scheduler: Some(self.scheduler(&app.spec.corp_id)),
+            app_key: format!("{namespace}/{name}"),
+            limits: self.limits,
+        };
+        let client = WeComClient::with_token_source(config, token_source)
+            .map_err(|e| invalid(e.to_string()))?;
+        let cached = CachedClient {
+            fingerprint,
+            client: client.clone(),
+            checked_at: Instant::now(),
+            generation: app.metadata.generation,
+        };
+        clients.insert(key, cached);
+        Ok(client)
+    }
+
+    /// The app's secret from its Secret: missing (or the suite authorisation cancelled) or
+    /// empty is an error that says which.
+    async fn app_secret(&self, app: &WeComApp) -> Result<String, AppError> {
+        let namespace = app.namespace().unwrap_or_default();
+        let name = app.name_any();
         let secret = match self
             .read_secret(&namespace, &app.spec.secret_ref, &name)
             .await
@@ -315,72 +368,11 @@ impl AppClients {
                 ),
             });
         }
-        let rpm = app
-            .spec
-            .requests_per_minute
-            .unwrap_or(DEFAULT_REQUESTS_PER_MINUTE);
-        let suite = match &app.spec.suite {
-            Some(suite) => Some(self.suite_client(&namespace, &name, &suite.name).await?),
-            None => None,
-        };
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (&app.spec.corp_id, &base_url, rpm, &secret).hash(&mut hasher);
-        suite
-            .as_ref()
-            .map(|s| Arc::as_ptr(s) as usize)
-            .hash(&mut hasher);
-        let fingerprint = hasher.finish();
-        let mut clients = self.clients.lock().map_err(|_| AppError::Invalid {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            message: "internal: client cache poisoned".into(),
-        })?;
-        if let Some(cached) = clients.get_mut(&key)
-            && cached.fingerprint == fingerprint
-        {
-            cached.checked_at = Instant::now();
-            cached.generation = app.metadata.generation;
-            return Ok(cached.client.clone());
-        }
-        let token_source = suite.map(|suite| {
-            Arc::new(SuiteCorpTokens(suite)) as Arc<dyn crate::wecom::CorpTokenSource>
-        });
-        let client = WeComClient::with_token_source(
-            ClientConfig {
-                base_url,
-                corp_id: app.spec.corp_id.clone(),
-                secret: Secret::new(secret),
-                requests_per_minute: rpm,
-                retry: RetryPolicy::default(),
-                request_timeout: WECOM_REQUEST_TIMEOUT,
-                observer: Some(self.metrics.clone()),
-                scheduler: Some(self.scheduler(&app.spec.corp_id)),
-                app_key: format!("{namespace}/{name}"),
-                limits: self.limits,
-            },
-            token_source,
-        )
-        .map_err(|e| AppError::Invalid {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            message: e.to_string(),
-        })?;
-        clients.insert(
-            key,
-            CachedClient {
-                fingerprint,
-                client: client.clone(),
-                checked_at: Instant::now(),
-                generation: app.metadata.generation,
-            },
-        );
-        Ok(client)
+        Ok(secret)
     }
 
     /// Why an app's Secret has no secret: a corp that cancelled its authorisation of a
-    /// suite (the controller wrote when), or the key is just missing. The permanent-code
-    /// Secret of a suite app: the corp cancelled (the
-    /// controller wrote when), or the key is just missing.
+    /// suite (the controller wrote when), or the key is just missing.
     async fn cancelled_or_missing(&self, app: &WeComApp) -> AppError {
         let namespace = app.namespace().unwrap_or_default();
         let name = app.name_any();
@@ -435,7 +427,7 @@ impl AppClients {
             .spec
             .api_base_url
             .clone()
-            .unwrap_or_else(|| DEFAULT_API_BASE_URL.to_string());
+            .unwrap_or_else(|| WECOM_API_BASE_URL.to_string());
         self.allowed_hosts.check(&base_url).map_err(|refused| {
             failed(format!(
                 "spec.apiBaseUrl names host {}, which the controller may not call (allowed: {})",
@@ -458,22 +450,9 @@ impl AppClients {
         {
             return Ok(cached.client.clone());
         }
-        let tickets = Arc::new(KubeTicket {
-            kube: self.kube.clone(),
-            namespace: namespace.to_string(),
-            name: crate::api::ticket_secret_name(suite),
-        });
-        let client = SuiteClient::new(
-            SuiteConfig {
-                base_url,
-                suite_id: found.spec.suite_id.clone(),
-                suite_secret: Secret::new(secret),
-                request_timeout: WECOM_REQUEST_TIMEOUT,
-            },
-            tickets,
-        )
-        .map(Arc::new)
-        .map_err(failed)?;
+        let client = self
+            .new_suite_client(namespace, suite, &found, base_url, secret)
+            .map_err(failed)?;
         cache.insert(
             key,
             CachedSuite {
@@ -482,6 +461,28 @@ impl AppClients {
             },
         );
         Ok(client)
+    }
+
+    fn new_suite_client(
+        &self,
+        namespace: &str,
+        suite: &str,
+        found: &WeComSuite,
+        base_url: String,
+        secret: String,
+    ) -> Result<Arc<SuiteClient>, String> {
+        let tickets = Arc::new(KubeTicket {
+            kube: self.kube.clone(),
+            namespace: namespace.to_string(),
+            name: crate::api::ticket_secret_name(suite),
+        });
+        let config = SuiteConfig {
+            base_url,
+            suite_id: found.spec.suite_id.clone(),
+            suite_secret: Secret::new(secret),
+            request_timeout: REQUEST_TIMEOUT,
+        };
+        SuiteClient::new(config, tickets).map(Arc::new)
     }
 
     /// Drops the client of app `namespace/name` (its token too): the next use reads the
@@ -627,26 +628,21 @@ impl Context {
         self.app_store.get(&ObjectRef::new(name).within(namespace))
     }
 
-    /// Publishes a Kubernetes Event about `obj`. A failure to publish is logged, never fatal.
-    pub async fn publish<K>(
-        &self,
-        obj: &K,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) where
+    /// Publishes a Kubernetes Event about `obj`: the one place Events leave the
+    /// controller. A failure to publish is logged, never fatal (a terminating namespace
+    /// refuses Events; status and the log say what the Event would have).
+    pub async fn publish<K>(&self, obj: &K, notice: &Notice)
+    where
         K: Resource<DynamicType = ()>,
     {
-        let note: String = note.chars().take(1000).collect();
         let event = Note {
-            type_,
-            reason,
-            action,
-            note: &note,
+            type_: notice.type_,
+            reason: &notice.reason,
+            action: notice.action,
+            note: &notice.message,
         };
         if let Err(err) = self.recorder.publish(&obj.object_ref(&()), &event).await {
-            tracing::warn!(%err, reason, "could not publish event");
+            tracing::warn!(%err, reason = %notice.reason, "could not publish event");
         }
     }
 

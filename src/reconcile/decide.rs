@@ -101,6 +101,125 @@ pub fn delete_on_cleanup(policy: ManagementPolicy, deletion: DeletionPolicy) -> 
     policy == ManagementPolicy::Manage && deletion == DeletionPolicy::Delete
 }
 
+/// What a pass knows of the link's app once it has resolved it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppState {
+    /// The app and a WeCom client for it are there, and WeCom does not refuse the app.
+    Ready,
+    /// The app or its Secret is missing: the link keeps working in WeCom, unmanaged.
+    Missing,
+    /// WeCom refuses the app's calls (permission, trusted IPs, credentials, a bad server).
+    Refused,
+}
+
+/// What the observation found, reduced to what the decision needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Nothing looked: the app is not ready.
+    NotLooked,
+    /// The object knows no link id: nothing to look at.
+    NoId,
+    /// WeCom has the link; `differs` when it differs from the spec.
+    Present { differs: bool },
+    /// WeCom no longer lists the link.
+    Gone,
+}
+
+/// Everything [`decide`] looks at: the spec and status of the object, its app, and what
+/// WeCom showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Situation {
+    pub app: AppState,
+    pub seen: Seen,
+    pub policy: ManagementPolicy,
+    pub paused: bool,
+    pub quota_exhausted: bool,
+    pub on_remote_delete: RemoteDeletePolicy,
+    /// `spec.linkId` names the link (adoption, or observation).
+    pub named_by_spec: bool,
+    /// How the object got the id it holds (status), when it holds one.
+    pub origin: Option<LinkOrigin>,
+}
+
+/// Why a link that should be made is not made yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    Paused,
+    QuotaExhausted,
+}
+
+/// Why a link WeCom no longer has is left gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftGone {
+    /// `managementPolicy: Observe`.
+    Observed,
+    /// The link was adopted: its id cannot come back.
+    Adopted,
+    /// `onRemoteDelete: Orphan`.
+    OrphanPolicy,
+}
+
+/// The one thing a pass does, decided from a [`Situation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Wait for the app, calling nothing (`AppNotReady`).
+    WaitForApp,
+    /// Make the link (A3; first looking for one an interrupted create made).
+    /// `replacing`: WeCom deleted the one this object had.
+    Create { replacing: bool },
+    /// A link should be made but may not be yet.
+    HoldCreate { hold: Hold, replacing: bool },
+    /// WeCom has the link: what to do with its differences.
+    Present(OnPresent),
+    /// `spec.linkId` names a link WeCom does not list and this object never held.
+    NotInCorp,
+    /// WeCom deleted the link and it is not made again.
+    LeaveGone(LeftGone),
+}
+
+/// The decision of a pass: pure, so every combination is a row in the table test below.
+pub fn decide(s: &Situation) -> Step {
+    if s.app != AppState::Ready || s.seen == Seen::NotLooked {
+        return Step::WaitForApp;
+    }
+    match s.seen {
+        Seen::NotLooked => Step::WaitForApp,
+        Seen::Present { differs } => Step::Present(on_present(s.policy, s.paused, differs)),
+        // Never held: nothing was deleted, the id is not this corp's (a typo, another
+        // corp's link). An observed link is never made either.
+        Seen::Gone if s.named_by_spec && s.origin.is_none() => Step::NotInCorp,
+        Seen::NoId if s.policy == ManagementPolicy::Observe => Step::NotInCorp,
+        Seen::Gone => {
+            let adopted = s.named_by_spec || s.origin == Some(LinkOrigin::Adopted);
+            if recreate_when_gone(s.policy, adopted, s.on_remote_delete) {
+                create_or_hold(s, true)
+            } else if s.policy == ManagementPolicy::Observe {
+                Step::LeaveGone(LeftGone::Observed)
+            } else if adopted {
+                Step::LeaveGone(LeftGone::Adopted)
+            } else {
+                Step::LeaveGone(LeftGone::OrphanPolicy)
+            }
+        }
+        Seen::NoId => create_or_hold(s, false),
+    }
+}
+
+/// A pause comes first (nothing is written), then the quota.
+fn create_or_hold(s: &Situation, replacing: bool) -> Step {
+    let hold = if s.paused {
+        Some(Hold::Paused)
+    } else if s.quota_exhausted {
+        Some(Hold::QuotaExhausted)
+    } else {
+        None
+    };
+    match hold {
+        Some(hold) => Step::HoldCreate { hold, replacing },
+        None => Step::Create { replacing },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +331,267 @@ mod tests {
                 want,
                 "{policy:?} {paused} {differs}"
             );
+        }
+    }
+
+    /// One row of the decision table: `None` matches anything.
+    struct Row {
+        app: Option<AppState>,
+        seen: Option<Seen>,
+        policy: Option<ManagementPolicy>,
+        paused: Option<bool>,
+        quota_exhausted: Option<bool>,
+        on_remote_delete: Option<RemoteDeletePolicy>,
+        named_by_spec: Option<bool>,
+        origin: Option<Option<LinkOrigin>>,
+        step: Step,
+    }
+
+    const ANY: Row = Row {
+        app: None,
+        seen: None,
+        policy: None,
+        paused: None,
+        quota_exhausted: None,
+        on_remote_delete: None,
+        named_by_spec: None,
+        origin: None,
+        step: Step::WaitForApp,
+    };
+
+    fn matches(row: &Row, s: &Situation) -> bool {
+        fn ok<T: PartialEq>(want: &Option<T>, got: &T) -> bool {
+            want.as_ref().is_none_or(|w| w == got)
+        }
+        ok(&row.app, &s.app)
+            && ok(&row.seen, &s.seen)
+            && ok(&row.policy, &s.policy)
+            && ok(&row.paused, &s.paused)
+            && ok(&row.quota_exhausted, &s.quota_exhausted)
+            && ok(&row.on_remote_delete, &s.on_remote_delete)
+            && ok(&row.named_by_spec, &s.named_by_spec)
+            && ok(&row.origin, &s.origin)
+    }
+
+    /// The decision table, first matching row wins, checked against every combination of
+    /// app state, what WeCom showed (no id, present, drifted, gone), both policies, pause,
+    /// quota, onRemoteDelete, spec.linkId and origin: 3 x 5 x 2 x 2 x 2 x 2 x 2 x 3 = 1,440.
+    #[test]
+    fn decision_table_covers_every_combination() {
+        use Hold::{Paused as HoldPaused, QuotaExhausted};
+        let drifted = Some(Seen::Present { differs: true });
+        let table = [
+            // The app first: nothing is looked at or written while it is not ready.
+            Row {
+                app: Some(AppState::Missing),
+                ..ANY
+            },
+            Row {
+                app: Some(AppState::Refused),
+                ..ANY
+            },
+            Row {
+                seen: Some(Seen::NotLooked),
+                ..ANY
+            },
+            // Present: in sync, corrected, held by a pause, or reported when observed.
+            Row {
+                seen: Some(Seen::Present { differs: false }),
+                step: Step::Present(OnPresent::InSync),
+                ..ANY
+            },
+            Row {
+                seen: drifted,
+                policy: Some(Observe),
+                step: Step::Present(OnPresent::ReportDrift),
+                ..ANY
+            },
+            Row {
+                seen: drifted,
+                paused: Some(true),
+                step: Step::Present(OnPresent::Paused),
+                ..ANY
+            },
+            Row {
+                seen: drifted,
+                step: Step::Present(OnPresent::Correct),
+                ..ANY
+            },
+            // No id: made unless observed, paused or out of quota (a pause first).
+            Row {
+                seen: Some(Seen::NoId),
+                policy: Some(Observe),
+                step: Step::NotInCorp,
+                ..ANY
+            },
+            Row {
+                seen: Some(Seen::NoId),
+                paused: Some(true),
+                step: Step::HoldCreate {
+                    hold: HoldPaused,
+                    replacing: false,
+                },
+                ..ANY
+            },
+            Row {
+                seen: Some(Seen::NoId),
+                quota_exhausted: Some(true),
+                step: Step::HoldCreate {
+                    hold: QuotaExhausted,
+                    replacing: false,
+                },
+                ..ANY
+            },
+            Row {
+                seen: Some(Seen::NoId),
+                step: Step::Create { replacing: false },
+                ..ANY
+            },
+            // Gone: an id named by the spec and never held is not this corp's.
+            Row {
+                seen: Some(Seen::Gone),
+                named_by_spec: Some(true),
+                origin: Some(None),
+                step: Step::NotInCorp,
+                ..ANY
+            },
+            Row {
+                seen: Some(Seen::Gone),
+                policy: Some(Observe),
+                step: Step::LeaveGone(LeftGone::Observed),
+                ..ANY
+            },
+            Row {
+                seen: Some(Seen::Gone),
+                named_by_spec: Some(true),
+                step: Step::LeaveGone(LeftGone::Adopted),
+                ..ANY
+            },
+            Row {
+                seen: Some(Seen::Gone),
+                origin: Some(Some(LinkOrigin::Adopted)),
+                step: Step::LeaveGone(LeftGone::Adopted),
+                ..ANY
+            },
+            Row {
+                seen: Some(Seen::Gone),
+                on_remote_delete: Some(Keep),
+                step: Step::LeaveGone(LeftGone::OrphanPolicy),
+                ..ANY
+            },
+            Row {
+                seen: Some(Seen::Gone),
+                paused: Some(true),
+                step: Step::HoldCreate {
+                    hold: HoldPaused,
+                    replacing: true,
+                },
+                ..ANY
+            },
+            Row {
+                seen: Some(Seen::Gone),
+                quota_exhausted: Some(true),
+                step: Step::HoldCreate {
+                    hold: QuotaExhausted,
+                    replacing: true,
+                },
+                ..ANY
+            },
+            Row {
+                seen: Some(Seen::Gone),
+                step: Step::Create { replacing: true },
+                ..ANY
+            },
+        ];
+        let mut checked = 0;
+        let mut used = vec![0; table.len()];
+        for app in [AppState::Ready, AppState::Missing, AppState::Refused] {
+            for seen in [
+                Seen::NotLooked,
+                Seen::NoId,
+                Seen::Present { differs: false },
+                Seen::Present { differs: true },
+                Seen::Gone,
+            ] {
+                for policy in [Manage, Observe] {
+                    for paused in [false, true] {
+                        for quota_exhausted in [false, true] {
+                            for on_remote_delete in [Recreate, Keep] {
+                                for named_by_spec in [false, true] {
+                                    for origin in
+                                        [None, Some(LinkOrigin::Created), Some(LinkOrigin::Adopted)]
+                                    {
+                                        let s = Situation {
+                                            app,
+                                            seen,
+                                            policy,
+                                            paused,
+                                            quota_exhausted,
+                                            on_remote_delete,
+                                            named_by_spec,
+                                            origin,
+                                        };
+                                        let Some(row) = table.iter().position(|r| matches(r, &s))
+                                        else {
+                                            panic!("no row for {s:?}");
+                                        };
+                                        used[row] += 1;
+                                        assert_eq!(
+                                            decide(&s),
+                                            table[row].step,
+                                            "{s:?} (row {row})"
+                                        );
+                                        checked += 1;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 1440);
+        assert!(
+            used.iter().all(|n| *n > 0),
+            "every row decides something: {used:?}"
+        );
+    }
+
+    /// What must hold whatever the table says: an observed link and a paused one are never
+    /// written, and nothing is written for an app that is not ready.
+    #[test]
+    fn observed_paused_and_waiting_links_are_never_written() {
+        let writes = |step: Step| {
+            matches!(
+                step,
+                Step::Create { .. } | Step::Present(OnPresent::Correct)
+            )
+        };
+        for app in [AppState::Ready, AppState::Missing, AppState::Refused] {
+            for seen in [Seen::NoId, Seen::Present { differs: true }, Seen::Gone] {
+                for (policy, paused) in [(Observe, false), (Observe, true), (Manage, true)] {
+                    for named_by_spec in [false, true] {
+                        let s = Situation {
+                            app,
+                            seen,
+                            policy,
+                            paused,
+                            quota_exhausted: false,
+                            on_remote_delete: Recreate,
+                            named_by_spec,
+                            origin: Some(LinkOrigin::Created),
+                        };
+                        assert!(!writes(decide(&s)), "{s:?}");
+                        let waiting = Situation {
+                            app: AppState::Refused,
+                            policy: Manage,
+                            paused: false,
+                            ..s
+                        };
+                        assert_eq!(decide(&waiting), Step::WaitForApp);
+                    }
+                }
+            }
         }
     }
 

@@ -1,21 +1,29 @@
 //! Kubernetes Events for a WeComApp's condition transitions, published by the app
 //! reconciler after an A8 check and by the callback worker after a quota callback.
 
-use kube::runtime::events::EventType;
-
 use super::{
     conditions::{self, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, READY},
     context::Context,
+    notice::Notice,
 };
 use crate::api::{WeComApp, WeComAppStatus};
 
-/// Events for quota transitions (QuotaLow, QuotaExhausted, QuotaRestored, QuotaExpiringSoon).
+/// Events for quota transitions (QuotaLow, QuotaExhausted, QuotaRestored, QuotaExpiringSoon)
+/// and for the app turning not Ready.
 pub async fn publish_transitions(
     ctx: &Context,
     app: &WeComApp,
     old: &WeComAppStatus,
     new: &WeComAppStatus,
 ) {
+    for notice in transitions(old, new) {
+        ctx.publish(app, &notice).await;
+    }
+}
+
+/// The Events a change of an app's conditions calls for, each with the message of the
+/// condition it reports.
+pub fn transitions(old: &WeComAppStatus, new: &WeComAppStatus) -> Vec<Notice> {
     let flipped_on = |type_: &str| {
         conditions::is_true(&new.conditions, type_) && !conditions::is_true(&old.conditions, type_)
     };
@@ -24,46 +32,31 @@ pub async fn publish_transitions(
             .map(|c| c.message.clone())
             .unwrap_or_default()
     };
+    let mut notices = Vec::new();
     if flipped_on(QUOTA_EXHAUSTED) {
-        ctx.publish(
-            app,
-            EventType::Warning,
+        notices.push(Notice::warning(
             "QuotaExhausted",
-            "QuotaCheck",
+            QUOTA_CHECK,
             message(QUOTA_EXHAUSTED),
-        )
-        .await;
+        ));
     } else if flipped_on(QUOTA_LOW) {
-        ctx.publish(
-            app,
-            EventType::Warning,
-            "QuotaLow",
-            "QuotaCheck",
-            message(QUOTA_LOW),
-        )
-        .await;
+        notices.push(Notice::warning("QuotaLow", QUOTA_CHECK, message(QUOTA_LOW)));
     }
     if conditions::is_true(&old.conditions, QUOTA_EXHAUSTED)
         && !conditions::is_true(&new.conditions, QUOTA_EXHAUSTED)
     {
-        ctx.publish(
-            app,
-            EventType::Normal,
+        notices.push(Notice::normal(
             "QuotaRestored",
-            "QuotaCheck",
+            QUOTA_CHECK,
             message(QUOTA_EXHAUSTED),
-        )
-        .await;
+        ));
     }
     if flipped_on(QUOTA_EXPIRING_SOON) {
-        ctx.publish(
-            app,
-            EventType::Warning,
+        notices.push(Notice::warning(
             "QuotaExpiringSoon",
-            "QuotaCheck",
+            QUOTA_CHECK,
             message(QUOTA_EXPIRING_SOON),
-        )
-        .await;
+        ));
     }
     let ready = |s: &WeComAppStatus| {
         conditions::find(&s.conditions, READY).map(|c| (c.status.clone(), c.reason.clone()))
@@ -72,13 +65,13 @@ pub async fn publish_transitions(
         && let Some(c) = conditions::find(&new.conditions, READY)
         && c.status == "False"
     {
-        ctx.publish(
-            app,
-            EventType::Warning,
-            &c.reason,
+        notices.push(Notice::warning(
+            c.reason.clone(),
             "CredentialsCheck",
             c.message.clone(),
-        )
-        .await;
+        ));
     }
+    notices
 }
+
+const QUOTA_CHECK: &str = "QuotaCheck";

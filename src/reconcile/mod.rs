@@ -8,6 +8,7 @@ pub mod decide;
 pub mod events;
 pub mod link;
 pub mod marker;
+pub mod notice;
 pub mod pacing;
 pub mod plan;
 pub mod recorder;

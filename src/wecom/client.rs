@@ -39,11 +39,7 @@ use super::types::{
     RemoteLink, StatisticRequest, StatisticResponse, TokenResponse, UpdateLinkRequest,
 };
 
-/// The client's defaults, from [`crate::defaults`].
-pub use crate::defaults::{
-    REQUEST_TIMEOUT as DEFAULT_REQUEST_TIMEOUT, REQUESTS_PER_MINUTE as DEFAULT_REQUESTS_PER_MINUTE,
-    WECOM_API_BASE_URL as DEFAULT_BASE_URL,
-};
+use crate::defaults::{REQUEST_TIMEOUT, REQUESTS_PER_MINUTE, WECOM_API_BASE_URL};
 /// A1 page size: WeCom's maximum.
 pub const LIST_LINK_PAGE_LIMIT: u32 = 100;
 /// A6 page size: WeCom's maximum.
@@ -144,12 +140,12 @@ impl ClientConfig {
     /// minute, the default retry policy and a 10 s request timeout.
     pub fn new(corp_id: impl Into<String>, secret: impl Into<Secret>) -> Self {
         Self {
-            base_url: DEFAULT_BASE_URL.to_string(),
+            base_url: WECOM_API_BASE_URL.to_string(),
             corp_id: corp_id.into(),
             secret: secret.into(),
-            requests_per_minute: DEFAULT_REQUESTS_PER_MINUTE,
+            requests_per_minute: REQUESTS_PER_MINUTE,
             retry: RetryPolicy::default(),
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
             observer: None,
             scheduler: None,
             app_key: String::new(),
@@ -177,7 +173,9 @@ impl fmt::Debug for ClientConfig {
 /// A configuration the client cannot work with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientConfigError {
-    #[error("WeCom base URL {url:?} is not an http(s) URL: {reason}; use e.g. {DEFAULT_BASE_URL}")]
+    #[error(
+        "WeCom base URL {url:?} is not an http(s) URL: {reason}; use e.g. {WECOM_API_BASE_URL}"
+    )]
     BaseUrl { url: String, reason: String },
     #[error("WeCom corpId is empty: set spec.corpId of the WeComApp")]
     EmptyCorpId,
