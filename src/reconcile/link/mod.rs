@@ -162,7 +162,7 @@ fn object_cause(link: &AcquisitionLink) -> PassCause {
         deleting: link.metadata.deletion_timestamp.is_some(),
         callback: false,
         pause_changed: observed.is_some() && is_paused(link) != shows_paused(link),
-        creating: known_link_id(link).is_none() || create_marker(link).is_some(),
+        creating: link_id_of(link).is_none() || create_marker(link).is_some(),
     }
 }
 
@@ -346,7 +346,7 @@ fn after_pass(object: &AcquisitionLink, ctx: &Context, cause: u64, result: &Resu
 fn finalizer_comes_with_the_marker(link: &AcquisitionLink) -> bool {
     link.metadata.deletion_timestamp.is_none()
         && !link.finalizers().iter().any(|f| f == LINK_FINALIZER)
-        && known_link_id(link).is_none()
+        && link_id_of(link).is_none()
         && !link.annotations().contains_key(CREATE_PENDING_ANNOTATION)
 }
 
@@ -467,14 +467,20 @@ fn is_paused(link: &AcquisitionLink) -> bool {
 /// the spec (adoption). A spec.linkId naming another link is refused before this is used,
 /// and never wins: deleting such an object must not delete the other link.
 fn known_link_id(link: &AcquisitionLink) -> Option<String> {
-    link.status
-        .as_ref()
-        .and_then(|s| s.link_id.clone())
-        .filter(|id| !id.is_empty())
-        .or_else(|| link.annotations().get(LINK_ID_ANNOTATION).cloned())
-        .filter(|id| !id.is_empty())
-        .or_else(|| link.spec.link_id.clone())
-        .filter(|id| !id.is_empty())
+    link_id_of(link).map(str::to_string)
+}
+
+/// [`known_link_id`] without a copy: what scans of the whole cache use (one per pass).
+fn link_id_of(link: &AcquisitionLink) -> Option<&str> {
+    let status = link.status.as_ref().and_then(|s| s.link_id.as_deref());
+    let annotation = link
+        .annotations()
+        .get(LINK_ID_ANNOTATION)
+        .map(String::as_str);
+    [status, annotation, link.spec.link_id.as_deref()]
+        .into_iter()
+        .flatten()
+        .find(|id| !id.is_empty())
 }
 
 fn object_key(link: &AcquisitionLink) -> String {
@@ -488,8 +494,7 @@ fn object_key(link: &AcquisitionLink) -> String {
 fn claim_of(link: &AcquisitionLink) -> decide::Claim {
     decide::Claim {
         object: object_key(link),
-        holds: link.status.as_ref().and_then(|s| s.link_id.as_deref())
-            == known_link_id(link).as_deref(),
+        holds: link.status.as_ref().and_then(|s| s.link_id.as_deref()) == link_id_of(link),
         created: link.metadata.creation_timestamp.as_ref().map(|t| t.0),
     }
 }
@@ -498,18 +503,18 @@ fn claim_of(link: &AcquisitionLink) -> decide::Claim {
 /// [`decide::owner_of`] for who comes first). Built from the controller's link cache, so it
 /// costs no call.
 fn link_owned_by_another(link: &AcquisitionLink, ctx: &Context) -> Option<(String, String)> {
-    let link_id = known_link_id(link)?;
+    let link_id = link_id_of(link)?;
     let mut claims: Vec<decide::Claim> = ctx
         .link_store
         .state()
         .iter()
         .filter(|other| other.metadata.uid != link.metadata.uid)
-        .filter(|other| known_link_id(other).as_deref() == Some(link_id.as_str()))
+        .filter(|other| link_id_of(other) == Some(link_id))
         .map(|other| claim_of(other))
         .collect();
     claims.push(claim_of(link));
     let owner = decide::owner_of(&claims)?;
-    (owner.object != object_key(link)).then(|| (link_id, owner.object.clone()))
+    (owner.object != object_key(link)).then(|| (link_id.to_string(), owner.object.clone()))
 }
 
 fn create_marker(link: &AcquisitionLink) -> Option<CreateMarker> {
