@@ -1909,6 +1909,27 @@ async fn a_malformed_marker_waits_the_grace_instead_of_creating_at_once() {
     );
 }
 
+/// A marker dated far in the future (another replica's clock, a hand-written annotation):
+/// the pass waits the grace as for a marker written now, then creates. It used to ask for a
+/// requeue of about 9e18 seconds, which overflows the controller's timer.
+#[tokio::test]
+async fn a_marker_from_the_future_waits_the_grace_then_creates() {
+    let env = env_with_app(quiet_cadence()).await;
+    let mut link = AcquisitionLink::new("future", link_spec("app", "Future", &["zhangsan"]));
+    link.annotations_mut().insert(
+        CREATE_PENDING_ANNOTATION.into(),
+        r#"{"at":9000000000000000000}"#.into(),
+    );
+    env.apply_link_object(link).await;
+    let ready = env.wait_link_ready("future").await;
+    assert!(ready.status.and_then(|s| s.link_id).is_some());
+    assert_eq!(
+        env.sim_call_count("create_link").await,
+        1,
+        "one link, once the grace has passed"
+    );
+}
+
 #[tokio::test]
 async fn qr_reads_the_channel_url_of_a_link_in_the_cluster() {
     let env = env_with_app(quiet_cadence()).await;

@@ -650,21 +650,28 @@ impl Context {
     /// watch reported the deletion): without it, every link ever deleted stayed in these
     /// maps until the process restarted.
     pub fn forget_link(&self, key: &str, uid: Option<&str>) {
-        self.metrics.set_link_ready(key, None);
-        if let Some((namespace, name)) = key.split_once('/') {
-            self.metrics.forget_link(namespace, name);
-        }
-        self.polls.forget(key);
+        self.forget_link_reports(key);
         self.urgent.take(key);
         self.held_off.release(key);
-        if let Ok(mut facts) = self.slow_facts.lock() {
-            facts.remove(key);
-        }
         if let Ok(mut failures) = self.pass_failures.lock() {
             failures.remove(key);
         }
         if let Some(uid) = uid {
             self.seen_versions.forget(uid);
+        }
+    }
+
+    /// Drops what the process reports about link `key` (`namespace/name`): its Ready state
+    /// and business series, its poll time and slow facts. A deletion's cleanup does this
+    /// first; [`Self::forget_link`] also drops what the passes keep.
+    pub fn forget_link_reports(&self, key: &str) {
+        self.metrics.set_link_ready(key, None);
+        if let Some((namespace, name)) = key.split_once('/') {
+            self.metrics.forget_link(namespace, name);
+        }
+        self.polls.forget(key);
+        if let Ok(mut facts) = self.slow_facts.lock() {
+            facts.remove(key);
         }
     }
 

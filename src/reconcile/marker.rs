@@ -73,6 +73,16 @@ impl CreateMarker {
             .unwrap_or_default()
     }
 
+    /// When the interrupted A3 may have been sent, as seen at `now`: a time up to the clock
+    /// skew ahead counts as `now`; one further ahead (a hand-written annotation, a broken
+    /// clock) is unknown, like a malformed one, so the grace restarts from `now` instead of
+    /// waiting until that time.
+    pub fn sent_at(&self, now: i64) -> Option<i64> {
+        self.at
+            .filter(|at| *at <= now.saturating_add(CLOCK_SKEW_SECS))
+            .map(|at| at.min(now))
+    }
+
     pub fn to_annotation(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
@@ -136,6 +146,24 @@ mod tests {
                 ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn a_time_ahead_of_the_clock_is_now_or_unknown() {
+        let at = |t: i64| CreateMarker {
+            at: Some(t),
+            ..Default::default()
+        };
+        let now = 1_700_000_000;
+        assert_eq!(at(now - 5).sent_at(now), Some(now - 5));
+        assert_eq!(
+            at(now + 30).sent_at(now),
+            Some(now),
+            "within the clock skew"
+        );
+        assert_eq!(at(now + 3600).sent_at(now), None);
+        assert_eq!(at(i64::MAX).sent_at(now), None);
+        assert_eq!(CreateMarker::default().sent_at(now), None);
     }
 
     #[test]

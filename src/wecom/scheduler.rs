@@ -190,11 +190,6 @@ impl Window {
         }
     }
 
-    fn has_room(&mut self, origin: Instant, now: Instant) -> bool {
-        self.expire(self.index(origin, now));
-        self.total < self.limit
-    }
-
     /// What `class` may fill of the window: all of it for [`Priority::Now`], the rest
     /// leaves [`NOW_RESERVE`] of it free. A minute of creates that filled an app's whole cap
     /// (all APIs together) made an edit's A2 and A4 wait up to 60 s for the window to slide.
@@ -629,7 +624,9 @@ impl State {
     ) -> Option<Resource> {
         let origin = self.origin;
         let budget = &mut self.apis[api];
-        if !budget.minute.has_room_for(origin, now, class) || !budget.hour.has_room(origin, now) {
+        if !budget.minute.has_room_for(origin, now, class)
+            || !budget.hour.has_room_for(origin, now, Priority::Now)
+        {
             return Some(Resource::Api(api));
         }
         let app_full = self

@@ -11,7 +11,7 @@ use super::{
     external::External,
     is_paused, known_link_id, link_owned_by_another, object_key,
     pass::Pass,
-    report::{Happened, Orphaned, deletion_blocked_message},
+    report::{Happened, Orphaned, deletion_blocked_message, tell},
     stable_message,
 };
 use crate::{
@@ -60,7 +60,7 @@ async fn report_blocked(link: &AcquisitionLink, ctx: &Context, err: &Error) {
 
 /// Deletes (or leaves) the WeCom link of an object being deleted.
 async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action, Error> {
-    forget(link, ctx);
+    ctx.forget_link_reports(&object_key(link));
     let link_id = known_link_id(link);
     let orphaned = |why| async move {
         if let Some(id) = known_link_id(link) {
@@ -101,7 +101,7 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
         ));
     }
     let client = cleanup_client(link, ctx, &app, link_id.as_deref()).await?;
-    let ext = External::new(ctx, &client, super::app_key(link));
+    let ext = External::for_link(ctx, &client, link);
     let targets: Vec<String> = match link_id {
         Some(id) => vec![id],
         None => {
@@ -119,22 +119,6 @@ async fn cleanup_remote(link: &AcquisitionLink, ctx: &Context) -> Result<Action,
         tell(ctx, link, Happened::Deleted { link_id: &id }).await;
     }
     Ok(Action::await_change())
-}
-
-/// What this process holds about the link goes with it.
-fn forget(link: &AcquisitionLink, ctx: &Context) {
-    let key = object_key(link);
-    ctx.metrics.set_link_ready(&key, None);
-    ctx.metrics
-        .forget_link(&link.namespace().unwrap_or_default(), &link.name_any());
-    if let Ok(mut facts) = ctx.slow_facts.lock() {
-        facts.remove(&key);
-    }
-    ctx.polls.forget(&key);
-}
-
-async fn tell(ctx: &Context, link: &AcquisitionLink, happened: Happened<'_>) {
-    ctx.publish(link, &happened.notice()).await;
 }
 
 /// The client that deletes a link in WeCom: the app's, or, when the app's Secret is

@@ -84,9 +84,10 @@ async fn recover(
     ext: &External<'_>,
     marker: &CreateMarker,
 ) -> Result<Option<Action>, Error> {
-    let Some(since) = marker.at else {
-        // A marker without a readable time: how long ago A3 may have run is unknown, so
-        // the grace starts now (the marker is rewritten with this pass's time).
+    let Some(since) = marker.sent_at(unix_now()) else {
+        // A marker without a readable (or believable) time: how long ago A3 may have run
+        // is unknown, so the grace starts now (the marker is rewritten with this pass's
+        // time).
         return restart_marker_clock(pass, marker).await.map(Some);
     };
     let found = made_by_interrupted(pass.ctx, pass.link, ext, marker).await?;
@@ -99,7 +100,7 @@ async fn recover(
                 + crate::defaults::REQUEST_TIMEOUT
                 + pass.ctx.cadence.create_grace)
                 .as_secs() as i64;
-            let age = unix_now() - since;
+            let age = unix_now().saturating_sub(since);
             if age >= grace {
                 return Ok(None);
             }

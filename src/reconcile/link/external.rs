@@ -8,9 +8,13 @@ use std::collections::{BTreeSet, HashSet};
 
 use futures::TryStreamExt;
 
-use crate::{api::CustomerCount, reconcile::plan::StatsWindow};
 use crate::{
-    reconcile::{context::Context, marker::CreateMarker, plan::DesiredLink},
+    api::{AcquisitionLink, CustomerCount},
+    reconcile::{
+        context::Context,
+        marker::CreateMarker,
+        plan::{DesiredLink, StatsWindow},
+    },
     wecom::{
         ErrorClass, WeComError,
         client::WeComClient,
@@ -32,8 +36,17 @@ pub(super) struct External<'a> {
 }
 
 impl<'a> External<'a> {
-    pub(super) fn new(ctx: &'a Context, client: &'a WeComClient, app: String) -> Self {
-        External { ctx, client, app }
+    /// The client for `link`'s passes: its app's WeCom client and its app's A1 listing.
+    pub(super) fn for_link(
+        ctx: &'a Context,
+        client: &'a WeComClient,
+        link: &AcquisitionLink,
+    ) -> Self {
+        External {
+            ctx,
+            client,
+            app: super::app_key(link),
+        }
     }
 
     pub(super) fn client(&self) -> &WeComClient {

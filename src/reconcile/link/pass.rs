@@ -94,7 +94,7 @@ impl<'a> Pass<'a> {
 
     /// Publishes what happened in this pass.
     pub(super) async fn tell(&self, happened: Happened<'_>) {
-        self.ctx.publish(self.link, &happened.notice()).await;
+        super::report::tell(self.ctx, self.link, happened).await;
     }
 
     /// True when neither condition already carries `reason`: an outcome's Event goes out

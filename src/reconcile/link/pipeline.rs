@@ -85,7 +85,7 @@ pub(super) async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Actio
                 pass.write_status().await?;
                 return Ok(action);
             }
-            match observe(&pass, &external(ctx, client, link)).await {
+            match observe(&pass, &External::for_link(ctx, client, link)).await {
                 Ok(observation) => observation,
                 Err(err) => return settle(pass, Err(err)).await,
             }
@@ -100,13 +100,9 @@ pub(super) async fn apply(link: &AcquisitionLink, ctx: &Context) -> Result<Actio
             requeue,
         } => return wait_for_app(pass, state, message, requeue).await,
     };
-    let ext = external(ctx, &client, link);
+    let ext = External::for_link(ctx, &client, link);
     let result = act(&mut pass, &app, &ext, step, observation).await;
     settle(pass, result).await
-}
-
-fn external<'a>(ctx: &'a Context, client: &'a WeComClient, link: &AcquisitionLink) -> External<'a> {
-    External::new(ctx, client, super::app_key(link))
 }
 
 /// What the CEL rules refuse at admission, checked again for what CEL cannot see (a

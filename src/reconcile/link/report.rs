@@ -7,9 +7,10 @@ use kube::runtime::events::EventType;
 
 use super::{pass::Pass, paused_message};
 use crate::{
-    api::{CREATE_PENDING_ANNOTATION, LINK_FINALIZER},
+    api::{AcquisitionLink, CREATE_PENDING_ANNOTATION, LINK_FINALIZER},
     reconcile::{
         conditions::{READY, SYNCED, Stamped, reason},
+        context::Context,
         decide::{Hold, LeftGone},
         notice::Notice,
     },
@@ -286,8 +287,13 @@ pub(super) fn deletion_blocked_message(cause: &str, link_id: Option<&str>) -> St
     )
 }
 
+/// Publishes what happened to `link` (the one way the link reconciler sends Events).
+pub(super) async fn tell(ctx: &Context, link: &AcquisitionLink, happened: Happened<'_>) {
+    ctx.publish(link, &happened.notice()).await;
+}
+
 impl Happened<'_> {
-    pub(super) fn notice(&self) -> Notice {
+    fn notice(&self) -> Notice {
         match self {
             Happened::Adopted {
                 link_id,
