@@ -617,6 +617,10 @@ async fn link_progressing_while_deletion_is_retried() {
         (env.sim_call_count("delete_link").await > 0).then_some(())
     })
     .await;
+    // The refused A5 is reported in status after the call: wait for that write, not only
+    // for the call, or a busy machine captures the object before it.
+    env.wait_link_condition(LINK, "Ready", "False", "Deleting")
+        .await;
     env.stop_controller().await;
     check(
         &env,
