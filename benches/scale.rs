@@ -8,7 +8,8 @@
 //! - Kubernetes writes per link (resourceVersion delta: every create, update and patch,
 //!   Events included);
 //! - the controller's peak RSS (VmHWM);
-//! - WeCom calls per link and hour at rest (over one minute);
+//! - WeCom calls per link and hour at rest (over one minute), right after converging and
+//!   once every link polls (from one resync interval after the last create);
 //! - remote-delete recovery without callbacks (10 links deleted in WeCom, until each
 //!   object holds a new link);
 //! - the calls sent in the first minute after a restart, per API, against the budget.
@@ -32,6 +33,9 @@ use wecom_acq::api::AcquisitionLink;
 use wecom_acq::sim::SimConfig;
 
 const PER_MINUTE: u32 = 10_000;
+/// The links' resync interval (`--resync-interval`), as a flag and as a duration.
+const RESYNC_FLAG: &str = "5m";
+const RESYNC: Duration = Duration::from_secs(300);
 const NS: &str = "scale";
 
 fn sizes() -> Vec<usize> {
@@ -91,6 +95,24 @@ async fn sim_calls(env: &harness::Env) -> Value {
         .await
 }
 
+/// A minute at rest: WeCom calls per link and hour, and Kubernetes writes.
+async fn at_rest_minute(env: &harness::Env, n: usize, what: &str) {
+    env.admin
+        .request(reqwest::Method::DELETE, "/_sim/calls", None)
+        .await;
+    let started = Instant::now();
+    let rv = store_rv(env).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let calls = sim_calls(env).await;
+    let per_link_hour = calls["total"].as_u64().unwrap_or(0) as f64 * 3600.0
+        / started.elapsed().as_secs_f64()
+        / n as f64;
+    println!(
+        "  {what}: {per_link_hour:.1} WeCom calls per link and hour, {} Kubernetes writes in a minute; by API {calls}",
+        store_rv(env).await.saturating_sub(rv)
+    );
+}
+
 async fn store_rv(env: &harness::Env) -> u64 {
     env.links()
         .list_metadata(&ListParams::default().limit(1))
@@ -131,7 +153,7 @@ async fn run(n: usize) {
     let requests_before = env.kube.faults().requests();
     let flags = [
         "--resync-interval",
-        "5m",
+        RESYNC_FLAG,
         "--customers-interval",
         "30m",
         "--statistics-interval",
@@ -244,21 +266,7 @@ async fn run(n: usize) {
         rv_after.saturating_sub(rv_before) as f64 / n as f64
     );
 
-    // At rest for a minute.
-    env.admin
-        .request(reqwest::Method::DELETE, "/_sim/calls", None)
-        .await;
-    let rest_started = Instant::now();
-    let rv_rest = store_rv(&env).await;
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    let rest = sim_calls(&env).await;
-    let per_link_hour = rest["total"].as_u64().unwrap_or(0) as f64 * 3600.0
-        / rest_started.elapsed().as_secs_f64()
-        / n as f64;
-    println!(
-        "  at rest: {per_link_hour:.1} WeCom calls per link and hour, {} Kubernetes writes in a minute; by API {rest}",
-        store_rv(&env).await.saturating_sub(rv_rest)
-    );
+    at_rest_minute(&env, n, "at rest").await;
 
     // Ten links deleted in WeCom, no callbacks.
     let list = links.list(&ListParams::default()).await.expect("list");
@@ -322,6 +330,18 @@ async fn run(n: usize) {
     println!(
         "  first minute after a restart: busiest API {busiest} calls (budget {PER_MINUTE}); by API {first_minute}"
     );
+
+    // At rest in the steady state: from one resync interval after the last create, every
+    // link polls (A2) once an interval at its phase. The first minute at rest above falls
+    // inside that interval, when links just created need no A2.
+    let steady_from = started + converged + RESYNC + Duration::from_secs(1);
+    tokio::time::sleep_until(steady_from.into()).await;
+    at_rest_minute(
+        &env,
+        n,
+        "at rest, every link polling (from one resync interval after the last create)",
+    )
+    .await;
     println!(
         "  controller peak RSS {rss:.1} MiB (first process), {:.1} MiB (after restart)",
         peak_rss_mib(restarted.pid().as_raw_nonzero().get())

@@ -27,7 +27,7 @@ use crate::{
     isolation::{self, Liveness},
     metrics::Metrics,
     reconcile::{
-        app, conditions,
+        app, cache, conditions,
         context::{AppClients, Cadence, Context, filled},
         link, plan,
         recorder::Recorder,
@@ -229,23 +229,6 @@ impl StartOptions {
     }
 }
 
-/// What the controller keeps of an object it caches: everything it reads, without the
-/// server's bookkeeping of who wrote which field and the client-side-apply copy of the
-/// last applied configuration (ArgoCD's and kubectl's), which together are most of an
-/// object's size.
-fn trim_for_cache<K: kube::Resource>(object: &mut K) {
-    let meta = object.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED_ANNOTATION);
-        if annotations.is_empty() {
-            meta.annotations = None;
-        }
-    }
-}
-
-const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 /// [`start`] with a liveness shared with the health endpoint, and an optional pass hook.
 pub fn start_with(
     client: Client,
@@ -269,29 +252,36 @@ pub fn start_with(
     let (gone_tx, gone_rx) = mpsc::unbounded_channel::<(String, Option<String>)>();
     let link_stream = watcher(links_api, watcher::Config::default())
         .default_backoff()
-        .modify(trim_for_cache)
+        .modify(cache::trim_link)
         .reflect(link_writer)
-        .inspect_ok(move |event| {
-            if let watcher::Event::Delete(link) = event {
-                let key = format!(
-                    "{}/{}",
-                    link.namespace().unwrap_or_default(),
-                    link.name_any()
-                );
-                let _ = gone_tx.send((key, link.metadata.uid.clone()));
+        .inspect_ok({
+            let seen = seen_versions.clone();
+            let cached = link_reader.clone();
+            move |event| match event {
+                watcher::Event::Delete(link) => {
+                    let key = format!(
+                        "{}/{}",
+                        link.namespace().unwrap_or_default(),
+                        link.name_any()
+                    );
+                    let _ = gone_tx.send((key, link.metadata.uid.clone()));
+                }
+                // The store holds this version already.
+                watcher::Event::Apply(link) => seen.settle_with(link),
+                // A relist: the store swaps in the new objects at its end.
+                watcher::Event::InitApply(link) => seen.note_from(link),
+                watcher::Event::InitDone => {
+                    for link in cached.state() {
+                        seen.settle_with(&*link);
+                    }
+                }
+                watcher::Event::Init => {}
             }
         })
         .applied_objects()
         .inspect_ok({
-            let seen = seen_versions.clone();
             let urgent = urgent_tx.clone();
             move |link: &AcquisitionLink| {
-                if let (Some(uid), Some(version)) = (
-                    link.metadata.uid.as_deref(),
-                    link.metadata.resource_version.as_deref(),
-                ) {
-                    seen.note(uid, version);
-                }
                 if link::wants_urgent_pass(link) {
                     // Full: the controller's own queue still has the pass.
                     let _ = urgent.try_send(ObjectRef::from_obj(link));
@@ -301,7 +291,7 @@ pub fn start_with(
         .predicate_filter(link_predicate, Default::default());
     let app_stream = watcher(apps_api, watcher::Config::default())
         .default_backoff()
-        .modify(trim_for_cache)
+        .modify(cache::trim::<WeComApp>)
         .reflect(app_writer)
         .applied_objects();
     // One shared app stream feeds the app controller (all changes) and the link

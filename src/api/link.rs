@@ -271,6 +271,11 @@ pub struct AcquisitionLinkStatus {
     /// The last `acquisition.wecom.dev/reconcile-requested-at` value handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+    /// Not part of the resource (never serialized): the controller's cache dropped the
+    /// object's `acquisition.wecom.dev/link-id` annotation because it held `linkId`, to
+    /// keep 10,000 cached links small. The annotation is still on the server.
+    #[serde(skip)]
+    pub link_id_annotated: bool,
 }
 
 /// URLs of one customer_channel.

@@ -619,8 +619,9 @@ pub struct SlowFacts {
     pub statistics_failing: bool,
     /// Who the last full A6 count saw ([`customer_key`] of each customer), so a
     /// customer callback that arrives after the count that already included it is not
-    /// counted twice.
-    pub counted: std::sync::Arc<std::collections::HashSet<u64>>,
+    /// counted twice. None until the first full count (a link just created): no
+    /// allocation per link for an empty set.
+    pub counted: Option<std::sync::Arc<std::collections::HashSet<u64>>>,
 }
 
 impl Context {

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod app_usage;
+pub mod cache;
 pub mod conditions;
 pub mod context;
 pub mod decide;

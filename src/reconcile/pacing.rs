@@ -72,6 +72,24 @@ pub enum LastPoll {
     Unknown { now: u64 },
 }
 
+impl LastPoll {
+    /// What a process that has not asked WeCom itself (a restart, a new leader) learns from
+    /// a time status records (RFC 3339: `lastSyncTime`, `customers.countedAt`), which moves
+    /// only when the controller learnt something new about the link. Less than `every`
+    /// ago, nothing new is expected before a whole interval from then, as for a link just
+    /// created; older, unreadable or in the future, the next phase point.
+    pub fn restored(stamp: Option<&str>, now: u64, every: Duration) -> LastPoll {
+        let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        let at = stamp
+            .and_then(|s| s.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .and_then(|t| u64::try_from(t.as_millisecond()).ok());
+        match at {
+            Some(at) if at <= now && now < at.saturating_add(every_ms) => LastPoll::Created(at),
+            _ => LastPoll::Unknown { now },
+        }
+    }
+}
+
 /// What started a pass, for its priority class.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PassCause {
@@ -189,6 +207,31 @@ mod tests {
         assert_eq!(late, second);
         let created = next_poll_ms(LastPoll::Created(now), hash, FIVE_MIN);
         assert!(created >= now + 300_000 && created <= now + 600_000);
+    }
+
+    #[test]
+    fn after_a_restart_a_recent_status_change_waits_a_whole_interval() {
+        let hash = uid_hash("c");
+        // 2023-11-14T22:13:20Z
+        let now = 1_700_000_000_000;
+        let two_minutes_ago = Some("2023-11-14T22:11:20.5Z");
+        let last = LastPoll::restored(two_minutes_ago, now, FIVE_MIN);
+        assert_eq!(last, LastPoll::Created(now - 119_500));
+        let due = next_poll_ms(last, hash, FIVE_MIN);
+        assert!(due >= now - 119_500 + 300_000, "{due}");
+        // Older than an interval, unreadable, in the future or absent: the next phase point.
+        for stamp in [
+            Some("2023-11-14T22:08:20Z"),
+            Some("yesterday"),
+            Some("2023-11-14T23:00:00Z"),
+            None,
+        ] {
+            assert_eq!(
+                LastPoll::restored(stamp, now, FIVE_MIN),
+                LastPoll::Unknown { now },
+                "{stamp:?}"
+            );
+        }
     }
 
     #[test]

@@ -19,12 +19,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The newest resourceVersion known per object UID: delivered by the watch or returned by
-/// a write of this controller. The reflector's store is updated before the watch's event
-/// goes on, except while it relists (it keeps the old objects until the listing is
-/// complete), and a write's own event comes after the write returns: a pass whose cached
-/// object is older than the newest known reads the object again instead of acting on an
-/// old generation or on its own half-written state.
+/// The newest resourceVersion known per object UID where it is newer than the cached
+/// object's: delivered by the watch while the cache relists, or returned by a write of this
+/// controller. The reflector's store is updated before the watch's event goes on, except
+/// while it relists (it keeps the old objects until the listing is complete), and a write's
+/// own event comes after the write returns: a pass whose cached object is older than the
+/// newest known reads the object again instead of acting on an old generation or on its own
+/// half-written state. Once the cache holds a version, an entry no newer than it is
+/// dropped ([`Self::settle`]): at rest the map is empty, not one entry per link.
 ///
 /// resourceVersions are opaque to clients, but every API server in use (etcd's
 /// revisions, and kubesim) gives integers that grow with each write; when both versions
@@ -44,6 +46,45 @@ fn newer(a: &str, b: &str) -> bool {
 const GONE: &str = "";
 
 impl SeenVersions {
+    /// [`Self::note`] of an object's own UID and version.
+    pub fn note_from<K: kube::Resource>(&self, object: &K) {
+        let meta = object.meta();
+        if let (Some(uid), Some(version)) = (meta.uid.as_deref(), meta.resource_version.as_deref())
+        {
+            self.note(uid, version);
+        }
+    }
+
+    /// The cache now holds `object`: what is known of it beyond that stays, the rest goes.
+    pub fn settle_with<K: kube::Resource>(&self, object: &K) {
+        let meta = object.meta();
+        if let (Some(uid), Some(version)) = (meta.uid.as_deref(), meta.resource_version.as_deref())
+        {
+            self.settle(uid, version);
+        }
+    }
+
+    /// The cache holds `cached_version` of the object: an entry that is not newer (and not
+    /// a burial) says nothing the cache does not, and is removed.
+    pub fn settle(&self, uid: &str, cached_version: &str) {
+        let mut seen = lock(&self.0);
+        if seen
+            .get(uid)
+            .is_some_and(|known| known != GONE && !newer(known, cached_version))
+        {
+            seen.remove(uid);
+        }
+    }
+
+    /// How many objects have a version newer than the cache's, or a burial, noted.
+    pub fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn note(&self, uid: &str, resource_version: &str) {
         let mut seen = lock(&self.0);
         match seen.get_mut(uid) {
@@ -420,5 +461,30 @@ mod tests {
         assert!(seen.differs("u", "43"), "a buried object is read again");
         seen.forget("u");
         assert!(!seen.differs("u", "43"));
+    }
+
+    #[test]
+    fn a_version_the_cache_holds_is_forgotten() {
+        let seen = SeenVersions::default();
+        // A write returned 7; the watch has shown 6 so far.
+        seen.note("u", "7");
+        seen.settle("u", "6");
+        assert!(seen.differs("u", "6"), "the write is newer than the cache");
+        // The watch brings 7 (or anything newer): nothing is left to know.
+        seen.settle("u", "7");
+        assert!(seen.is_empty());
+        assert!(!seen.differs("u", "7"));
+        seen.note("w", "a1");
+        seen.settle("w", "a0");
+        assert!(
+            seen.differs("w", "a0"),
+            "opaque versions: another one is kept"
+        );
+        seen.settle("w", "a1");
+        assert!(seen.is_empty());
+        seen.bury("x");
+        seen.settle("x", "9");
+        assert!(seen.differs("x", "9"), "a burial stays until a read");
+        assert_eq!(seen.len(), 1);
     }
 }

@@ -1,5 +1,6 @@
 //! Which AcquisitionLink holds a WeCom link id, for the callback events that name one.
 
+use crate::reconcile::cache;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use kube::{
 };
 
 use super::super::endpoint::InboundEvent;
-use crate::api::{AcquisitionLink, LINK_ID_ANNOTATION};
+use crate::api::AcquisitionLink;
 
 /// Which AcquisitionLink holds a WeCom link id: by `status.linkId`, the
 /// `acquisition.wecom.dev/link-id` annotation (status lost) or `spec.linkId` (adopted).
@@ -37,7 +38,7 @@ impl LinkIndex {
             let namespace = link.namespace().unwrap_or_default();
             let ids = [
                 link.status.as_ref().and_then(|s| s.link_id.clone()),
-                link.annotations().get(LINK_ID_ANNOTATION).cloned(),
+                cache::link_id_annotation(link).map(str::to_string),
                 link.spec.link_id.clone(),
             ];
             for id in ids.into_iter().flatten().filter(|id| !id.is_empty()) {
@@ -102,7 +103,7 @@ impl LinkIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AcquisitionLinkSpec, AcquisitionLinkStatus};
+    use crate::api::{AcquisitionLinkSpec, AcquisitionLinkStatus, LINK_ID_ANNOTATION};
 
     fn link(
         name: &str,

@@ -1,6 +1,7 @@
 //! The quota loop: quota callbacks set the WeComApp's conditions (with Events), ask for an
 //! A8 refresh, and re-trigger the links waiting for quota once it is back.
 
+use crate::reconcile::cache;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use kube::{Api, ResourceExt, runtime::reflector::ObjectRef};
 use tokio::sync::mpsc;
 
 use crate::{
-    api::{LINK_ID_ANNOTATION, WeComApp, WeComAppStatus},
+    api::{WeComApp, WeComAppStatus},
     isolation,
     reconcile::{
         conditions::{self, LOW_BALANCE, QUOTA_EXHAUSTED, QUOTA_EXPIRING_SOON, QUOTA_LOW, reason},
@@ -228,7 +229,7 @@ async fn retrigger_waiting_links(
     for link in context.link_store.state() {
         let waiting = link.status.as_ref().is_none_or(|s| s.link_id.is_none())
             && link.spec.link_id.is_none()
-            && !link.annotations().contains_key(LINK_ID_ANNOTATION);
+            && cache::link_id_annotation(&link).is_none();
         if waiting
             && link.namespace().as_deref() == Some(namespace.as_str())
             && link.spec.app_ref.name == app

@@ -146,7 +146,7 @@ pub(super) async fn write_customer_bump(
             .ok()
             .and_then(|facts| facts.get(&format!("{namespace}/{}", link.name)).cloned())
             .filter(|facts| facts.link_id == bump.link_id)
-            .map(|facts| facts.counted)
+            .and_then(|facts| facts.counted)
             .unwrap_or_default();
         let Some(next) = bumped(count, bump, &counted) else {
             return;

@@ -21,6 +21,7 @@ use super::{
     polled, present,
     report::{Happened, Outcome, report},
 };
+use crate::reconcile::cache;
 use crate::{
     api::{
         AcquisitionLink, CREATE_PENDING_ANNOTATION, CustomerCount, LINK_FINALIZER,
@@ -260,9 +261,11 @@ pub(super) async fn record_identity(
     pass.new.link_id = Some(link_id.to_string());
     pass.new.url = Some(url.to_string());
     pass.new.channel_urls = plan::channel_urls(url, &pass.link.spec.channels);
-    let annotations = pass.link.annotations();
-    if annotations.get(LINK_ID_ANNOTATION).map(String::as_str) != Some(link_id)
-        || annotations.contains_key(CREATE_PENDING_ANNOTATION)
+    if cache::link_id_annotation(pass.link) != Some(link_id)
+        || pass
+            .link
+            .annotations()
+            .contains_key(CREATE_PENDING_ANNOTATION)
     {
         let patch = json!({ "metadata": { "annotations": {
             LINK_ID_ANNOTATION: link_id,

@@ -32,10 +32,13 @@ struct Clock {
 }
 
 impl Clock {
-    /// A fact never read is due now; one in status waits for the link's phase.
-    fn first_due(&self, known: bool, every: Duration) -> u64 {
+    /// A fact never read is due now; one in status waits for the link's phase, a whole
+    /// interval after `read_at` when status says it was read (changed) less than an
+    /// interval ago.
+    fn first_due(&self, known: bool, read_at: Option<&str>, every: Duration) -> u64 {
         if known {
-            pacing::next_poll_ms(LastPoll::Unknown { now: self.now }, self.hash, every)
+            let last = LastPoll::restored(read_at, self.now, every);
+            pacing::next_poll_ms(last, self.hash, every)
         } else {
             self.now
         }
@@ -95,11 +98,11 @@ struct Track<'f> {
 impl Track<'_> {
     /// Whether the fact is due now; a due time this process does not know yet is set first
     /// (`known`: status already has the fact).
-    fn is_due(&mut self, clock: &Clock, known: bool) -> bool {
+    fn is_due(&mut self, clock: &Clock, known: bool, read_at: Option<&str>) -> bool {
         let every = self.every;
         let due = *self
             .due
-            .get_or_insert_with(|| clock.first_due(known, every));
+            .get_or_insert_with(|| clock.first_due(known, read_at, every));
         clock.is_due(due)
     }
 
@@ -139,7 +142,9 @@ async fn refresh_customers(
         reason: "CustomerCountFailed",
         what: "customers",
     };
-    if !track.is_due(clock, pass.new.customers.is_some()) {
+    let customers = pass.new.customers.as_ref();
+    let counted_at = customers.and_then(|c| c.counted_at.as_deref());
+    if !track.is_due(clock, customers.is_some(), counted_at) {
         return;
     }
     let channels = &pass.link.spec.channels;
@@ -147,7 +152,7 @@ async fn refresh_customers(
     match counted {
         Ok((count, seen)) => {
             track.read(clock);
-            facts.counted = std::sync::Arc::new(seen);
+            facts.counted = Some(std::sync::Arc::new(seen));
             note_customers(pass, count);
         }
         Err(err) => track.failed(pass, clock, &err).await,
@@ -189,7 +194,8 @@ async fn refresh_statistics(
         reason: "StatisticsFailed",
         what: "statistics",
     };
-    if !track.is_due(clock, pass.new.statistics.is_some()) {
+    // Statistics record the days they cover, not when they were read: the next phase point.
+    if !track.is_due(clock, pass.new.statistics.is_some(), None) {
         return;
     }
     let window = plan::stats_window(unix_now(), pass.ctx.cadence.statistics_days);

@@ -31,6 +31,7 @@ use kube::{
     runtime::{
         controller::Action,
         finalizer::{Error as FinalizerError, Event as Finalizer, finalizer},
+        reflector::ObjectRef,
     },
 };
 use serde_json::json;
@@ -43,10 +44,11 @@ use super::{
     pacing::{self, LastPoll, PassCause},
     plan,
 };
+use crate::reconcile::cache;
 use crate::{
     api::{
-        AcquisitionLink, CREATE_PENDING_ANNOTATION, LINK_FINALIZER, LINK_ID_ANNOTATION,
-        PAUSED_ANNOTATION, RECONCILE_REQUESTED_ANNOTATION,
+        AcquisitionLink, CREATE_PENDING_ANNOTATION, LINK_FINALIZER, PAUSED_ANNOTATION,
+        RECONCILE_REQUESTED_ANNOTATION,
     },
     wecom::{
         WeComError,
@@ -114,10 +116,17 @@ fn poll_due(ctx: &Context, link: &AcquisitionLink, now_ms: u64) -> u64 {
     }
 }
 
-/// Plans the link's next poll at its next phase point.
+/// Plans the link's next poll at its next phase point, or, when status changed less than
+/// an interval ago (a link created or edited just before a restart), at its first phase
+/// point a whole interval after that change.
 fn plan_next_poll(ctx: &Context, link: &AcquisitionLink, now_ms: u64) -> u64 {
     let interval = ctx.poll_interval(&app_key(link));
-    let due = pacing::next_poll_ms(LastPoll::Unknown { now: now_ms }, link_hash(link), interval);
+    let synced = link
+        .status
+        .as_ref()
+        .and_then(|s| s.last_sync_time.as_deref());
+    let last = LastPoll::restored(synced, now_ms, interval);
+    let due = pacing::next_poll_ms(last, link_hash(link), interval);
     ctx.polls.set(&object_key(link), due);
     due
 }
@@ -194,6 +203,13 @@ async fn newest(
     api: &Api<AcquisitionLink>,
     ctx: &Context,
 ) -> Result<Option<Arc<AcquisitionLink>>, Error> {
+    // A pass that waited for another pass over the object holds it as it was when queued;
+    // the cache has what that pass wrote by now (and `seen_versions` forgets a version once
+    // the cache holds it).
+    let link = match ctx.link_store.get(&ObjectRef::from_obj(&*link)) {
+        Some(cached) if cached.metadata.uid == link.metadata.uid => cached,
+        _ => link,
+    };
     let (Some(uid), Some(version)) = (
         link.metadata.uid.as_deref(),
         link.metadata.resource_version.as_deref(),
@@ -211,7 +227,7 @@ async fn newest(
             if let Some(version) = fresh.metadata.resource_version.as_deref() {
                 ctx.seen_versions.note(uid, version);
             }
-            fresh.metadata.managed_fields = None;
+            cache::trim_link(&mut fresh);
             Ok(Some(Arc::new(fresh)))
         }
         _ => Ok(None),
@@ -379,7 +395,7 @@ async fn ensure_finalizer(
         )
         .await?;
     wrote(ctx, &written);
-    written.metadata.managed_fields = None;
+    cache::trim_link(&mut written);
     Ok(Arc::new(written))
 }
 
@@ -473,10 +489,7 @@ fn known_link_id(link: &AcquisitionLink) -> Option<String> {
 /// [`known_link_id`] without a copy: what scans of the whole cache use (one per pass).
 fn link_id_of(link: &AcquisitionLink) -> Option<&str> {
     let status = link.status.as_ref().and_then(|s| s.link_id.as_deref());
-    let annotation = link
-        .annotations()
-        .get(LINK_ID_ANNOTATION)
-        .map(String::as_str);
+    let annotation = cache::link_id_annotation(link);
     [status, annotation, link.spec.link_id.as_deref()]
         .into_iter()
         .flatten()

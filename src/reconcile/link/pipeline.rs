@@ -18,8 +18,9 @@ use super::{
     report::{Outcome, report},
     stable_message, terminal_reason,
 };
+use crate::reconcile::cache;
 use crate::{
-    api::{AcquisitionLink, LINK_ID_ANNOTATION, QuotaSummary, WeComApp},
+    api::{AcquisitionLink, QuotaSummary, WeComApp},
     reconcile::{
         app::{app_level_reason, app_recheck_delay, is_app_level_reason},
         conditions::{self, QUOTA_EXHAUSTED, READY},
@@ -114,11 +115,7 @@ fn validate(pass: &Pass<'_>) -> Option<String> {
             .old
             .link_id
             .as_deref()
-            .or_else(|| {
-                link.annotations()
-                    .get(LINK_ID_ANNOTATION)
-                    .map(String::as_str)
-            })
+            .or_else(|| cache::link_id_annotation(link))
             .filter(|id| !id.is_empty()),
         origin: pass.old.origin,
     };
