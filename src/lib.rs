@@ -20,3 +20,4 @@ pub mod reconcile;
 pub mod sim;
 pub mod telemetry;
 pub mod wecom;
+pub mod yaml;

@@ -125,11 +125,11 @@ fn terminal_reason_of_an_older_generation_does_not_degrade() {
 #[test]
 fn argocd_cm_snippets_embed_health_lua_verbatim() {
     let script = health_script();
-    let values: serde_yaml::Value = serde_yaml::from_str(
+    let values: serde_json::Value = wecom_acq::yaml::from_str(
         &fs::read_to_string(root().join(CHART).join("argocd/argocd-cm-values.yaml")).unwrap(),
     )
     .unwrap();
-    let configmap: serde_yaml::Value = serde_yaml::from_str(
+    let configmap: serde_json::Value = wecom_acq::yaml::from_str(
         &fs::read_to_string(root().join(CHART).join("argocd/argocd-cm.yaml")).unwrap(),
     )
     .unwrap();

@@ -49,17 +49,21 @@ fn chart_crds_are_identical_to_the_generated_crds() {
     }
 }
 
-fn values() -> serde_yaml::Mapping {
+fn values() -> serde_json::Map<String, serde_json::Value> {
     let text = fs::read_to_string(root().join(CHART).join("values.yaml")).unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    wecom_acq::yaml::from_str(&text).unwrap()
 }
 
 /// Dotted keys of every leaf value (empty maps and lists are leaves).
-fn leaf_keys(map: &serde_yaml::Mapping, prefix: &str, out: &mut Vec<String>) {
+fn leaf_keys(
+    map: &serde_json::Map<String, serde_json::Value>,
+    prefix: &str,
+    out: &mut Vec<String>,
+) {
     for (key, value) in map {
-        let key = format!("{prefix}{}", key.as_str().unwrap());
+        let key = format!("{prefix}{key}");
         match value {
-            serde_yaml::Value::Mapping(inner)
+            serde_json::Value::Object(inner)
                 if !inner.is_empty() && !KUBERNETES_TYPED.contains(&key.as_str()) =>
             {
                 leaf_keys(inner, &format!("{key}."), out)
@@ -117,8 +121,8 @@ fn schema_refuses_unknown_keys_at_the_top_and_in_the_main_objects() {
     .unwrap();
     assert_eq!(schema["additionalProperties"], false, "top level");
     for (key, value) in values() {
-        let key = key.as_str().unwrap();
-        if !value.is_mapping() || KUBERNETES_TYPED.contains(&key) || key == "affinity" {
+        let key = key.as_str();
+        if !value.is_object() || KUBERNETES_TYPED.contains(&key) || key == "affinity" {
             continue;
         }
         // Either a fixed set of keys, or a label-style map of strings.
@@ -134,7 +138,7 @@ fn schema_refuses_unknown_keys_at_the_top_and_in_the_main_objects() {
 fn crd_schemas() -> BTreeMap<String, serde_json::Value> {
     let mut schemas = BTreeMap::new();
     for (name, bytes) in yaml_files(&root().join(CHART).join("crds")) {
-        let crd: serde_json::Value = serde_yaml::from_slice(&bytes).unwrap();
+        let crd: serde_json::Value = wecom_acq::yaml::from_slice(&bytes).unwrap();
         let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_owned();
         let schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
         assert!(schema.is_object(), "{name} has no openAPIV3Schema");
@@ -152,8 +156,7 @@ fn argocd_examples_and_fixtures_pass_the_crds_cel_rules() {
     let links = root().join("examples/argocd/links");
     for (name, bytes) in yaml_files(&links) {
         let text = String::from_utf8(bytes).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        for value in wecom_acq::yaml::from_multiple::<serde_json::Value>(&text).unwrap() {
             objects.push((format!("examples/argocd/links/{name}"), value));
         }
     }
@@ -199,7 +202,10 @@ fn crds_cel_rules_refuse_a_link_without_members() {
 }
 
 /// The value at a dotted key of `values.yaml`.
-fn value_at<'a>(values: &'a serde_yaml::Mapping, key: &str) -> &'a serde_yaml::Value {
+fn value_at<'a>(
+    values: &'a serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> &'a serde_json::Value {
     let mut parts = key.split('.');
     let first = parts.next().unwrap();
     let mut value = values
@@ -269,7 +275,7 @@ fn chart_defaults_equal_the_controllers_defaults() {
     assert_eq!(text("logLevel"), defaults::LOG_LEVEL);
     assert_eq!(
         value_at(&values, "allowedApiHosts"),
-        &serde_yaml::Value::Sequence(vec![defaults::WECOM_API_HOST.into()])
+        &serde_json::json!([defaults::WECOM_API_HOST])
     );
     // The CRD's descriptions (doc comments, which cannot name a constant) say the
     // client's defaults too.

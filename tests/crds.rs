@@ -81,11 +81,10 @@ fn crd_subcommand_prints_both_crds() {
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout, crd_yaml().unwrap());
-    let names: Vec<String> = serde_yaml::Deserializer::from_str(&stdout)
-        .map(|doc| {
-            let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc).unwrap();
-            crd.metadata.name.unwrap()
-        })
+    let names: Vec<String> = wecom_acq::yaml::from_multiple::<CustomResourceDefinition>(&stdout)
+        .unwrap()
+        .into_iter()
+        .map(|crd| crd.metadata.name.unwrap())
         .collect();
     assert_eq!(
         names,
@@ -114,7 +113,7 @@ fn crd_subcommand_writes_one_file_per_kind() {
     for file in crd_files().unwrap() {
         let written = std::fs::read_to_string(target.join(&file.file_name)).unwrap();
         assert_eq!(written, file.yaml, "{}", file.file_name);
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&written).unwrap();
+        let crd: CustomResourceDefinition = wecom_acq::yaml::from_str(&written).unwrap();
         assert_eq!(
             format!("{}.yaml", crd.metadata.name.unwrap()),
             file.file_name
@@ -450,12 +449,10 @@ fn examples() -> Vec<(String, Value)> {
         .flat_map(|path| {
             let text = std::fs::read_to_string(&path).unwrap();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            serde_yaml::Deserializer::from_str(&text)
-                .map(|doc| {
-                    let value: Value = serde::Deserialize::deserialize(doc)
-                        .unwrap_or_else(|e| panic!("examples/{name}: {e}"));
-                    (name.clone(), value)
-                })
+            wecom_acq::yaml::from_multiple::<Value>(&text)
+                .unwrap_or_else(|e| panic!("examples/{name}: {e}"))
+                .into_iter()
+                .map(|value| (name.clone(), value))
                 .collect::<Vec<_>>()
         })
         .collect()

@@ -291,7 +291,7 @@ async fn invalid_documents_are_named_by_file_document_and_field_and_nothing_is_a
                 "{bad}, document 3 (AcquisitionLink default/nobody), field spec.range: needs at least one of userList and departmentList"
             ),
             format!(
-                "{}, document 1: invalid YAML: did not find expected ',' or ']' at line 3",
+                "{}, document 1: invalid YAML: unclosed bracket '[' at line 2, column 7",
                 broken.display()
             ),
         ] {

@@ -146,10 +146,10 @@ fn is_dns_label(name: &str) -> bool {
 
 /// `metadata.name` and `spec.linkId` of each document of a YAML stream.
 fn names_and_ids(yaml: &str) -> Vec<(String, String)> {
-    use serde::Deserialize as _;
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| {
-            let v = serde_yaml::Value::deserialize(doc).unwrap();
+    wecom_acq::yaml::from_multiple::<serde_json::Value>(yaml)
+        .unwrap()
+        .into_iter()
+        .map(|v| {
             (
                 v["metadata"]["name"].as_str().unwrap().to_string(),
                 v["spec"]["linkId"].as_str().unwrap().to_string(),

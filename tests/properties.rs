@@ -174,7 +174,7 @@ fn manifest_yaml(kind: &str, name: &Value, spec: &Value) -> String {
         "metadata": { "name": name, "namespace": "default" },
         "spec": spec,
     });
-    serde_yaml::to_string(&object).unwrap()
+    wecom_acq::yaml::to_string(&object).unwrap()
 }
 
 /// Reads `text` as the file `props.yaml`: no panic, every error names the file.

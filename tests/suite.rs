@@ -91,7 +91,7 @@ async fn plan_from_cluster(env: &Env, app: &str) -> String {
             "metadata": { "name": name, "namespace": NS },
         });
         object[body.0] = body.1;
-        serde_yaml::to_string(&object).unwrap()
+        wecom_acq::yaml::to_string(&object).unwrap()
     };
     let mut docs = Vec::new();
     for name in [

@@ -18,7 +18,7 @@ pub enum CrdGenError {
     #[error("cannot render CustomResourceDefinition {name} as YAML: {source}")]
     Render {
         name: String,
-        source: serde_yaml::Error,
+        source: crate::yaml::SerializeError,
     },
     #[error(
         "cannot write CustomResourceDefinition file {}: {source}; check that the directory \
@@ -70,7 +70,7 @@ fn strip_cel(value: &mut serde_json::Value) {
 }
 
 fn render(crd: &CustomResourceDefinition) -> Result<String, CrdGenError> {
-    serde_yaml::to_string(crd).map_err(|source| CrdGenError::Render {
+    crate::yaml::to_string(crd).map_err(|source| CrdGenError::Render {
         name: crd.metadata.name.clone().unwrap_or_default(),
         source,
     })

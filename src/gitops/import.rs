@@ -212,7 +212,7 @@ pub fn to_yaml(imported: &Imported, default_namespace: &str) -> Result<String, S
     if link.metadata.namespace.as_deref() == Some(default_namespace) {
         link.metadata.namespace = None;
     }
-    let yaml = serde_yaml::to_string(&link)
+    let yaml = crate::yaml::to_string(&link)
         .map_err(|e| format!("cannot write {} as YAML: {e}", link.name_any()))?;
     let id = link.spec.link_id.as_deref().unwrap_or_default();
     Ok(format!(
@@ -529,7 +529,7 @@ mod tests {
         assert!(yaml.starts_with("# WeCom link cawc1 (https://work.weixin.qq.com/ca/cawc1)"));
         assert!(!yaml.contains("namespace"), "{yaml}");
         assert!(!yaml.contains("status"), "{yaml}");
-        let back: AcquisitionLink = serde_yaml::from_str(&yaml).unwrap();
+        let back: AcquisitionLink = crate::yaml::from_str(&yaml).unwrap();
         assert_eq!(back.spec, imported[0].link.spec);
         let other = to_yaml(&imported[0], "team-a").unwrap();
         assert!(other.contains("namespace: default"), "{other}");

@@ -201,36 +201,20 @@ pub fn parse_into(
     manifests: &mut Manifests,
     errors: &mut Vec<ManifestError>,
 ) {
-    use serde::Deserialize as _;
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    // Empty documents (a trailing `---`, or only comments) are not read, but counted.
+    for document in crate::yaml::documents(text) {
         let origin = Origin {
             file: file.to_string(),
-            document: Some(index + 1),
+            document: Some(document.number),
         };
-        let yaml = match serde_yaml::Value::deserialize(document) {
-            Ok(yaml) => yaml,
-            Err(e) => {
-                // serde_yaml's message carries the line and column.
-                errors.push(ManifestError {
-                    origin,
-                    object: None,
-                    field: None,
-                    message: format!("invalid YAML: {e}"),
-                });
-                // The parser cannot resynchronise after a syntax error.
-                return;
-            }
-        };
-        if yaml.is_null() {
-            continue; // an empty document (a trailing `---`, or only comments)
-        }
-        match serde_json::to_value(&yaml) {
+        match document.value {
             Ok(json) => add_document(origin, json, default_namespace, manifests, errors),
+            // The message carries the line and column.
             Err(e) => errors.push(ManifestError {
                 origin,
                 object: None,
                 field: None,
-                message: format!("cannot be read as a Kubernetes object: {e}"),
+                message: format!("invalid YAML: {e}"),
             }),
         }
     }
@@ -585,7 +569,7 @@ spec:
             shown.starts_with("f.yaml, document 2: invalid YAML: "),
             "{shown}"
         );
-        assert!(shown.contains(" at line 9 column "), "{shown}");
+        assert!(shown.contains(" at line 9, column "), "{shown}");
     }
 
     #[test]

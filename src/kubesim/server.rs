@@ -235,7 +235,7 @@ fn decode_object(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     match media {
         "application/json" | "" | "*/*" => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}"))),
-        "application/yaml" => serde_yaml::from_slice(body)
+        "application/yaml" => crate::yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}"))),
         other => Err(ApiError::unsupported_media_type(format!(
             "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/yaml"

@@ -907,8 +907,13 @@ impl Store {
                 )],
             )
         })?;
-        let applied: Value = serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+        // An apply configuration is YAML, and JSON is YAML: clients send JSON mostly, read
+        // with the faster parser first.
+        let applied: Value = match serde_json::from_slice(body) {
+            Ok(json) => json,
+            Err(_) => crate::yaml::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+        };
         if applied["apiVersion"]
             .as_str()
             .unwrap_or_default()

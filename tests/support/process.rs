@@ -79,7 +79,7 @@ pub fn example<T: DeserializeOwned>(file: &str) -> T {
         .join(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+    wecom_acq::yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
 /// One value of the example Secret's `stringData`.
